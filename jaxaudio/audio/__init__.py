@@ -1,0 +1,1 @@
+"""Audio decoding, log-mel frontends and their specification."""

@@ -1,0 +1,95 @@
+"""Write embeddings of log-mel arrays or audio files with a pretrained or fine-tuned model.
+
+  python -m jaxaudio.embed --model=aisfx --mel=windows.npy --out=emb.npz
+  python -m jaxaudio.embed --model=aisfx --audio=FOLDER --out=emb.npz
+
+--mel: float32 [N, frames, mels] -> `embeddings` [N, D].
+--audio: a file or folder -> window embeddings with `files` and `offsets` (seconds). A file
+that cannot be decoded is reported and skipped unless --strict.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from absl import flags
+
+from jaxaudio import cli
+from jaxaudio.embedder import Embedder, audio_files
+from jaxaudio.errors import AudioError, CheckpointError, JaxAudioError
+from jaxaudio.models.registry import get_model
+from jaxaudio.weights.pretrained import pretrained_variables
+
+_MODEL = flags.DEFINE_string("model", "aisfx", "Model name, e.g. aisfx or panns_cnn14.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Converted checkpoint dir or original .pth (default: pretrained).")
+_AUDIO = flags.DEFINE_string("audio", None, "Audio file or folder to embed.")
+_MEL = flags.DEFINE_string("mel", None, ".npy of float32 log-mel windows [N, frames, mels].")
+_OUT = flags.DEFINE_string("out", None, "Output .npz.", required=True)
+_HOP = flags.DEFINE_float("hop", 0.5, "Window hop as a fraction of the model window.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Windows per forward pass.")
+_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unreadable audio file.")
+
+
+def _load_mel(path: str, n_mels: int) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise JaxAudioError(f"{path}: no such .npy file; check --mel.")
+  try:
+    mel = np.load(path, allow_pickle=False)
+  except (ValueError, OSError) as err:
+    raise JaxAudioError(f"{path}: not a readable .npy array ({err}); save it with "
+                        "numpy.save.") from err
+  if mel.ndim != 3 or mel.shape[2] != n_mels:
+    raise JaxAudioError(f"{path}: expected log-mel windows of shape [N, frames, {n_mels}], got "
+                        f"{mel.shape}; compute them with this model's FrontendSpec.")
+  return mel.astype(np.float32)
+
+
+def main(argv):
+  del argv
+  if bool(_AUDIO.value) == bool(_MEL.value):
+    raise JaxAudioError("pass exactly one of --audio=FILE_OR_DIR and --mel=ARRAY.npy.")
+  info = get_model(_MODEL.value)
+  variables, meta = pretrained_variables(info, _CHECKPOINT.value)
+  if meta["model"] != info.name:
+    raise CheckpointError(f"{_CHECKPOINT.value} holds a '{meta['model']}' model, not "
+                          f"'{info.name}'; pass --model={meta['model']}.")
+  embedder = Embedder(info, variables, batch_size=_BATCH.value)
+  start = time.perf_counter()
+  if _MEL.value:
+    emb = embedder.embed_windows(_load_mel(_MEL.value, info.spec.n_mels))
+    np.savez(_OUT.value, embeddings=emb)
+    print(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {_OUT.value} "
+          f"({emb.shape[0] / (time.perf_counter() - start):.1f} windows/s)")
+    return 0
+  files = audio_files(_AUDIO.value)
+  if not files:
+    raise JaxAudioError(f"{_AUDIO.value}: no audio files found; check --audio.")
+  names, offsets, embeddings, skipped = [], [], [], []
+  for path in files:
+    try:
+      windows, offs = embedder.file_windows(path, _HOP.value)
+    except AudioError as err:
+      if _STRICT.value:
+        raise
+      skipped.append(path)
+      print(f"skipped: {err}", file=sys.stderr)
+      continue
+    embeddings.append(embedder.embed_windows(windows))
+    offsets.append(offs)
+    names += [path] * len(offs)
+  if not embeddings:
+    raise JaxAudioError(f"none of the {len(files)} files under {_AUDIO.value} could be decoded.")
+  emb = np.concatenate(embeddings)
+  np.savez(_OUT.value, files=np.array(names), offsets=np.concatenate(offsets).astype(np.float32),
+           embeddings=emb)
+  print(f"wrote {emb.shape[0]} window embeddings from {len(files) - len(skipped)} files to "
+        f"{_OUT.value}; skipped {len(skipped)} unreadable files")
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,1 @@
+"""Flax (linen) audio embedding models, their registry and layer groups."""

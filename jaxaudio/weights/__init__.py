@@ -1,0 +1,1 @@
+"""Pretrained weights: a torch-free .pth reader, converters, sources, storage and merging."""

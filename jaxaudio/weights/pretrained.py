@@ -1,0 +1,53 @@
+"""Pretrained variables for a model: convert the original once, then reuse the cache.
+
+Cache key: model name + sha256 of the original file, so a different file never reuses a
+conversion. The trainer and `embed` both come through here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from jaxaudio.models.registry import ModelInfo
+from jaxaudio.weights import convert, pth, sources, store
+
+
+def convert_file(info: ModelInfo, path: str) -> dict[str, Any]:
+  """Original .pth -> Flax variables (no caching)."""
+  return convert.convert_state_dict(info, convert.extract_state_dict(pth.load_pth(path), path),
+                                    path)
+
+
+def convert_to(info: ModelInfo, out: str, checkpoint: str | None = None) -> dict[str, Any]:
+  """Convert the original weights of `info` into an orbax checkpoint at `out`; returns meta."""
+  path, digest = sources.resolve_original(info, checkpoint)
+  start = time.perf_counter()
+  variables = convert_file(info, path)
+  meta = store.save_converted(out, info, variables, path, digest)
+  meta["convert_seconds"] = time.perf_counter() - start
+  return meta
+
+
+def pretrained_variables(info: ModelInfo, checkpoint: str | None = None
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(variables, meta) of the pretrained backbone; `checkpoint` may be an original .pth or a
+  converted directory. Conversions are cached under <cache>/converted/<model>-<sha256>."""
+  if checkpoint and store.is_converted(checkpoint):
+    return store.load_converted(checkpoint)
+  path, digest = sources.resolve_original(info, checkpoint)
+  cached = os.path.join(sources.cache_dir(), "converted", f"{info.name}-{digest[:16]}")
+  if not store.is_converted(cached):
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(cached), prefix=".tmp-")
+    try:
+      store.save_converted(os.path.join(tmp, "ckpt"), info, convert_file(info, path), path,
+                           digest)
+      if not store.is_converted(cached):
+        os.replace(os.path.join(tmp, "ckpt"), cached)
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+  return store.load_converted(cached)
