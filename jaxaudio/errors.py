@@ -19,3 +19,11 @@ class SpecMismatchError(JaxAudioError):
 
 class UnknownModelError(JaxAudioError):
   """A model name that the registry does not know."""
+
+
+class DataError(JaxAudioError):
+  """A dataset that cannot be trained on as given (empty class, empty split, unseen label)."""
+
+
+class ConfigError(JaxAudioError):
+  """A config key that is unknown, missing or has a bad value."""

@@ -9,6 +9,7 @@ difference between the two is recorded in tests/golden/README.md.
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 
 import numpy as np
@@ -17,6 +18,26 @@ from jaxaudio.errors import AudioError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
                     ".m4a", ".aac", ".wma", ".caf", ".w64")
+
+
+def _wav_missing_bytes(path: str) -> int:
+  """Bytes the RIFF 'data' chunk declares beyond the end of the file (libsndfile silently
+  reads a truncated WAV as a shorter one, so truncation must be checked here)."""
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+      return 0
+    fmt = "<I" if head[:4] == b"RIFF" else ">I"
+    pos = 12
+    while pos + 8 <= size:
+      f.seek(pos)
+      chunk = f.read(8)
+      (length,) = struct.unpack(fmt, chunk[4:8])
+      if chunk[:4] == b"data":
+        return max(0, pos + 8 + length - size) if length != 0xFFFFFFFF else 0
+      pos += 8 + length + (length & 1)
+  return 0
 
 
 def _decode(path: str) -> tuple[np.ndarray, int]:
@@ -33,8 +54,8 @@ def _decode(path: str) -> tuple[np.ndarray, int]:
       data, sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
     return data, int(sr)
   except Exception as err:  # pylint: disable=broad-except
-    raise AudioError(f"{path}: cannot decode audio ({first}; {type(err).__name__}); "
-                     "convert it to WAV or FLAC, or remove it.") from err
+    raise AudioError(f"{path}: cannot decode audio ({first}; {type(err).__name__}): the file is "
+                     "corrupt or in an unsupported format; re-export it or remove it.") from err
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -51,6 +72,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     raise AudioError(f"{path}: no such audio file; check the path.")
   if os.path.getsize(path) == 0:
     raise AudioError(f"{path}: the file is empty; remove it or replace it with the audio.")
+  if path.lower().endswith((".wav", ".wave")) and _wav_missing_bytes(path):
+    raise AudioError(f"{path}: the WAV file is truncated ({_wav_missing_bytes(path)} bytes of "
+                     "audio missing); re-copy or re-export it.")
   x, sr = _decode(path)
   if x.size == 0:
     raise AudioError(f"{path}: decodes to zero samples; remove it or re-export the audio.")

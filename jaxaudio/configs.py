@@ -1,0 +1,78 @@
+"""The one place for config defaults and their validation.
+
+Config files under configs/ start from `base_config()` and change what they need; every key
+is documented in README. `validate()` runs before any work, so a bad value is one sentence
+naming the key instead of a failure an hour into a run.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxaudio.errors import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict({
+      "name": "aisfx",            # registry name: aisfx, panns_cnn14, panns_cnn10, panns_cnn6
+      "init": "pretrained",       # pretrained | scratch | path to a converted checkpoint
+      "checkpoint": "",           # original .pth (PANNs need it; aiSFX finds its own)
+  })
+  c.data = ml_collections.ConfigDict({
+      "source": "demo",           # folder:PATH | csv:PATH | tfds:NAME | demo
+      "prepared_dir": "",         # default <cache>/prepared
+      "val_fraction": 0.15,       # carved from train (stratified, seeded) when a split is missing
+      "test_fraction": 0.15,
+      "split_seed": 0,
+      "validation_folds": (4,),   # csv sources with a `fold` column (ESC-50)
+      "test_folds": (5,),
+      "csv_audio_dir": "",        # base of relative paths in a CSV (default: beside the CSV,
+                                  # or ../audio as ESC-50 lays it out)
+      "loudness": "peak",         # peak | rms | none
+      "loudness_db": -1.0,        # peak dBFS, or RMS dBFS with loudness=rms
+      "denoise": 0.0,             # spectral gating strength 0..1 (0 = off)
+      "trim_db": 0.0,             # trim leading/trailing silence below this (0 = off)
+      "window_hop": 0.5,          # overlap of windows cut from long clips (fraction of a window)
+      "min_seconds": 0.1,         # shorter files are skipped and reported
+      "strict": False,            # stop at the first bad file instead of skipping it
+      "workers": 0,               # preparation processes (0 = every core)
+      "loader_workers": 0,        # grain worker processes feeding training (0 = in-process)
+      "shuffle_seed": 0,
+      "demo": ml_collections.ConfigDict({
+          "seed": 0, "seconds": 3.0, "sample_rate": 44100,
+          "clips_per_class": {"train": 24, "validation": 6, "test": 8},
+      }),
+      "tfds": ml_collections.ConfigDict({
+          "data_dir": "", "audio_key": "audio", "label_key": "label", "sample_rate": 0,
+          "download": False,
+          "splits": {"train": "train", "validation": "validation", "test": "test"},
+      }),
+  })
+  return c
+
+
+def _check(ok: bool, key: str, value, fix: str) -> None:
+  if not ok:
+    raise ConfigError(f"config key {key}={value!r} is invalid; {fix}.")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Reject bad values before any work starts."""
+  from jaxaudio.models.registry import get_model  # pylint: disable=import-outside-toplevel
+  get_model(c.model.name)
+  d = c.data
+  for key in ("val_fraction", "test_fraction"):
+    _check(0.0 <= d[key] < 0.5, f"data.{key}", d[key], "use a fraction in [0, 0.5)")
+  _check(d.loudness in ("peak", "rms", "none"), "data.loudness", d.loudness,
+         "use peak, rms or none")
+  _check(-80.0 <= d.loudness_db <= 0.0, "data.loudness_db", d.loudness_db,
+         "use a level in dBFS between -80 and 0")
+  _check(0.0 <= d.denoise <= 1.0, "data.denoise", d.denoise, "use a strength in [0, 1]")
+  _check(0.0 < d.window_hop <= 1.0, "data.window_hop", d.window_hop, "use a fraction in (0, 1]")
+  _check(d.min_seconds >= 0.0, "data.min_seconds", d.min_seconds, "use seconds >= 0")
+  _check(d.workers >= 0 and d.loader_workers >= 0, "data.workers", d.workers,
+         "use 0 (all cores) or a positive count")
+  kind = str(d.source).partition(":")[0]
+  _check(kind in ("folder", "csv", "tfds", "demo"), "data.source", d.source,
+         "use folder:PATH, csv:PATH, tfds:NAME or demo")

@@ -1,0 +1,98 @@
+"""grain input pipeline over prepared data, shaped for the parallel wrappers.
+
+Training: seeded shuffle each epoch, endless repeat, batches with drop_remainder, records
+sharded by JAX process, optional worker processes for prefetch; the iterator's state goes
+into orbax checkpoints (grain.checkpoint.CheckpointSave) so a resumed run sees the same
+batches. Evaluation: every window exactly once, the last batch padded and masked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import grain
+import jax
+import numpy as np
+
+from jaxaudio.data.prepare import Prepared
+
+
+class ToModelInput(grain.transforms.Map):
+  """Stored record -> model input: float32 mel, int32 label (or float32 multi-hot)."""
+
+  def __init__(self, multi_label: bool):
+    self.multi_label = multi_label
+
+  def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+    label = element["label"]
+    return {"mel": np.asarray(element["mel"], np.float32),
+            "label": (np.asarray(label, np.float32) if self.multi_label
+                      else np.asarray(label, np.int32)),
+            "clip": np.asarray(element["clip"], np.int32),
+            "mask": np.float32(1.0)}
+
+
+def per_process_batch(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} JAX "
+                     "processes; choose a multiple.")
+  return global_batch // process_count
+
+
+def train_loader(prepared: Prepared, split: str, global_batch: int, seed: int,
+                 worker_count: int = 0, shard: grain.sharding.ShardOptions | None = None,
+                 num_epochs: int | None = None) -> grain.DataLoader:
+  """Endless shuffled batches of this process's shard of `split`."""
+  shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  source = prepared.data_source(split)
+  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard,
+                                        shuffle=True, num_epochs=num_epochs, seed=seed)
+  batch = per_process_batch(global_batch, shard.shard_count)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[ToModelInput(prepared.multi_label),
+                  grain.transforms.Batch(batch_size=batch, drop_remainder=True)],
+      worker_count=worker_count, worker_buffer_size=2)
+
+
+def eval_batches(prepared: Prepared, split: str, global_batch: int,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Every window of `split` exactly once across processes, in order, with a `mask`.
+
+  Each process takes a contiguous block; all processes yield the same number of batches
+  (collectives need that), padding with masked copies of a real record.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  source = prepared.data_source(split)
+  to_input = ToModelInput(prepared.multi_label)
+  blocks = np.array_split(np.arange(len(source)), process_count)
+  mine = blocks[process_index]
+  batch = per_process_batch(global_batch, process_count)
+  num_batches = -(-max(len(b) for b in blocks) // batch)
+  filler = None
+  for b in range(num_batches):
+    idx = mine[b * batch:(b + 1) * batch]
+    records = [to_input.map(source[int(i)]) for i in idx]
+    if filler is None:
+      filler = dict(records[0] if records else to_input.map(source[0]))
+      filler["mask"] = np.float32(0.0)
+    records += [filler] * (batch - len(records))
+    yield {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
+def device_batch(batch: dict[str, np.ndarray], parallel: str, mesh: jax.sharding.Mesh | None = None,
+                 axis: str = "data") -> dict[str, Any]:
+  """Shape a process-local batch for the parallel wrapper.
+
+  pmap: a leading per-local-device axis [devices, batch/devices, ...].
+  jit: global jax.Arrays sharded over `axis` of `mesh`, assembled from every process's part.
+  """
+  if parallel == "pmap":
+    n = jax.local_device_count()
+    return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+  if parallel == "jit":
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  raise ValueError(f"parallel={parallel!r} is not pmap or jit")

@@ -1,0 +1,284 @@
+"""Sources of labelled audio -> a validated listing of clips with labels and splits.
+
+  folder:PATH   PATH/<class>/* or PATH/{train,validation,test}/<class>/*
+  csv:PATH      columns path,label (';' separates labels -> multi-label), optional split or
+                fold; ESC-50's meta/esc50.csv (filename, category, fold) works as it is
+  tfds:NAME     a TFDS catalog dataset with an audio feature and a label
+  demo          the built-in synthesised dataset (jaxaudio.data.demo)
+
+Missing splits are carved from train by a seeded split stratified by label. Problems that
+make training meaningless (an empty class, a split with no clips, a label in validation or
+test that train never shows) are DataErrors raised here, before any audio is decoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from jaxaudio.audio.io import AUDIO_EXTENSIONS
+from jaxaudio.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation",
+                "val": "validation", "valid": "validation", "dev": "validation",
+                "test": "test", "testing": "test"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """One labelled recording. `key` is stable across runs (a path, or tfds:<name>/<split>/<i>)."""
+
+  key: str
+  labels: tuple[str, ...]
+  split: str
+  path: str | None = None      # audio file; None for TFDS examples
+  tfds_index: int = -1         # position in its TFDS split
+
+
+@dataclasses.dataclass
+class Listing:
+  source: str
+  clips: list[Clip]
+  classes: tuple[str, ...]
+  multi_label: bool
+  ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  tfds: dict[str, Any] | None = None   # name, data_dir, splits, audio/label keys, sample rate
+
+  def split(self, name: str) -> list[Clip]:
+    return [c for c in self.clips if c.split == name]
+
+  def fingerprint_items(self) -> list[Any]:
+    """What the cache key hashes: path, size and mtime of every file, labels and split."""
+    items = []
+    for c in self.clips:
+      if c.path:
+        try:
+          st = os.stat(c.path)
+          stat = (st.st_size, st.st_mtime_ns)
+        except OSError:
+          stat = (-1, -1)
+      else:
+        stat = (c.tfds_index, 0)
+      items.append((c.key, stat, c.labels, c.split))
+    return items
+
+
+def _stratified_split(clips: list[Clip], fractions: dict[str, float], seed: int) -> list[Clip]:
+  """Move `fractions[split]` of each label's train clips into that split (seeded)."""
+  by_label: dict[str, list[Clip]] = {}
+  for c in sorted(clips, key=lambda c: c.key):
+    by_label.setdefault(c.labels[0] if c.labels else "", []).append(c)
+  out = []
+  rng = np.random.default_rng(seed)
+  for label in sorted(by_label):
+    group = by_label[label]
+    order = rng.permutation(len(group))
+    start = 0
+    for split, frac in fractions.items():
+      n = int(round(frac * len(group)))
+      if frac > 0 and n == 0 and len(group) >= 3:
+        n = 1
+      for i in order[start:start + n]:
+        out.append(dataclasses.replace(group[i], split=split))
+      start += n
+    out += [group[i] for i in order[start:]]
+  return out
+
+
+def _fill_missing_splits(clips: list[Clip], cfg) -> list[Clip]:
+  present = {c.split for c in clips}
+  wanted = {"validation": float(cfg.val_fraction), "test": float(cfg.test_fraction)}
+  fractions = {s: f for s, f in wanted.items() if s not in present and f > 0}
+  if not fractions:
+    return clips
+  train = [c for c in clips if c.split == "train"]
+  rest = [c for c in clips if c.split != "train"]
+  return rest + _stratified_split(train, fractions, int(cfg.split_seed))
+
+
+def _list_folder(root: str, cfg) -> Listing:
+  if not os.path.isdir(root):
+    raise DataError(f"{root}: no such folder; set data.source=folder:PATH to a folder of "
+                    "<class>/ subfolders.")
+  top = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+               and not d.startswith("."))
+  split_dirs = [d for d in top if d.lower() in _SPLIT_NAMES]
+  layout = ([(os.path.join(root, d), _SPLIT_NAMES[d.lower()]) for d in split_dirs]
+            if split_dirs else [(root, "train")])
+  clips, ignored, empty = [], [], []
+  for base, split in layout:
+    for label in sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))
+                        and not d.startswith(".")):
+      files = []
+      for dirpath, dirs, names in os.walk(os.path.join(base, label)):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(dirpath, n) for n in sorted(names) if not n.startswith(".")]
+      for f in files:
+        if f.lower().endswith(AUDIO_EXTENSIONS):
+          clips.append(Clip(key=os.path.relpath(f, root), labels=(label,), split=split, path=f))
+        else:
+          ignored.append((f, "not an audio file extension"))
+      if not any(f.lower().endswith(AUDIO_EXTENSIONS) for f in files):
+        empty.append(os.path.join(base, label))
+  if empty:
+    raise DataError(f"class folder {empty[0]} holds no audio files"
+                    f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; add clips "
+                    "or remove the folder.")
+  return _finish(f"folder:{root}", _fill_missing_splits(clips, cfg), ignored)
+
+
+def _csv_base_dir(csv_path: str, rows: list[dict[str, str]], path_col: str, cfg) -> str:
+  here = os.path.dirname(os.path.abspath(csv_path))
+  candidates = ([cfg.csv_audio_dir] if cfg.csv_audio_dir else []) + [
+      here, os.path.join(here, os.pardir, "audio")]  # ESC-50 keeps audio/ beside meta/
+  for base in candidates:
+    if any(os.path.isfile(os.path.join(base, r[path_col])) for r in rows[:50]):
+      return os.path.normpath(base)
+  return os.path.normpath(candidates[0])
+
+
+def _list_csv(path: str, cfg) -> Listing:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such CSV file; set data.source=csv:PATH.")
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.DictReader(f)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+  path_col = next((c for c in ("path", "filename", "file") if c in header), None)
+  label_col = next((c for c in ("label", "labels", "category") if c in header), None)
+  if not path_col or not label_col:
+    raise DataError(f"{path}: needs a path column (path or filename) and a label column (label "
+                    f"or category); found columns {header}.")
+  if not rows:
+    raise DataError(f"{path}: the CSV has a header but no rows; add one row per clip.")
+  base = _csv_base_dir(path, rows, path_col, cfg)
+  val_folds = {int(x) for x in cfg.validation_folds}
+  test_folds = {int(x) for x in cfg.test_folds}
+  clips, ignored = [], []
+  for line, r in enumerate(rows, start=2):
+    labels = tuple(sorted({l.strip() for l in r[label_col].split(";") if l.strip()}))
+    if not labels:
+      ignored.append((f"{path}:{line}", "no label"))
+      continue
+    if "split" in header and r.get("split"):
+      split = _SPLIT_NAMES.get(r["split"].lower())
+      if split is None:
+        raise DataError(f"{path}:{line}: split '{r['split']}' is not one of train, validation, "
+                        "test; fix the CSV.")
+    elif "fold" in header and r.get("fold"):
+      fold = int(r["fold"])
+      split = "test" if fold in test_folds else "validation" if fold in val_folds else "train"
+    else:
+      split = "train"
+    audio = os.path.join(base, r[path_col])
+    clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio))
+  if "fold" in header and "split" not in header:
+    folds = {int(r["fold"]) for r in rows if r.get("fold")}
+    missing = sorted((val_folds | test_folds) - folds)
+    if missing:
+      raise DataError(f"{path}: folds {missing} chosen in data.validation_folds/test_folds do "
+                      f"not occur (folds present: {sorted(folds)}); pick existing folds.")
+    return _finish(f"csv:{path}", clips, ignored)
+  return _finish(f"csv:{path}", _fill_missing_splits(clips, cfg), ignored)
+
+
+def _list_tfds(name: str, cfg) -> Listing:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  t = cfg.tfds
+  data_dir = t.data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as err:  # tfds raises DatasetNotFoundError and friends
+    raise DataError(f"tfds:{name}: {err}; check the dataset name (tfds.list_builders()).") from err
+  features = builder.info.features
+  for key, what in ((t.audio_key, "audio"), (t.label_key, "label")):
+    if key not in features:
+      raise DataError(f"tfds:{name} has no feature '{key}' for the {what} (features: "
+                      f"{sorted(features.keys())}); set data.tfds.{what}_key.")
+  names = getattr(features[t.label_key], "names", None)
+  sample_rate = getattr(features[t.audio_key], "sample_rate", None) or int(t.sample_rate or 0)
+  if not sample_rate:
+    raise DataError(f"tfds:{name}: the audio feature does not state its sample rate; set "
+                    "data.tfds.sample_rate.")
+  clips = []
+  splits = {}
+  for split in SPLITS:
+    spec = t.splits.get(split, "")
+    if not spec:
+      continue
+    splits[split] = spec
+    try:
+      ds = tfds.load(name, split=spec, data_dir=data_dir, download=bool(t.download),
+                     decoders={t.audio_key: tfds.decode.SkipDecoding()})
+    except Exception as err:  # pylint: disable=broad-except
+      raise DataError(f"tfds:{name}: cannot load split '{spec}' for {split} ({err}); set "
+                      f"data.tfds.splits.{split} to an existing split or slice.") from err
+    for i, ex in enumerate(tfds.as_numpy(ds.map(lambda e: {"label": e[t.label_key]}))):
+      lab = ex["label"]
+      values = np.atleast_1d(lab)
+      if values.dtype.kind in "biu" and values.size > 1:   # multi-hot
+        labels = tuple(names[j] if names else str(j) for j in np.flatnonzero(values))
+      else:
+        labels = tuple(names[int(v)] if names else (v.decode() if isinstance(v, bytes) else str(v))
+                       for v in values)
+      clips.append(Clip(key=f"tfds:{name}/{spec}/{i}", labels=labels, split=split, tfds_index=i))
+  listing = _finish(f"tfds:{name}", clips, [])
+  listing.tfds = {"name": name, "data_dir": data_dir, "splits": splits, "audio_key": t.audio_key,
+                  "label_key": t.label_key, "sample_rate": int(sample_rate),
+                  "version": str(builder.info.version)}
+  return listing
+
+
+def _finish(source: str, clips: list[Clip], ignored: list[tuple[str, str]]) -> Listing:
+  clips = sorted(clips, key=lambda c: (SPLITS.index(c.split), c.key))
+  classes = tuple(sorted({l for c in clips for l in c.labels}))
+  multi = any(len(c.labels) > 1 for c in clips)
+  return Listing(source=source, clips=clips, classes=classes, multi_label=multi, ignored=ignored)
+
+
+def validate(listing: Listing) -> None:
+  """The checks that must pass before any decoding starts; each failure is one DataError."""
+  for split in SPLITS:
+    if not listing.split(split):
+      raise DataError(f"{listing.source}: the {split} split has no clips; add files for it or "
+                      "set data.val_fraction / data.test_fraction so it is carved from train.")
+  train = Counter(l for c in listing.split("train") for l in c.labels)
+  if len(train) < 2:
+    raise DataError(f"{listing.source}: train has {len(train)} class(es); a classifier needs at "
+                    "least two.")
+  for split in ("validation", "test"):
+    unseen = sorted({l for c in listing.split(split) for l in c.labels} - set(train))
+    if unseen:
+      raise DataError(f"{listing.source}: label(s) {unseen[:5]} appear in {split} but never in "
+                      "train; add training clips for them or remove those clips.")
+
+
+def list_source(cfg) -> Listing:
+  """cfg: the config's `data` section. Returns a validated Listing."""
+  source = str(cfg.source)
+  kind, _, arg = source.partition(":")
+  if kind == "demo":
+    from jaxaudio.data import demo  # pylint: disable=import-outside-toplevel
+    from jaxaudio.weights.sources import cache_dir  # pylint: disable=import-outside-toplevel
+    root = demo.demo_dir(os.path.join(cache_dir(), "demo"), int(cfg.demo.seed),
+                         dict(cfg.demo.clips_per_class), float(cfg.demo.seconds),
+                         int(cfg.demo.sample_rate))
+    listing = _list_folder(root, cfg)
+    listing.source = "demo"
+  elif kind == "folder" and arg:
+    listing = _list_folder(os.path.abspath(os.path.expanduser(arg)), cfg)
+  elif kind == "csv" and arg:
+    listing = _list_csv(os.path.abspath(os.path.expanduser(arg)), cfg)
+  elif kind == "tfds" and arg:
+    listing = _list_tfds(arg, cfg)
+  else:
+    raise DataError(f"data.source='{source}' is not one of folder:PATH, csv:PATH, tfds:NAME or "
+                    "demo; fix the config.")
+  validate(listing)
+  return listing

@@ -1,0 +1,42 @@
+"""Small on-disk datasets for the data tests: synthesised clips written as real audio files."""
+
+import os
+
+import numpy as np
+import soundfile as sf
+
+from jaxaudio.configs import base_config
+
+SR = 44100
+
+
+def tone(freq, seconds, sr=SR, seed=0, level=0.3):
+  rng = np.random.default_rng(seed)
+  t = np.arange(int(seconds * sr)) / sr
+  return (level * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))).astype(
+      np.float32)
+
+
+def write_class_folder(root, classes=("low", "mid", "high"), per_class=5, seconds=1.2,
+                       splits=None):
+  """root/<class>/*.wav, or root/<split>/<class>/*.wav when `splits` maps split -> count."""
+  freqs = {c: 200 * (i + 1) for i, c in enumerate(classes)}
+  layout = splits or {None: per_class}
+  for split, count in layout.items():
+    for c in classes:
+      d = os.path.join(root, split, c) if split else os.path.join(root, c)
+      os.makedirs(d, exist_ok=True)
+      for i in range(count):
+        sf.write(os.path.join(d, f"{c}_{i}.wav"),
+                 tone(freqs[c] * (1 + 0.05 * i), seconds + 0.3 * (i % 3), seed=i), SR)
+  return root
+
+
+def data_config(tmp_path, source, **overrides):
+  cfg = base_config().data
+  cfg.source = source
+  cfg.prepared_dir = str(tmp_path / "prepared")
+  cfg.workers = 1
+  for k, v in overrides.items():
+    cfg[k] = v
+  return cfg

@@ -1,0 +1,133 @@
+"""Preparation: features equal the frontend's, caching, bad files, strictness, atomicity."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from jaxaudio.audio import frontend
+from jaxaudio.audio.io import load_audio
+from jaxaudio.audio.preprocess import normalise_loudness
+from jaxaudio.data import prepare as prep
+from jaxaudio.errors import DataError, SpecMismatchError
+from jaxaudio.models.registry import AISFX_SPEC, PANNS_SPEC
+from datafixtures import data_config, tone, write_class_folder, SR
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  return write_class_folder(str(tmp_path_factory.mktemp("clips")), per_class=5)
+
+
+def test_prepare_folder_features_counts_and_report(tmp_path, folder):
+  cfg = data_config(tmp_path, f"folder:{folder}", val_fraction=0.2, test_fraction=0.2)
+  prepared, built = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert built and prepared.classes == ["high", "low", "mid"]
+  meta = prepared.meta
+  assert {s: meta["splits"][s]["clips"] for s in ("train", "validation", "test")} == {
+      "train": 9, "validation": 3, "test": 3}
+  # Each record is exactly what the frontend gives for that clip (float16-rounded).
+  src = prepared.data_source("train")
+  rec = src[0]
+  clip_key = meta["splits"]["train"]["clip_keys"][int(rec["clip"])]
+  x = normalise_loudness(load_audio(os.path.join(folder, clip_key), 44100), "peak", -1.0)
+  windows, starts = frontend.split_windows(frontend.log_mel(x, AISFX_SPEC), AISFX_SPEC, 50, True)
+  np.testing.assert_array_equal(rec["mel"], windows[int(rec["window"])].astype(np.float16))
+  assert rec["offset"] == pytest.approx(starts[int(rec["window"])] * 1024 / 44100)
+  total = sum(len(frontend.split_windows(np.zeros((frontend.num_frames(n, AISFX_SPEC), 96)),
+                                         AISFX_SPEC, 50, True)[1])
+              for n in [sf.info(os.path.join(folder, k)).frames
+                        for k in meta["splits"]["train"]["clip_keys"]])
+  assert len(src) == prepared.num_windows("train") == total
+  report = json.load(open(os.path.join(prepared.root, "report.json")))
+  assert report["splits"]["train"]["class_clips"] == {"high": 3, "low": 3, "mid": 3}
+  assert report["sample_rates"] == {"44100": 15} and sum(report["duration_histogram"]) == 15
+  assert "| low | 3 | 1 | 1 |" in open(os.path.join(prepared.root, "report.md")).read()
+
+
+def test_cache_hit_and_miss(tmp_path):
+  root = write_class_folder(str(tmp_path / "clips"), per_class=3)
+  cfg = data_config(tmp_path, f"folder:{root}", val_fraction=0.34, test_fraction=0.34)
+  first, built1 = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  again, built2 = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert built1 and not built2 and again.root == first.root
+  sf.write(os.path.join(root, "low", "low_0.wav"), tone(210, 2.0), SR)   # a changed file
+  changed, built3 = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert built3 and changed.root != first.root
+  cfg.denoise = 0.5                                                       # changed settings
+  assert prep.prepare(cfg, AISFX_SPEC, progress=False)[0].root != changed.root
+
+
+def _bad_files(root):
+  d = os.path.join(root, "train", "low")
+  open(os.path.join(d, "empty.wav"), "wb").close()
+  good = open(os.path.join(d, "low_0.wav"), "rb").read()
+  open(os.path.join(d, "truncated.wav"), "wb").write(good[: len(good) // 2])
+  open(os.path.join(d, "notes.wav"), "w").write("these are my field notes, not audio\n")
+  nan = tone(300, 1.0)
+  nan[100] = np.nan
+  sf.write(os.path.join(d, "nan.wav"), nan, SR, subtype="FLOAT")
+  sf.write(os.path.join(d, "blip.wav"), tone(300, 0.02), SR)
+  open(os.path.join(d, "readme.txt"), "w").write("not audio")
+  return {"empty.wav": "empty", "truncated.wav": "truncated", "notes.wav": "cannot decode",
+          "nan.wav": "NaN", "blip.wav": "shorter than data.min_seconds"}
+
+
+def test_corrupt_files_are_reported_not_fatal(tmp_path):
+  root = write_class_folder(str(tmp_path / "clips"), splits={"train": 3, "validation": 1,
+                                                             "test": 1})
+  expected = _bad_files(root)
+  prepared, _ = prep.prepare(data_config(tmp_path, f"folder:{root}"), AISFX_SPEC, progress=False)
+  report = json.load(open(os.path.join(prepared.root, "report.json")))
+  skipped = {os.path.basename(s["path"]): s["reason"] for s in report["skipped"]}
+  assert set(skipped) == set(expected)
+  for name, words in expected.items():
+    assert words in skipped[name] and name in skipped[name]
+  assert report["ignored"][0]["path"].endswith("readme.txt")
+  assert prepared.meta["splits"]["train"]["clips"] == 9   # every good file prepared
+  for where in ("cached", "fresh"):  # strict refuses a cached build with skips, and a new one
+    cfg = data_config(tmp_path / where if where == "fresh" else tmp_path, f"folder:{root}",
+                      strict=True)
+    with pytest.raises(DataError, match="strict mode stops at the first bad file"):
+      prep.prepare(cfg, AISFX_SPEC, progress=False)
+
+
+def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch):
+  root = write_class_folder(str(tmp_path / "clips"), per_class=3)
+  cfg = data_config(tmp_path, f"folder:{root}", val_fraction=0.34, test_fraction=0.34)
+  real = prep.featurize.featurize
+  calls = {"n": 0}
+
+  def dying(*args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == 5:
+      raise KeyboardInterrupt
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(prep.featurize, "featurize", dying)
+  with pytest.raises(KeyboardInterrupt):
+    prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert os.listdir(tmp_path / "prepared") == []
+  monkeypatch.setattr(prep.featurize, "featurize", real)
+  prepared, built = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert built and prep.is_complete(prepared.root)
+
+
+def test_spec_mismatch_is_refused(tmp_path, folder):
+  cfg = data_config(tmp_path, f"folder:{folder}", val_fraction=0.2, test_fraction=0.2)
+  prepared, _ = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  with pytest.raises(SpecMismatchError, match="prepare the data again"):
+    prep.open_prepared(prepared.root, PANNS_SPEC, model="panns_cnn14")
+
+
+def test_worker_processes_give_identical_data(tmp_path, folder):
+  one, _ = prep.prepare(data_config(tmp_path / "a", f"folder:{folder}", val_fraction=0.2,
+                                    test_fraction=0.2), AISFX_SPEC, progress=False)
+  two, _ = prep.prepare(data_config(tmp_path / "b", f"folder:{folder}", val_fraction=0.2,
+                                    test_fraction=0.2, workers=2), AISFX_SPEC, progress=False)
+  a, b = one.data_source("validation"), two.data_source("validation")
+  assert len(a) == len(b) > 0
+  for i in range(len(a)):
+    np.testing.assert_array_equal(a[i]["mel"], b[i]["mel"])
