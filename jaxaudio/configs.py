@@ -36,7 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
       "window_hop": 0.5,          # overlap of windows cut from long clips (fraction of a window)
       "min_seconds": 0.1,         # shorter files are skipped and reported
       "strict": False,            # stop at the first bad file instead of skipping it
-      "workers": 0,               # preparation processes (0 = every core)
+      "workers": 0,               # preparation processes (0 = auto: every core from 4 up)
       "loader_workers": 0,        # grain worker processes feeding training (0 = in-process)
       "shuffle_seed": 0,
       "demo": ml_collections.ConfigDict({

@@ -23,7 +23,7 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 def main(argv):
   del argv
-  cfg = _CONFIG.value
+  cfg = cli.load_config(_CONFIG)
   configs.validate(cfg)
   info = get_model(cfg.model.name)
   prepared, built = prepare(cfg.data, info.spec, progress=not _QUIET.value)

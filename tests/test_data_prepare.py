@@ -131,3 +131,36 @@ def test_worker_processes_give_identical_data(tmp_path, folder):
   assert len(a) == len(b) > 0
   for i in range(len(a)):
     np.testing.assert_array_equal(a[i]["mel"], b[i]["mel"])
+
+
+def test_killed_prepare_never_looks_complete(tmp_path, cli):
+  """SIGKILL a real `python -m jaxaudio.prepare` mid-build, then run it again."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  root = write_class_folder(str(tmp_path / "clips"), per_class=40, seconds=2.0)
+  args = [sys.executable, "-m", "jaxaudio.prepare", "--config=configs/folder.py",
+          f"--config.data.source=folder:{root}", f"--config.data.prepared_dir={tmp_path / 'p'}",
+          "--config.data.workers=1", "--quiet"]
+  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    tmp_dirs = [d for d in os.listdir(tmp_path / "p")] if os.path.isdir(tmp_path / "p") else []
+    if any(".tmp-" in d for d in tmp_dirs) and any(
+        f.endswith(".array_record-00000-of-00001") or "incomplete" in f
+        for d in tmp_dirs for _, dirs, files in os.walk(tmp_path / "p" / d) for f in dirs + files):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  left = os.listdir(tmp_path / "p")
+  assert left and all(".tmp-" in d for d in left)           # only a temporary build remains
+  assert not any(prep.is_complete(str(tmp_path / "p" / d)) for d in left)
+  r = subprocess.run(args, capture_output=True, text=True,
+                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["built"] and prep.is_complete(out["prepared"])
+  assert os.listdir(tmp_path / "p") == [os.path.basename(out["prepared"])]   # stale one gone

@@ -7,7 +7,6 @@ reproducible and its cache key can include their settings.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, signal
 
 _EPS = 1e-12
 
@@ -44,6 +43,7 @@ def spectral_gate(x: np.ndarray, sample_rate: int, strength: float = 1.0,
   """
   if strength <= 0 or len(x) < n_fft:
     return x
+  from scipy import ndimage, signal  # pylint: disable=import-outside-toplevel  (workers start faster)
   hop = n_fft // 4
   _, _, z = signal.stft(x, fs=sample_rate, nperseg=n_fft, noverlap=n_fft - hop)
   db = 20.0 * np.log10(np.abs(z) + _EPS)

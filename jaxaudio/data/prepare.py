@@ -14,6 +14,7 @@ interrupted run never leaves a dataset that looks complete.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -33,9 +34,9 @@ from jaxaudio.data import featurize
 from jaxaudio.data.sources import SPLITS, Clip, Listing, list_source
 from jaxaudio.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mel stored as raw bytes
 DATASET_NAME = "jaxaudio_prepared"
-_CHUNK = 64
+_WINDOW = 16  # tasks in flight per worker: bounds memory (TFDS audio) and keeps cores busy
 _DURATION_EDGES = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
 
 
@@ -165,19 +166,19 @@ class _Featurizer:
         self._pool = multiprocessing.get_context("spawn").Pool(workers)
 
   def map(self, tasks, spec_dict, settings) -> Iterator[featurize.Result]:
-    chunk = []
-    for task in tasks:
-      chunk.append(task)
-      if len(chunk) >= _CHUNK * max(1, self.workers):
-        yield from self._map_chunk(chunk, spec_dict, settings)
-        chunk = []
-    if chunk:
-      yield from self._map_chunk(chunk, spec_dict, settings)
-
-  def _map_chunk(self, chunk, spec_dict, settings):
+    """Results in task order. With a pool, a sliding window of `_WINDOW * workers` tasks is in
+    flight, so workers keep computing while the caller writes the previous results."""
     if self._pool is None:
-      return [_run(t, spec_dict, settings) for t in chunk]
-    return self._pool.starmap(_run, [(t, spec_dict, settings) for t in chunk], chunksize=4)
+      for task in tasks:
+        yield _run(task, spec_dict, settings)
+      return
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+      pending.append(self._pool.apply_async(_run, (task, spec_dict, settings)))
+      if len(pending) >= _WINDOW * self.workers:
+        yield pending.popleft().get()
+    while pending:
+      yield pending.popleft().get()
 
   def close(self):
     if self._pool is not None:
@@ -222,7 +223,10 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   label_feature = (tfds.features.Tensor(shape=(len(classes),), dtype=np.uint8)
                    if listing.multi_label else tfds.features.Tensor(shape=(), dtype=np.int64))
   features = tfds.features.FeaturesDict({
-      "mel": tfds.features.Tensor(shape=(spec.frames_per_window, spec.n_mels), dtype=np.float16),
+      # BYTES: raw float16 instead of a protobuf float list; measured 32x faster to write
+      # (0.19 vs 6.1 ms per window) and 2.2x faster to read.
+      "mel": tfds.features.Tensor(shape=(spec.frames_per_window, spec.n_mels), dtype=np.float16,
+                                  encoding=tfds.features.Encoding.BYTES),
       "label": label_feature,
       "clip": tfds.features.Tensor(shape=(), dtype=np.int64),
       "window": tfds.features.Tensor(shape=(), dtype=np.int64),
@@ -312,6 +316,34 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   return report
 
 
+def auto_workers() -> int:
+  """Processes for data.workers=0: every core from 4 cores up; in-process below that.
+
+  Measured on 2 cores (bench/bench_data.py, 1200 files): in-process 226 files/s, 2 worker
+  processes 173 files/s - the parent's result handling and BLAS threads compete for the same
+  two cores - while featurization alone scales 1.64x on 2 workers.
+  """
+  cores = os.cpu_count() or 1
+  return cores if cores >= 4 else 1
+
+
+def _remove_stale_builds(root: str) -> None:
+  """Delete <root>.tmp-<pid> left by builds that were killed (their pid is gone)."""
+  parent, name = os.path.split(root)
+  for entry in os.listdir(parent):
+    if not entry.startswith(name + ".tmp-"):
+      continue
+    try:
+      pid = int(entry.rsplit("-", 1)[1])
+      os.kill(pid, 0)
+      if pid == os.getpid():
+        raise ProcessLookupError
+    except (ValueError, ProcessLookupError):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+    except PermissionError:
+      pass  # alive, another user's
+
+
 def prepared_root(cfg) -> str:
   if cfg.prepared_dir:
     return os.path.abspath(os.path.expanduser(cfg.prepared_dir))
@@ -335,10 +367,11 @@ def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, b
                         f"{len(skipped)} were skipped in all)")
     return open_prepared(root, spec), False
   os.makedirs(os.path.dirname(root), exist_ok=True)
+  _remove_stale_builds(root)
   tmp = f"{root}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  workers = int(cfg.workers) or os.cpu_count() or 1
+  workers = int(cfg.workers) or auto_workers()
   try:
     _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key)
     shutil.rmtree(root, ignore_errors=True)   # a stale incomplete copy

@@ -1,0 +1,34 @@
+"""Config defaults, validation and the one-sentence errors of config-driven CLIs."""
+
+import pytest
+
+from jaxaudio import configs
+from jaxaudio.errors import ConfigError, UnknownModelError
+
+
+def test_defaults_validate_and_bad_values_name_the_key():
+  c = configs.base_config()
+  configs.validate(c)
+  for key, value, words in (("window_hop", 0.0, "data.window_hop=0.0"),
+                            ("loudness", "loud", "use peak, rms or none"),
+                            ("val_fraction", 0.7, "data.val_fraction"),
+                            ("source", "ftp:x", "data.source")):
+    bad = configs.base_config()
+    bad.data[key] = value
+    with pytest.raises(ConfigError, match=words):
+      configs.validate(bad)
+  bad = configs.base_config()
+  bad.model.name = "resnet"
+  with pytest.raises(UnknownModelError):
+    configs.validate(bad)
+
+
+@pytest.mark.parametrize("arg,words", [
+    ("--config.data.bogus=1", "unknown config key in --config.data.bogus=1"),
+    ("--config.data.window_hop=abc", "could not convert string to float"),
+    ("--config=configs/nope.py", "no such config file configs/nope.py"),
+])
+def test_cli_config_errors_are_one_sentence(cli, arg, words):
+  r = cli("jaxaudio.prepare", "--config=configs/finetune.py", arg)
+  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
