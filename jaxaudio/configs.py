@@ -49,6 +49,33 @@ def base_config() -> ml_collections.ConfigDict:
           "splits": {"train": "train", "validation": "validation", "test": "test"},
       }),
   })
+  c.train = ml_collections.ConfigDict({
+      "seed": 0,
+      "num_steps": 600,
+      "batch_size": 32,           # global batch, split over processes and devices
+      "learning_rate": 1e-3,      # the head's; other groups scale it by group_lr_mult
+      # Ordered (regex over parameter paths, group); first match wins, all must match.
+      "param_groups": (("^backbone/(bn0|block1|block2|block3)/", "frozen"),
+                       ("^backbone/", "backbone"),
+                       ("^head/", "head")),
+      "group_lr_mult": {"head": 1.0, "backbone": 0.1},
+      "warmup_steps": 50,
+      "final_lr_fraction": 0.01,
+      "weight_decay": 1e-4,       # AdamW, kernels only
+      "adam_b1": 0.9, "adam_b2": 0.999, "adam_eps": 1e-8,
+      "grad_clip_norm": 1.0,      # over trainable leaves; 0 = off
+      "head_dropout": 0.2,
+      "mixed_precision": False,   # bfloat16 compute, float32 params (GPU/TPU)
+      "augment": ml_collections.ConfigDict({
+          "enabled": True,
+          "time_masks": 2, "time_mask_width": 10,   # SpecAugment, frames
+          "freq_masks": 2, "freq_mask_width": 8,    # SpecAugment, mel bands
+          "mixup_alpha": 0.2,                       # 0 = off
+          "gain_db": 6.0,                           # random gain within +-gain_db
+          "time_shift": 0.1,                        # roll by up to this fraction of a window
+      }),
+  })
+  c.parallel = "jit"              # jit (Mesh + NamedSharding) or pmap
   return c
 
 

@@ -9,6 +9,7 @@ import pytest
 from jaxaudio.audio import melfilters
 from jaxaudio.errors import CheckpointError
 from jaxaudio.models.head import EmbeddingClassifier
+from jaxaudio.models.init import init_variables
 from jaxaudio.models.registry import get_model
 from jaxaudio.weights import convert, merge, store
 from pth_writer import save_pth
@@ -95,7 +96,7 @@ def test_merge_keeps_fresh_head_and_drops_audioset_head():
   info = get_model("panns_cnn6")
   pretrained = convert.convert_state_dict(info, torch_layout_random_weights(info, 3))
   model = EmbeddingClassifier(info.build(audioset_head=False), num_classes=5)
-  fresh = model.init(jax.random.PRNGKey(0), np.zeros((1, 200, 64), np.float32))
+  fresh = init_variables(model, jax.random.PRNGKey(0), np.zeros((1, 200, 64), np.float32))
   merged = merge.merge_pretrained(fresh, pretrained, info)
   np.testing.assert_array_equal(merged["params"]["head"]["kernel"],
                                 fresh["params"]["head"]["kernel"])
@@ -109,7 +110,7 @@ def test_merge_keeps_fresh_head_and_drops_audioset_head():
 def test_merge_lists_every_mismatch():
   info = get_model("aisfx")
   tiny = EmbeddingClassifier(info.build(widths=(4, 8, 8, 16)), num_classes=3)
-  fresh = tiny.init(jax.random.PRNGKey(0), np.zeros((1, 100, 96), np.float32))
+  fresh = init_variables(tiny, jax.random.PRNGKey(0), np.zeros((1, 100, 96), np.float32))
   pretrained = jax.tree_util.tree_map(np.asarray, info.init_variables())
   pretrained["params"]["extra"] = {"kernel": np.zeros(3)}
   del pretrained["params"]["block4"]["conv2"]

@@ -46,7 +46,8 @@ def test_frozen_blocks_use_running_stats_and_stop_gradients():
   info = get_model("aisfx")
   module = info.build(frozen=("block1", "block2"), widths=(4, 8, 8, 16))
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 100, 96))
-  variables = module.init(jax.random.PRNGKey(0), x, train=False)
+  from jaxaudio.models.init import init_variables
+  variables = init_variables(module, jax.random.PRNGKey(0), x)
 
   def loss(params):
     out, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,

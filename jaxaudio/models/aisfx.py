@@ -24,6 +24,7 @@ class AiSFX(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   frozen: Sequence[str] = ()
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None   # set to the pmap axis to synchronise BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -32,7 +33,7 @@ class AiSFX(nn.Module):
     stop_after = frozen_prefix_length(LAYER_GROUPS, self.frozen)
     for i, (name, width, pool) in enumerate(zip(LAYER_GROUPS, self.widths, pools)):
       block = ConvBlock(width, kernel=3, num_convs=2, pool=pool, pool_type="max",
-                        dtype=self.dtype, name=name)
+                        dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
       x = block(x, use_running_average=not train or name in self.frozen)
       if i + 1 == stop_after:
         x = jax.lax.stop_gradient(x)

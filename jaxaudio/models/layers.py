@@ -13,10 +13,14 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def batch_norm(name: str, use_running_average: bool, axis: int = -1) -> nn.BatchNorm:
-  # Statistics and scale stay float32 even under bfloat16 compute.
+def batch_norm(name: str, use_running_average: bool, axis: int = -1,
+               axis_name: str | None = None) -> nn.BatchNorm:
+  """PyTorch-equivalent BatchNorm. `axis_name` averages batch statistics across pmap devices,
+  so N devices train like one device with the global batch. Statistics and scale stay
+  float32 even under bfloat16 compute."""
   return nn.BatchNorm(use_running_average=use_running_average, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, axis=axis, dtype=jnp.float32, name=name)
+                      epsilon=BN_EPSILON, axis=axis, dtype=jnp.float32, axis_name=axis_name,
+                      name=name)
 
 
 class ConvBlock(nn.Module):
@@ -32,6 +36,7 @@ class ConvBlock(nn.Module):
   pool: tuple[int, int] = (2, 2)
   pool_type: str = "max"
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
@@ -39,7 +44,8 @@ class ConvBlock(nn.Module):
     for i in range(1, self.num_convs + 1):
       x = nn.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
                   use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
-      x = batch_norm(f"bn{i}", use_running_average)(x).astype(self.dtype)
+      x = batch_norm(f"bn{i}", use_running_average, axis_name=self.bn_axis_name)(x)
+      x = x.astype(self.dtype)
       x = nn.relu(x)
     if tuple(self.pool) != (1, 1):
       pool_fn = nn.max_pool if self.pool_type == "max" else nn.avg_pool

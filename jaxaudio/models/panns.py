@@ -49,6 +49,7 @@ class Panns(nn.Module):
   audioset_head: bool = True
   frozen: Sequence[str] = ()
   dtype: Any = jnp.float32
+  bn_axis_name: str | None = None   # set to the pmap axis to synchronise BatchNorm
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -60,14 +61,16 @@ class Panns(nn.Module):
     def maybe_stop(i, h):
       return jax.lax.stop_gradient(h) if i + 1 == stop_after else h
 
-    x = batch_norm("bn0", not train or "bn0" in self.frozen)(x.astype(jnp.float32))
+    x = batch_norm("bn0", not train or "bn0" in self.frozen,
+                   axis_name=self.bn_axis_name)(x.astype(jnp.float32))
     x = maybe_stop(0, x).astype(self.dtype)[..., None]  # [B, T, M, 1]
     for i, width in enumerate(widths, start=1):
       last = i == len(widths)
       pool = (2, 2) if (not last or spec.last_block_pools) else (1, 1)
       name = f"block{i}"
       x = ConvBlock(width, kernel=spec.kernel, num_convs=spec.num_convs, pool=pool,
-                    pool_type="avg", dtype=self.dtype, name=name)(
+                    pool_type="avg", dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                    name=name)(
                         x, use_running_average=not train or name in self.frozen)
       x = nn.Dropout(0.2, deterministic=not train)(x)
       x = maybe_stop(i, x)

@@ -39,7 +39,7 @@ class ModelInfo:
   spec: FrontendSpec
   embedding_dim: int
   layer_groups: tuple[str, ...]          # forward order; configs freeze these by name
-  build: Callable[..., nn.Module]        # build(frozen=(), dtype=..., widths=None)
+  build: Callable[..., nn.Module]        # build(frozen=(), dtype=, widths=, bn_axis_name=)
   torch_prefix: str                      # where the embedding net sits in the state dict
   torch_ignore: tuple[str, ...]          # regexes of original tensors that are not converted
   pretrained_only: tuple[str, ...] = ()  # subtrees dropped when a fresh head replaces them
@@ -53,19 +53,21 @@ class ModelInfo:
     frames = frames or self.spec.frames_per_window
     x = jnp.zeros((1, frames, self.spec.n_mels), jnp.float32)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    return dict(jax.jit(lambda r: module.init(r, x, train=False))(rng))
+    from jaxaudio.models.init import init_variables  # pylint: disable=import-outside-toplevel
+    return init_variables(module, rng, x)
 
 
 def _panns(arch: str, default_audioset_head: bool = True):
-  def build(frozen=(), dtype=jnp.float32, widths=None, audioset_head=default_audioset_head):
+  def build(frozen=(), dtype=jnp.float32, widths=None, audioset_head=default_audioset_head,
+            bn_axis_name=None):
     return panns.Panns(arch=arch, widths=widths, audioset_head=audioset_head,
-                       frozen=tuple(frozen), dtype=dtype)
+                       frozen=tuple(frozen), dtype=dtype, bn_axis_name=bn_axis_name)
   return build
 
 
-def _aisfx(frozen=(), dtype=jnp.float32, widths=None):
+def _aisfx(frozen=(), dtype=jnp.float32, widths=None, bn_axis_name=None):
   return aisfx.AiSFX(widths=tuple(widths or (64, 128, 256, 512)), frozen=tuple(frozen),
-                     dtype=dtype)
+                     dtype=dtype, bn_axis_name=bn_axis_name)
 
 
 _PANNS_IGNORE = (r"^spectrogram_extractor\.", r"^logmel_extractor\.", r"num_batches_tracked$")
@@ -85,6 +87,13 @@ MODELS: dict[str, ModelInfo] = {
         for arch in ("cnn14", "cnn10", "cnn6")
     },
 }
+
+
+def finetune_backbone(info: ModelInfo, **kwargs) -> nn.Module:
+  """The backbone as fine-tuning uses it: pretrained-only heads (PANNs' AudioSet layer) off."""
+  if "fc_audioset" in info.pretrained_only:
+    kwargs.setdefault("audioset_head", False)
+  return info.build(**kwargs)
 
 
 def get_model(name: str) -> ModelInfo:

@@ -1,0 +1,1 @@
+"""Training: parameter groups and optimizer, state, pure steps, parallel wrappers."""

@@ -1,0 +1,125 @@
+"""Parameter groups and the optimizer that gives each group its treatment.
+
+Config: an ordered list of (regex over "/"-joined parameter paths, group); the first match
+wins and every parameter must match. Group "frozen" gets optax.set_to_zero() (stateless, so
+frozen leaves carry no optimizer state); every other group gets AdamW with its own learning
+rate (a multiplier of train.learning_rate, warmup + cosine), weight decay on kernels only.
+Gradient clipping sees trainable leaves only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import optax
+from absl import logging
+
+from jaxaudio.errors import ConfigError
+
+FROZEN = "frozen"
+
+
+def flat_paths(tree: Any) -> dict[str, Any]:
+  """{"backbone/block1/conv1/kernel": leaf, ...} in tree order."""
+  return {"/".join(str(k.key) for k in kp): v
+          for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assign_groups(params: Any, rules) -> dict[str, str]:
+  """Path -> group by the first matching rule; ConfigError names uncovered parameters."""
+  compiled = []
+  for rule in rules:
+    if len(rule) != 2:
+      raise ConfigError(f"train.param_groups entry {rule!r} is not a (regex, group) pair.")
+    try:
+      compiled.append((re.compile(rule[0]), str(rule[1])))
+    except re.error as err:
+      raise ConfigError(f"train.param_groups regex {rule[0]!r} is invalid ({err}).") from err
+  assignment, uncovered = {}, []
+  for path in flat_paths(params):
+    group = next((g for rx, g in compiled if rx.search(path)), None)
+    if group is None:
+      uncovered.append(path)
+    else:
+      assignment[path] = group
+  if uncovered:
+    raise ConfigError(f"train.param_groups leaves {len(uncovered)} parameters without a group "
+                      f"({', '.join(uncovered[:6])}{' ...' if len(uncovered) > 6 else ''}); "
+                      "add a rule that matches them, e.g. ('.*', 'head') last.")
+  return assignment
+
+
+def describe(assignment: dict[str, str], params: Any) -> str:
+  """One line per group: how many tensors and parameters it holds (for the log)."""
+  sizes = {p: int(getattr(v, "size", 0)) for p, v in flat_paths(params).items()}
+  lines = []
+  for group in sorted(set(assignment.values())):
+    paths = [p for p, g in assignment.items() if g == group]
+    lines.append(f"{group}: {len(paths)} tensors, {sum(sizes[p] for p in paths):,} params "
+                 f"({', '.join(sorted({p.rsplit('/', 2)[0] for p in paths})[:6])})")
+  return "\n".join(lines)
+
+
+def labels_like(params: Any, assignment: dict[str, str]) -> Any:
+  paths = iter(flat_paths(params))
+  return jax.tree_util.tree_map(lambda _: assignment[next(paths)], params)
+
+
+def trainable_mask(params: Any, assignment: dict[str, str]) -> Any:
+  paths = iter(flat_paths(params))
+  return jax.tree_util.tree_map(lambda _: assignment[next(paths)] != FROZEN, params)
+
+
+def frozen_layer_groups(params: Any, assignment: dict[str, str], layer_groups,
+                        prefix: str = "backbone") -> tuple[str, ...]:
+  """Backbone layer groups whose every parameter is frozen: these run BatchNorm on running
+  averages and sit behind a stop_gradient (see models.layers.frozen_prefix_length)."""
+  frozen = []
+  for name in layer_groups:
+    paths = [p for p in assignment if p.startswith(f"{prefix}/{name}/")]
+    if paths and all(assignment[p] == FROZEN for p in paths):
+      frozen.append(name)
+  return tuple(frozen)
+
+
+def _decay_mask(tree: Any) -> Any:
+  return jax.tree_util.tree_map_with_path(lambda kp, _: str(kp[-1].key) == "kernel", tree)
+
+
+def schedules(cfg, groups) -> dict[str, optax.Schedule]:
+  """Warmup + cosine learning-rate schedule per non-frozen group."""
+  out = {}
+  mults = dict(cfg.group_lr_mult)
+  for group in sorted(set(groups) - {FROZEN}):
+    if group not in mults:
+      raise ConfigError(f"parameter group '{group}' has no learning-rate multiplier; add it to "
+                        f"train.group_lr_mult (now {sorted(mults)}).")
+    peak = float(cfg.learning_rate) * float(mults[group])
+    warmup = int(cfg.warmup_steps)
+    out[group] = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(int(cfg.num_steps), warmup + 1),
+        end_value=peak * float(cfg.final_lr_fraction))
+  return out
+
+
+def make_optimizer(params: Any, cfg) -> tuple[optax.GradientTransformation, dict[str, str],
+                                               dict[str, optax.Schedule]]:
+  """(tx, assignment, schedules) for `params` per the config's `train` section."""
+  assignment = assign_groups(params, cfg.param_groups)
+  logging.info("parameter groups:\n%s", describe(assignment, params))
+  scheds = schedules(cfg, assignment.values())
+  transforms = {FROZEN: optax.set_to_zero()}
+  for group, sched in scheds.items():
+    transforms[group] = optax.adamw(sched, b1=float(cfg.adam_b1), b2=float(cfg.adam_b2),
+                                    eps=float(cfg.adam_eps),
+                                    weight_decay=float(cfg.weight_decay), mask=_decay_mask)
+  chain = []
+  if float(cfg.grad_clip_norm) > 0:
+    chain.append(optax.masked(optax.clip_by_global_norm(float(cfg.grad_clip_norm)),
+                              trainable_mask(params, assignment)))
+  # set_to_zero acts last for frozen leaves: nothing upstream can give them an update.
+  chain.append(optax.multi_transform(transforms, labels_like(params, assignment)))
+  return optax.chain(*chain), assignment, scheds

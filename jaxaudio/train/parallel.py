@@ -1,0 +1,65 @@
+"""Two thin wrappers around the pure steps: jax.pmap, and jax.jit over a device Mesh.
+
+pmap: state replicated with a leading device axis, batches [devices, per_device, ...],
+gradients/metrics averaged and BatchNorm statistics synchronised over axis "batch".
+jit: state replicated (NamedSharding P()), batches sharded over mesh axis "data"; XLA
+inserts the collectives. Both give the parameters one device gets with the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxaudio.train import steps
+
+PMAP_AXIS = "batch"
+MESH_AXIS = "data"
+
+
+@dataclasses.dataclass
+class Parallel:
+  """The chosen wrapper: how state and batches are placed and how steps are compiled."""
+
+  mode: str
+  mesh: jax.sharding.Mesh | None
+  train_step: Callable
+  eval_step: Callable
+
+  def put_state(self, state: Any) -> Any:
+    if self.mode == "pmap":
+      n = jax.local_device_count()
+      return jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+                                    state)
+    return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+  def get_state(self, state: Any) -> Any:
+    """Host copy of the (replicated) state, from the first local replica."""
+    if self.mode == "pmap":
+      return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0]
+                                    if x.addressable_shards[0].data.ndim else np.asarray(x),
+                                    state)
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data), state)
+
+
+def make(mode: str, step_cfg: steps.StepConfig, mesh: jax.sharding.Mesh | None = None
+         ) -> Parallel:
+  """step_cfg must be built with axis_name=PMAP_AXIS (and BatchNorm axis) for pmap."""
+  if mode == "pmap":
+    train = jax.pmap(lambda s, b: steps.train_step(s, b, step_cfg), axis_name=PMAP_AXIS,
+                     donate_argnums=(0,))
+    evaluate = jax.pmap(lambda s, b: steps.eval_step(s, b, step_cfg), axis_name=PMAP_AXIS)
+    return Parallel("pmap", None, train, evaluate)
+  if mode == "jit":
+    mesh = mesh or jax.make_mesh((jax.device_count(),), (MESH_AXIS,))
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(MESH_AXIS))
+    train = jax.jit(lambda s, b: steps.train_step(s, b, step_cfg), in_shardings=(repl, data),
+                    out_shardings=(repl, repl), donate_argnums=(0,))
+    evaluate = jax.jit(lambda s, b: steps.eval_step(s, b, step_cfg), in_shardings=(repl, data),
+                       out_shardings=data)
+    return Parallel("jit", mesh, train, evaluate)
+  raise ValueError(f"parallel={mode!r} is not jit or pmap")
