@@ -7,6 +7,8 @@ naming the key instead of a failure an hour into a run.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from jaxaudio.errors import ConfigError
@@ -18,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
       "name": "aisfx",            # registry name: aisfx, panns_cnn14, panns_cnn10, panns_cnn6
       "init": "pretrained",       # pretrained | scratch | path to a converted checkpoint
       "checkpoint": "",           # original .pth (PANNs need it; aiSFX finds its own)
+      "widths": (),               # override block widths (tests use tiny ones; scratch only)
   })
   c.data = ml_collections.ConfigDict({
       "source": "demo",           # folder:PATH | csv:PATH | tfds:NAME | demo
@@ -64,6 +67,12 @@ def base_config() -> ml_collections.ConfigDict:
       "weight_decay": 1e-4,       # AdamW, kernels only
       "adam_b1": 0.9, "adam_b2": 0.999, "adam_eps": 1e-8,
       "grad_clip_norm": 1.0,      # over trainable leaves; 0 = off
+      "log_every": 20,            # steps between train scalars / console lines
+      "eval_every": 100,          # steps between validation passes (and checkpoints)
+      "checkpoint_keep": 2,       # latest checkpoints kept, besides the best one
+      "best_metric": "auto",      # validation score for best/early stop: auto = macro_f1,
+                                  # or mAP for multi-label; or accuracy, micro_f1
+      "early_stop_patience": 0,   # validation passes without improvement; 0 = off
       "head_dropout": 0.2,
       "mixed_precision": False,   # bfloat16 compute, float32 params (GPU/TPU)
       "augment": ml_collections.ConfigDict({
@@ -100,6 +109,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(d.min_seconds >= 0.0, "data.min_seconds", d.min_seconds, "use seconds >= 0")
   _check(d.workers >= 0 and d.loader_workers >= 0, "data.workers", d.workers,
          "use 0 (all cores) or a positive count")
+  t = c.train
+  _check(t.num_steps > 0 and t.batch_size > 0, "train.num_steps", t.num_steps,
+         "use positive num_steps and batch_size")
+  _check(t.eval_every > 0 and t.log_every > 0, "train.eval_every", t.eval_every,
+         "use a positive number of steps")
+  _check(t.best_metric in ("auto", "macro_f1", "accuracy", "mAP", "micro_f1"),
+         "train.best_metric", t.best_metric, "use auto, macro_f1, accuracy, mAP or micro_f1")
+  _check(c.parallel in ("jit", "pmap"), "parallel", c.parallel, "use jit or pmap")
+  _check(c.model.init in ("pretrained", "scratch") or os.path.exists(c.model.init),
+         "model.init", c.model.init, "use pretrained, scratch or the path of a checkpoint")
+  _check(not c.model.widths or c.model.init == "scratch", "model.widths", c.model.widths,
+         "custom widths only work with model.init=scratch")
   kind = str(d.source).partition(":")[0]
   _check(kind in ("folder", "csv", "tfds", "demo"), "data.source", d.source,
          "use folder:PATH, csv:PATH, tfds:NAME or demo")

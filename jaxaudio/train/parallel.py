@@ -21,6 +21,14 @@ PMAP_AXIS = "batch"
 MESH_AXIS = "data"
 
 
+def make_mesh() -> jax.sharding.Mesh:
+  """1-D data-parallel mesh over every device. Auto axes: XLA propagates shardings through
+  the step (JAX 0.10's make_mesh defaults to Explicit axes, under which a cross-example op
+  such as mixup's permutation must be annotated by hand)."""
+  return jax.make_mesh((jax.device_count(),), (MESH_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
 @dataclasses.dataclass
 class Parallel:
   """The chosen wrapper: how state and batches are placed and how steps are compiled."""
@@ -55,7 +63,7 @@ def make(mode: str, step_cfg: steps.StepConfig, mesh: jax.sharding.Mesh | None =
     evaluate = jax.pmap(lambda s, b: steps.eval_step(s, b, step_cfg), axis_name=PMAP_AXIS)
     return Parallel("pmap", None, train, evaluate)
   if mode == "jit":
-    mesh = mesh or jax.make_mesh((jax.device_count(),), (MESH_AXIS,))
+    mesh = mesh or make_mesh()
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(MESH_AXIS))
     train = jax.jit(lambda s, b: steps.train_step(s, b, step_cfg), in_shardings=(repl, data),
                     out_shardings=(repl, repl), donate_argnums=(0,))

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, reports (and later robustness and retrieval)."""

@@ -1,0 +1,113 @@
+"""Classification metrics as clu metrics, with sklearn's definitions.
+
+Single-label: a confusion matrix accumulates over batches (masked rows excluded); accuracy,
+macro precision / recall / F1 and per-class figures follow sklearn's zero_division=0.
+Multi-label: scores and targets are collected; mAP is sklearn's macro average precision
+over classes with at least one positive, micro-F1 thresholds sigmoid outputs at 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import numpy as np
+from clu import metrics as clu_metrics
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  return np.divide(a, b, out=np.zeros_like(a, dtype=np.float64), where=b > 0)
+
+
+def scores_from_confusion(cm: np.ndarray) -> dict[str, Any]:
+  """cm[true, predicted] -> accuracy, macro P/R/F1 and per-class arrays (sklearn semantics:
+  classes are those with support or predictions; undefined ratios count as 0)."""
+  cm = np.asarray(cm, np.float64)
+  tp = np.diag(cm)
+  support, predicted = cm.sum(1), cm.sum(0)
+  precision, recall = _safe_div(tp, predicted), _safe_div(tp, support)
+  f1 = _safe_div(2 * precision * recall, precision + recall)
+  present = (support + predicted) > 0
+  total = cm.sum()
+  return {"accuracy": float(tp.sum() / total) if total else 0.0,
+          "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
+          "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+          "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+          "precision": precision, "recall": recall, "f1": f1, "support": support.astype(int),
+          "num_examples": int(total)}
+
+
+@flax.struct.dataclass
+class ConfusionMatrix(clu_metrics.Metric):
+  """Accumulated cm[true, predicted]; compute() gives the scores above."""
+
+  matrix: np.ndarray
+
+  @classmethod
+  def empty(cls, num_classes: int) -> "ConfusionMatrix":
+    return cls(matrix=np.zeros((num_classes, num_classes), np.int64))
+
+  @classmethod
+  def from_model_output(cls, *, logits, labels, mask=None, **_) -> "ConfusionMatrix":
+    logits, labels = np.asarray(logits), np.asarray(labels).astype(int)
+    keep = np.ones(len(labels), bool) if mask is None else np.asarray(mask) > 0
+    c = logits.shape[-1]
+    cm = np.zeros((c, c), np.int64)
+    np.add.at(cm, (labels[keep], np.argmax(logits[keep], -1)), 1)
+    return cls(matrix=cm)
+
+  def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+    return type(self)(matrix=self.matrix + other.matrix)
+
+  def compute(self) -> dict[str, Any]:
+    return scores_from_confusion(self.matrix)
+
+
+def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
+  """sklearn.metrics.average_precision_score for one class (step-wise, ties grouped)."""
+  order = np.argsort(-scores, kind="mergesort")
+  s, t = scores[order], targets[order].astype(np.float64)
+  distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+  tps = np.cumsum(t)[distinct]
+  fps = (distinct + 1) - tps
+  positives = t.sum()
+  if positives == 0:
+    return float("nan")
+  precision = tps / (tps + fps)
+  recall = tps / positives
+  recall_prev = np.r_[0.0, recall[:-1]]
+  return float(np.sum((recall - recall_prev) * precision))
+
+
+def multilabel_scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
+  targets = np.asarray(targets) > 0.5
+  scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+  per_class = np.array([average_precision(targets[:, j], scores[:, j])
+                        for j in range(targets.shape[1])])
+  pred = scores >= 0.5
+  tp = np.sum(pred & targets)
+  fp, fn = np.sum(pred & ~targets), np.sum(~pred & targets)
+  denom = 2 * tp + fp + fn
+  return {"mAP": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else 0.0,
+          "micro_f1": float(2 * tp / denom) if denom else 0.0, "average_precision": per_class,
+          "num_examples": int(len(targets))}
+
+
+@flax.struct.dataclass
+class MultiLabelScores(clu_metrics.Metric):
+  """Collected targets and logits of a multi-label task; compute() gives mAP and micro-F1."""
+
+  targets: np.ndarray
+  logits: np.ndarray
+
+  @classmethod
+  def from_model_output(cls, *, logits, labels, mask=None, **_) -> "MultiLabelScores":
+    keep = slice(None) if mask is None else np.asarray(mask) > 0
+    return cls(targets=np.asarray(labels)[keep], logits=np.asarray(logits)[keep])
+
+  def merge(self, other: "MultiLabelScores") -> "MultiLabelScores":
+    return type(self)(targets=np.concatenate([self.targets, other.targets]),
+                      logits=np.concatenate([self.logits, other.logits]))
+
+  def compute(self) -> dict[str, Any]:
+    return multilabel_scores(self.targets, self.logits)

@@ -1,0 +1,52 @@
+"""Run a model over a prepared split: window logits, then clip-level aggregation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxaudio.data import pipeline
+from jaxaudio.data.prepare import Prepared
+
+
+def _to_host(x) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def predict_windows(eval_step: Callable, state: Any, prepared: Prepared, split: str,
+                    batch_size: int, parallel: str, mesh=None) -> dict[str, np.ndarray]:
+  """logits, loss, label and clip id of every window of `split`, each exactly once."""
+  out = {"logits": [], "loss": [], "label": [], "clip": []}
+  for batch in pipeline.eval_batches(prepared, split, batch_size):
+    res = eval_step(state, pipeline.device_batch(batch, parallel, mesh))
+    keep = batch["mask"] > 0
+    for k in ("logits", "loss"):
+      v = _to_host(res[k])
+      out[k].append(v.reshape((-1,) + v.shape[2:] if parallel == "pmap" else v.shape)[keep])
+    out["label"].append(batch["label"][keep])
+    out["clip"].append(batch["clip"][keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def clip_level(windows: dict[str, np.ndarray], multi_label: bool) -> dict[str, np.ndarray]:
+  """Average each clip's window probabilities; back to logits so metrics read them alike."""
+  clips, inverse = np.unique(windows["clip"], return_inverse=True)
+  logits = windows["logits"].astype(np.float64)
+  if multi_label:
+    probs = 1.0 / (1.0 + np.exp(-logits))
+  else:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = e / e.sum(-1, keepdims=True)
+  summed = np.zeros((len(clips), probs.shape[-1]))
+  np.add.at(summed, inverse, probs)
+  mean = summed / np.bincount(inverse)[:, None]
+  first = np.zeros(len(clips), int)
+  first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+  eps = 1e-12
+  agg = (np.log(mean + eps) - np.log1p(-mean + eps)) if multi_label else np.log(mean + eps)
+  return {"logits": agg, "label": windows["label"][first], "clip": clips}

@@ -1,0 +1,77 @@
+"""The end-of-run test report: DIR/report/test_metrics.json and confusion_matrix.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxaudio.evaluate import metrics
+
+
+def classification_report(predictions: dict[str, np.ndarray], classes: list[str],
+                          multi_label: bool) -> dict[str, Any]:
+  if multi_label:
+    s = metrics.MultiLabelScores.from_model_output(logits=predictions["logits"],
+                                                   labels=predictions["label"]).compute()
+    return {"mAP": s["mAP"], "micro_f1": s["micro_f1"], "num_examples": s["num_examples"],
+            "per_class": {c: {"average_precision": float(ap)}
+                          for c, ap in zip(classes, s["average_precision"])}}
+  cm = metrics.ConfusionMatrix.empty(len(classes)).merge(metrics.ConfusionMatrix.from_model_output(
+      logits=predictions["logits"], labels=predictions["label"]))
+  s = cm.compute()
+  return {"accuracy": s["accuracy"], "macro_precision": s["macro_precision"],
+          "macro_recall": s["macro_recall"], "macro_f1": s["macro_f1"],
+          "num_examples": s["num_examples"],
+          "per_class": {c: {"precision": float(s["precision"][i]), "recall": float(s["recall"][i]),
+                            "f1": float(s["f1"][i]), "support": int(s["support"][i])}
+                        for i, c in enumerate(classes)},
+          "confusion_matrix": cm.matrix.tolist()}
+
+
+def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matrix = np.asarray(matrix)
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  n = len(classes)
+  fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.6 + 0.45 * n), dpi=100)
+  norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+  ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+  ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+  ax.set_yticks(range(n), classes, fontsize=8)
+  for i in range(n):
+    for j in range(n):
+      if matrix[i, j]:
+        ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black")
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+def figure_to_array(fig) -> np.ndarray:
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt.close(fig)
+  return image
+
+
+def write_test_report(workdir: str, report: dict[str, Any], classes: list[str]) -> str:
+  out = os.path.join(workdir, "report")
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "test_metrics.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  if "confusion_matrix" in report:
+    fig = confusion_figure(np.array(report["confusion_matrix"]), classes,
+                           f"test (per clip): accuracy {report['accuracy']:.3f}, "
+                           f"macro F1 {report['macro_f1']:.3f}")
+    fig.savefig(os.path.join(out, "confusion_matrix.png"))
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    plt.close(fig)
+  return out

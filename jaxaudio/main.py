@@ -1,0 +1,47 @@
+"""Fine-tune a pretrained audio model: `python -m jaxaudio.main --config=configs/finetune.py`.
+
+--workdir holds checkpoints, TensorBoard logs and report/; running the same command again
+continues an interrupted run. Config overrides: --config.KEY=VALUE (README lists the keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxaudio import cli
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory (checkpoints, logs, report).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+
+
+def main(argv):
+  del argv
+  cfg = cli.load_config(_CONFIG)
+  if _DISTRIBUTED.value:
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.distributed.initialize()
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  log = logging.getLogger("jaxaudio")
+  log.addHandler(handler)
+  log.setLevel(logging.INFO)
+  log.propagate = False  # absl stays at WARNING: orbax and TF are chatty at INFO
+  from jaxaudio.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  test = train_and_evaluate(cfg, _WORKDIR.value)
+  summary = {k: v for k, v in test.items() if k != "per_class" and k != "confusion_matrix"}
+  print(json.dumps(summary))
+  print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'report')}")
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,58 @@
+"""orbax behind one module: a run's checkpoints hold everything needed to continue it.
+
+Each checkpoint is a Composite of `state` (step, params, batch_stats, optimizer state, RNG),
+`data` (the grain iterator position) and `meta` (best score so far, early-stopping counter).
+Kept: the latest `keep` checkpoints and the best one by the validation score.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+from jaxaudio.errors import CheckpointError
+
+
+def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  policy = pp.AnyPreservationPolicy([
+      pp.LatestN(n=max(1, keep)),
+      pp.BestN(get_metric_fn=lambda m: m["score"], n=1, keep_checkpoints_without_metrics=False),
+  ])
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                         enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copy of a pytree (also the restore template: device buffers get donated)."""
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any, iterator, meta: dict[str, Any],
+         score: float) -> None:
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(to_host(state)),
+                                         data=grain.checkpoint.CheckpointSave(iterator),
+                                         meta=ocp.args.JsonSave(meta)),
+           metrics={"score": float(score)})
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, template: Any, iterator=None
+            ) -> tuple[Any, dict[str, Any]]:
+  """(state shaped like `template`, meta); `iterator` is set to the saved position."""
+  args = {"state": ocp.args.StandardRestore(to_host(template)), "meta": ocp.args.JsonRestore()}
+  if iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(iterator)
+  try:
+    restored = mgr.restore(step, args=ocp.args.Composite(**args))
+  except Exception as err:  # orbax raises many types for mismatched or damaged checkpoints
+    raise CheckpointError(f"cannot restore checkpoint step {step} from {mgr.directory} ({err}); "
+                          "a run of a different model or config wrote it: use another "
+                          "--workdir.") from err
+  return restored["state"], dict(restored["meta"])

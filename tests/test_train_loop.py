@@ -1,0 +1,107 @@
+"""The training run end to end: report, bitwise resume after SIGKILL, divergence guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from datafixtures import write_class_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("loop")
+  return str(tmp), write_class_folder(str(tmp / "clips"), per_class=8, seconds=1.5)
+
+
+def args(tmp, clips, workdir, steps=24):
+  return [sys.executable, "-m", "jaxaudio.main", "--config=configs/finetune.py",
+          f"--workdir={workdir}", f"--config.data.source=folder:{clips}",
+          f"--config.data.prepared_dir={tmp}/prepared", "--config.model.init=scratch",
+          "--config.model.widths=(4,8,8,16)", f"--config.train.num_steps={steps}",
+          "--config.train.eval_every=6", "--config.train.log_every=6",
+          "--config.train.batch_size=8", "--config.train.warmup_steps=3"]
+
+
+def final_state(workdir, step):
+  ckptr = ocp.StandardCheckpointer()
+  return ckptr.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_run_report_and_bitwise_resume_after_kill(dataset):
+  tmp, clips = dataset
+  whole = subprocess.run(args(tmp, clips, f"{tmp}/whole"), capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  report = json.load(open(f"{tmp}/whole/report/test_metrics.json"))
+  assert set(report) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1",
+                         "num_examples", "per_class"}
+  assert report["num_examples"] == 3 and set(report["per_class"]) == {"high", "low", "mid"}
+  assert set(report["per_class"]["low"]) == {"precision", "recall", "f1", "support"}
+  assert os.path.getsize(f"{tmp}/whole/report/confusion_matrix.png") > 1000
+  assert os.listdir(f"{tmp}/whole/tensorboard")
+
+  proc = subprocess.Popen(args(tmp, clips, f"{tmp}/killed"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, cwd=ROOT)
+  deadline = time.time() + 300
+  while not os.path.isdir(f"{tmp}/killed/checkpoints/12") and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps_at_kill = sorted(int(d) for d in os.listdir(f"{tmp}/killed/checkpoints") if d.isdigit())
+  assert 12 in steps_at_kill and 24 not in steps_at_kill
+  again = subprocess.run(args(tmp, clips, f"{tmp}/killed"), capture_output=True, text=True,
+                         cwd=ROOT, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from step" in again.stderr
+  a, b = leaves(final_state(f"{tmp}/whole", 24)), leaves(final_state(f"{tmp}/killed", 24))
+  assert len(a) == len(b) > 20
+  for x, y in zip(a, b):
+    assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+  assert json.load(open(f"{tmp}/killed/report/test_metrics.json"))["macro_f1"] == \
+      report["macro_f1"]
+
+
+def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
+  from jaxaudio import configs
+  from jaxaudio.train import loop, parallel
+  tmp, clips = dataset
+  real_make = parallel.make
+
+  def poisoned_make(*a, **kw):
+    par = real_make(*a, **kw)
+    real_step, calls = par.train_step, {"n": 0}
+
+    def step(state, batch):
+      state, metrics = real_step(state, batch)
+      calls["n"] += 1
+      if calls["n"] > 8:   # after the step-6 checkpoint, the loss "explodes"
+        metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+      return state, metrics
+
+    par.train_step = step
+    return par
+
+  monkeypatch.setattr(loop.parallel, "make", poisoned_make)
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=24, eval_every=6, log_every=6, batch_size=8, warmup_steps=3)
+  with pytest.raises(loop.TrainingDiverged,
+                     match=r"became nan by step 12; the last good checkpoint \(step 6\) is intact"):
+    loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
+  assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["6"]
+  assert len(leaves(final_state(str(tmp_path / "wd"), 6))) > 20
