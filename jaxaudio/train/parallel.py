@@ -47,11 +47,11 @@ class Parallel:
 
   def get_state(self, state: Any) -> Any:
     """Host copy of the (replicated) state, from the first local replica."""
-    if self.mode == "pmap":
-      return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0]
-                                    if x.addressable_shards[0].data.ndim else np.asarray(x),
-                                    state)
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data), state)
+    def first(x):
+      data = np.asarray(x.addressable_shards[0].data)
+      # pmap shards keep the device axis with length 1; replicated jit shards are whole.
+      return data[0] if self.mode == "pmap" and data.ndim == x.ndim else data
+    return jax.tree_util.tree_map(first, state)
 
 
 def make(mode: str, step_cfg: steps.StepConfig, mesh: jax.sharding.Mesh | None = None
