@@ -27,9 +27,7 @@ from random_weights import random_state_dict  # noqa: E402  pylint: disable=wron
 
 
 def panns_variables(info):
-  shapes = {convert.torch_name(info, k[1:]): convert._torch_shape(s, k[-1])  # pylint: disable=protected-access
-            for k, s in convert.expected_shapes(info).items()}
-  return convert.convert_state_dict(info, random_state_dict(shapes, 0))
+  return convert.convert_state_dict(info, random_state_dict(convert.torch_shapes(info), 0))
 
 
 def bench_convert():

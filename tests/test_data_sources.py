@@ -59,9 +59,9 @@ def test_split_with_no_files(tmp_path):
 
 
 def test_csv_with_split_column_and_multi_label(tmp_path):
-  root = write_class_folder(str(tmp_path / "clips"), per_class=4)
+  write_class_folder(str(tmp_path / "clips"), per_class=4)
   rows = []
-  for i, cls in enumerate(("low", "mid", "high")):
+  for cls in ("low", "mid", "high"):
     for j in range(4):
       split = ["train", "train", "val", "test"][j]
       label = cls if j % 2 else f"{cls};tonal"

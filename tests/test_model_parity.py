@@ -22,9 +22,7 @@ def test_aisfx_embeddings_match_pretrained_original(golden, aisfx_checkpoint):
 
 
 def torch_layout_random_weights(info, seed):
-  shapes = {convert.torch_name(info, key[1:]): convert._torch_shape(shape, key[-1])  # pylint: disable=protected-access
-            for key, shape in convert.expected_shapes(info).items()}
-  return random_state_dict(shapes, seed)
+  return random_state_dict(convert.torch_shapes(info), seed)
 
 
 @pytest.mark.parametrize("arch,params", [("cnn14", 80_753_615), ("cnn10", 5_219_279),

@@ -65,19 +65,26 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
   return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
-  """Mono float32 waveform of `path` at `sample_rate`; AudioError names the file and fix."""
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+  """(mono float32 waveform, its own sample rate); AudioError names the file and the fix."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioError(f"{path}: no such audio file; check the path.")
   if os.path.getsize(path) == 0:
     raise AudioError(f"{path}: the file is empty; remove it or replace it with the audio.")
-  if path.lower().endswith((".wav", ".wave")) and _wav_missing_bytes(path):
-    raise AudioError(f"{path}: the WAV file is truncated ({_wav_missing_bytes(path)} bytes of "
-                     "audio missing); re-copy or re-export it.")
+  missing = _wav_missing_bytes(path) if path.lower().endswith((".wav", ".wave")) else 0
+  if missing:
+    raise AudioError(f"{path}: the WAV file is truncated ({missing} bytes of audio missing); "
+                     "re-copy or re-export it.")
   x, sr = _decode(path)
   if x.size == 0:
     raise AudioError(f"{path}: decodes to zero samples; remove it or re-export the audio.")
   if not np.all(np.isfinite(x)):
     raise AudioError(f"{path}: holds NaN or infinite samples; re-export the audio.")
+  return x, sr
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+  """Mono float32 waveform of `path` at `sample_rate`."""
+  x, sr = read_audio(path)
   return resample(x, sr, sample_rate)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from jaxaudio.audio import frontend, preprocess
-from jaxaudio.audio.io import load_audio, resample
+from jaxaudio.audio.io import read_audio, resample
 from jaxaudio.audio.spec import FrontendSpec
 from jaxaudio.errors import AudioError
 
@@ -45,14 +45,6 @@ def _as_float(x: np.ndarray) -> np.ndarray:
   return (x.astype(np.float64) / 2.0 ** (bits - 1)).astype(np.float32)
 
 
-def source_rate(path: str) -> int:
-  try:
-    import soundfile as sf  # pylint: disable=import-outside-toplevel
-    return int(sf.info(path).samplerate)
-  except Exception:  # pylint: disable=broad-except
-    return 0
-
-
 def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
               path: str | None = None, waveform: np.ndarray | None = None,
               rate: int = 0) -> Result:
@@ -63,15 +55,14 @@ def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
   spec = FrontendSpec.from_dict(spec_dict)
   try:
     if path is not None:
-      x = load_audio(path, spec.sample_rate)
-      rate = source_rate(path)
+      x, rate = read_audio(path)  # decoded once; its rate goes into the report
     else:
       x = _as_float(np.asarray(waveform)).reshape(-1) if waveform is not None else np.zeros(0)
       if x.size == 0:
         raise AudioError(f"example {index}: empty waveform; drop it from the dataset.")
       if not np.all(np.isfinite(x)):
         raise AudioError(f"example {index}: NaN or infinite samples; drop it from the dataset.")
-      x = resample(x, rate, spec.sample_rate)
+    x = resample(x, rate, spec.sample_rate)
     seconds = len(x) / spec.sample_rate
     if settings.trim_db > 0:
       x = preprocess.trim_silence(x, settings.trim_db)

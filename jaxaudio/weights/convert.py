@@ -66,6 +66,12 @@ def expected_shapes(info: ModelInfo) -> dict[tuple[str, ...], tuple[int, ...]]:
   return {tuple(k.key for k in kp): tuple(v.shape) for kp, v in flat}
 
 
+def torch_shapes(info: ModelInfo) -> dict[str, tuple[int, ...]]:
+  """{original state-dict key: torch-layout shape} of every tensor the model converts."""
+  return {torch_name(info, key[1:]): _torch_shape(shape, key[-1])
+          for key, shape in expected_shapes(info).items()}
+
+
 def _short(names: list[str], n: int = 6) -> str:
   more = f" and {len(names) - n} more" if len(names) > n else ""
   return ", ".join(names[:n]) + more
@@ -74,13 +80,7 @@ def _short(names: list[str], n: int = 6) -> str:
 def _matching_models(state: dict[str, np.ndarray]) -> list[str]:
   found = []
   for name, info in MODELS.items():
-    try:
-      shapes = expected_shapes(info)
-    except Exception:  # pylint: disable=broad-except
-      continue
-    if all(torch_name(info, k[1:]) in state and
-           np.shape(state[torch_name(info, k[1:])]) == _torch_shape(v, k[-1])
-           for k, v in shapes.items()):
+    if all(k in state and np.shape(state[k]) == s for k, s in torch_shapes(info).items()):
       found.append(name)
   return found
 
