@@ -62,6 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
                        ("^backbone/", "backbone"),
                        ("^head/", "head")),
       "group_lr_mult": {"head": 1.0, "backbone": 0.1},
+      # Gradual unfreezing: (step, regex, group) entries; from `step` on, parameters matching
+      # `regex` belong to `group` (ahead of param_groups). Optimizer state of parameters
+      # already training is kept. E.g. ((50, "^backbone/block4/", "backbone"),).
+      "unfreeze": (),
+      # auto: when no backbone parameter trains at any stage, embed every window once and
+      # train the head on the cached embeddings (mixup only); off: full forward each step.
+      "cache_embeddings": "auto",
       "warmup_steps": 15,
       "final_lr_fraction": 0.01,
       "weight_decay": 1e-4,       # AdamW, kernels only
@@ -74,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
                                   # or mAP for multi-label; or accuracy, micro_f1
       "early_stop_patience": 0,   # validation passes without improvement; 0 = off
       "head_dropout": 0.2,
+      "logmel_images": 4,         # validation log-mel images in TensorBoard per evaluation
       "mixed_precision": False,   # bfloat16 compute, float32 params (GPU/TPU)
       "augment": ml_collections.ConfigDict({
           "enabled": True,
@@ -116,11 +124,17 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "use a positive number of steps")
   _check(t.best_metric in ("auto", "macro_f1", "accuracy", "mAP", "micro_f1"),
          "train.best_metric", t.best_metric, "use auto, macro_f1, accuracy, mAP or micro_f1")
+  _check(t.cache_embeddings in ("auto", "off"), "train.cache_embeddings", t.cache_embeddings,
+         "use auto or off")
+  _check(0 <= t.logmel_images <= 16, "train.logmel_images", t.logmel_images,
+         "use a count from 0 to 16")
   _check(c.parallel in ("jit", "pmap"), "parallel", c.parallel, "use jit or pmap")
   _check(c.model.init in ("pretrained", "scratch") or os.path.exists(c.model.init),
          "model.init", c.model.init, "use pretrained, scratch or the path of a checkpoint")
   _check(not c.model.widths or c.model.init == "scratch", "model.widths", c.model.widths,
          "custom widths only work with model.init=scratch")
+  from jaxaudio.train import stages  # pylint: disable=import-outside-toplevel
+  stages.plan(t)
   kind = str(d.source).partition(":")[0]
   _check(kind in ("folder", "csv", "tfds", "demo"), "data.source", d.source,
          "use folder:PATH, csv:PATH, tfds:NAME or demo")

@@ -159,3 +159,28 @@ def test_pmap_and_jit_match_one_device(devices):
   for mode in ("pmap", "jit"):
     assert result[mode]["devices"] == devices
     assert result[mode]["max_abs_diff"] < 1e-6 < result[mode]["param_change"]
+
+
+def test_mixed_precision_computes_in_bfloat16_and_keeps_float32_params():
+  runs = {}
+  for mixed in (False, True):
+    setup, cfg = tiny_setup(rules=(("^head/", "head"), ("^backbone/", "backbone")),
+                            mixed_precision=mixed)
+    fn = jax.jit(lambda s, b, c=step_cfg(setup, cfg, augment_on=False): steps.train_step(s, b, c))
+    hlo = fn.lower(setup.state, batch()).as_text()
+    convs = [line for line in hlo.splitlines() if "stablehlo.convolution" in line]
+    state, metrics = fn(setup.state, batch())
+    loss = float(metrics["loss"])
+    state, _ = fn(state, batch(seed=1))   # step 0 has warmup's zero learning rate
+    runs[mixed] = (convs, state, loss)
+  f32_convs, f32_state, f32_loss = runs[False]
+  bf16_convs, bf16_state, bf16_loss = runs[True]
+  assert f32_convs and all("bf16" not in c for c in f32_convs)
+  assert len(bf16_convs) == len(f32_convs) and all("xbf16>" in c for c in bf16_convs)
+  for leaf in jax.tree_util.tree_leaves((bf16_state.params, bf16_state.batch_stats,
+                                         bf16_state.opt_state)):
+    assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+  assert abs(bf16_loss - f32_loss) < 0.02 * abs(f32_loss)
+  diff = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                f32_state.params, bf16_state.params)
+  assert 0 < max(jax.tree_util.tree_leaves(diff)) < 5e-3

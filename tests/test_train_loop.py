@@ -28,7 +28,9 @@ def args(tmp, clips, workdir, steps=24):
           f"--config.data.prepared_dir={tmp}/prepared", "--config.model.init=scratch",
           "--config.model.widths=(4,8,8,16)", f"--config.train.num_steps={steps}",
           "--config.train.eval_every=6", "--config.train.log_every=6",
-          "--config.train.batch_size=8", "--config.train.warmup_steps=3"]
+          "--config.train.batch_size=8", "--config.train.warmup_steps=3",
+          # A gradual-unfreezing stage starts at the step-12 checkpoint the kill waits for.
+          "--config.train.unfreeze=((12, '^backbone/block3/', 'backbone'),)"]
 
 
 def final_state(workdir, step):
@@ -105,3 +107,33 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
     loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["6"]
   assert len(leaves(final_state(str(tmp_path / "wd"), 6))) > 20
+
+
+def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
+  from jaxaudio import configs
+  from jaxaudio.models.registry import get_model
+  from jaxaudio.train import factory, loop
+  tmp, clips = dataset
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=12, eval_every=6, log_every=6, batch_size=8, warmup_steps=3,
+                   param_groups=(("^backbone/", "frozen"), ("^head/", "head")))
+  wd = str(tmp_path / "wd")
+  with caplog.at_level("INFO", logger="jaxaudio"):
+    report = loop.train_and_evaluate(cfg, wd)
+  assert "training the head on cached embeddings" in caplog.text
+  assert "embedded 24 windows once" in caplog.text
+  assert report["num_examples"] == 3
+  fresh = factory.build(get_model("aisfx"), 3, cfg.train, widths=(4, 8, 8, 16)).state
+  import jax
+  saved = final_state(wd, 12)
+  flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)
+                    for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  a, b = flat(fresh.params["backbone"]), flat(saved["params"]["backbone"])
+  assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+  assert np.abs(saved["params"]["head"]["kernel"] - np.asarray(fresh.params["head"]["kernel"])
+                ).max() > 1e-4
+  events = open(os.path.join(wd, "tensorboard", os.listdir(os.path.join(wd, "tensorboard"))[0]),
+                "rb").read()
+  assert events.count(b"eval_logmel") == 2 and events.count(b"eval_confusion_matrix") == 2

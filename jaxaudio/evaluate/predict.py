@@ -19,13 +19,15 @@ def _to_host(x) -> np.ndarray:
 
 
 def predict_windows(eval_step: Callable, state: Any, prepared: Prepared, split: str,
-                    batch_size: int, parallel: str, mesh=None) -> dict[str, np.ndarray]:
-  """logits, loss, label and clip id of every window of `split`, each exactly once."""
-  out = {"logits": [], "loss": [], "label": [], "clip": []}
+                    batch_size: int, parallel: str, mesh=None,
+                    keys: tuple[str, ...] = ("logits", "loss")) -> dict[str, np.ndarray]:
+  """`keys` of eval_step's output (logits, loss, embedding), label and clip id of every
+  window of `split`, each exactly once, in the split's order."""
+  out = {k: [] for k in keys + ("label", "clip")}
   for batch in pipeline.eval_batches(prepared, split, batch_size):
     res = eval_step(state, pipeline.device_batch(batch, parallel, mesh))
     keep = batch["mask"] > 0
-    for k in ("logits", "loss"):
+    for k in keys:
       v = _to_host(res[k])
       out[k].append(v.reshape((-1,) + v.shape[2:] if parallel == "pmap" else v.shape)[keep])
     out["label"].append(batch["label"][keep])

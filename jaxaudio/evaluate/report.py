@@ -31,11 +31,16 @@ def classification_report(predictions: dict[str, np.ndarray], classes: list[str]
           "confusion_matrix": cm.matrix.tolist()}
 
 
-def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
+def _pyplot():
   import matplotlib  # pylint: disable=import-outside-toplevel
-  matrix = np.asarray(matrix)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
+  matrix = np.asarray(matrix)
+  plt = _pyplot()
   n = len(classes)
   fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.6 + 0.45 * n), dpi=100)
   norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -50,6 +55,22 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
   ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+def logmel_figure(mels: list[np.ndarray], titles: list[str], suptitle: str):
+  """Log-mel windows ([frames, mels], normalised) side by side, time left to right."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(mels), figsize=(3.2 * len(mels), 2.8), dpi=100,
+                           squeeze=False)
+  for ax, mel, title in zip(axes[0], mels, titles):
+    ax.imshow(np.asarray(mel, np.float32).T, origin="lower", aspect="auto", cmap="magma")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("frame", fontsize=7)
+    ax.set_ylabel("mel band", fontsize=7)
+    ax.tick_params(labelsize=6)
+  fig.suptitle(suptitle, fontsize=9)
   fig.tight_layout()
   return fig
 

@@ -1,6 +1,6 @@
 """On-device augmentation of normalised log-mel batches, inside the jitted train step.
 
-All functions take a [B, T, M] batch and a PRNG key and are pure; evaluation never calls
+All functions take a [B, T, M] batch (mixup also [B, D] embeddings) and a PRNG key and are pure; evaluation never calls
 them. Masks fill with the frontend's silence value, and a random gain is applied through the
 spec's own compression (exact for dB features, inverted and re-applied for aiSFX's
 log10(1e4 x + 1)), so augmented features stay features the model could have seen.
@@ -68,7 +68,7 @@ def mixup(key, x, y_onehot, alpha: float):
   lam = jax.random.beta(k1, alpha, alpha, (x.shape[0],))
   lam = jnp.maximum(lam, 1.0 - lam)   # keep the original example dominant
   perm = jax.random.permutation(k2, x.shape[0])
-  lx = lam[:, None, None]
+  lx = lam.reshape((-1,) + (1,) * (x.ndim - 1))   # [B, T, M] windows or [B, D] embeddings
   ly = lam[:, None]
   return lx * x + (1 - lx) * x[perm], ly * y_onehot + (1 - ly) * y_onehot[perm]
 

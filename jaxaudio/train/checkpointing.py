@@ -43,16 +43,22 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, iterator, meta: dict
            metrics={"score": float(score)})
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, template: Any, iterator=None
-            ) -> tuple[Any, dict[str, Any]]:
-  """(state shaped like `template`, meta); `iterator` is set to the saved position."""
-  args = {"state": ocp.args.StandardRestore(to_host(template)), "meta": ocp.args.JsonRestore()}
-  if iterator is not None:
-    args["data"] = grain.checkpoint.CheckpointRestore(iterator)
+def _restore(mgr: ocp.CheckpointManager, step: int, **args):
   try:
-    restored = mgr.restore(step, args=ocp.args.Composite(**args))
+    return mgr.restore(step, args=ocp.args.Composite(**args))
   except Exception as err:  # orbax raises many types for mismatched or damaged checkpoints
     raise CheckpointError(f"cannot restore checkpoint step {step} from {mgr.directory} ({err}); "
                           "a run of a different model or config wrote it: use another "
                           "--workdir.") from err
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+  """(state shaped like `template`, meta) of checkpoint `step`."""
+  restored = _restore(mgr, step, state=ocp.args.StandardRestore(to_host(template)),
+                      meta=ocp.args.JsonRestore())
   return restored["state"], dict(restored["meta"])
+
+
+def restore_data(mgr: ocp.CheckpointManager, step: int, iterator) -> None:
+  """Set the grain `iterator` to its position saved in checkpoint `step`."""
+  _restore(mgr, step, data=grain.checkpoint.CheckpointRestore(iterator))

@@ -26,7 +26,7 @@ from jaxaudio.errors import JaxAudioError
 from jaxaudio.evaluate import predict, report
 from jaxaudio.evaluate.metrics import ConfusionMatrix, MultiLabelScores
 from jaxaudio.models.registry import get_model
-from jaxaudio.train import checkpointing, factory, parallel, steps
+from jaxaudio.train import checkpointing, factory, head_only, optimizer, parallel, stages, steps
 from jaxaudio.weights.pretrained import pretrained_variables
 
 
@@ -69,6 +69,75 @@ def _initial_variables(cfg, info, has_checkpoint: bool):
   return variables
 
 
+def _example_windows(prepared, split: str, count: int, scan: int = 2000) -> list[int]:
+  """Indices of up to `count` windows of `split` with distinct labels (first found), for
+  the log-mel images written at each evaluation."""
+  source = prepared.data_source(split)
+  chosen, seen = [], set()
+  for i in range(min(len(source), scan)):
+    label = np.asarray(source[i]["label"]).tobytes()
+    if label not in seen:
+      seen.add(label)
+      chosen.append(i)
+    if len(chosen) == count:
+      break
+  return chosen
+
+
+def _label_text(label, classes: list[str]) -> str:
+  label = np.asarray(label)
+  if label.ndim == 0:
+    return classes[int(label)]
+  return "+".join(classes[i] for i in np.flatnonzero(label)) or "(none)"
+
+
+def _logmel_images(prepared, indices: list[int], pred: dict[str, np.ndarray], classes,
+                   multi_label: bool, step: int) -> np.ndarray:
+  source = prepared.data_source("validation")
+  mels, titles = [], []
+  for i in indices:
+    logits = pred["logits"][i].astype(np.float64)
+    probs = (1 / (1 + np.exp(-logits)) if multi_label
+             else np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+    top = int(np.argmax(probs))
+    mels.append(np.asarray(source[i]["mel"], np.float32))
+    titles.append(f"true {_label_text(source[i]['label'], classes)}\n"
+                  f"predicted {classes[top]} ({probs[top]:.2f})")
+  fig = report.logmel_figure(mels, titles, f"validation windows, step {step}")
+  return report.figure_to_array(fig)[None]
+
+
+class _Run:
+  """What a run compiles from the config: a Setup (model, optimizer, trainable mask) turned
+  into parallel train/eval steps, rebuilt at each gradual-unfreezing stage."""
+
+  def __init__(self, cfg, info, num_classes: int, multi_label: bool):
+    self.cfg, self.info, self.num_classes = cfg, info, num_classes
+    self.multi_label = multi_label
+    self.pmap = cfg.parallel == "pmap"
+    self.axis = parallel.PMAP_AXIS if self.pmap else None
+    self.widths = tuple(cfg.model.widths) or None
+    self.plan = stages.plan(cfg.train)
+
+  def build(self, pretrained, stage: int) -> factory.Setup:
+    return factory.build(self.info, self.num_classes, self.cfg.train, pretrained=pretrained,
+                         widths=self.widths, bn_axis_name=self.axis, plan=self.plan, stage=stage)
+
+  def restage(self, setup, stage: int, host_state):
+    return factory.restage(setup, self.info, self.num_classes, self.cfg.train, self.plan, stage,
+                           host_state, widths=self.widths, bn_axis_name=self.axis)
+
+  def compile(self, setup: factory.Setup, head_only_model=None) -> parallel.Parallel:
+    augment = self.cfg.train.augment
+    if head_only_model is not None:
+      augment = head_only.augment_config(augment)
+    step_cfg = steps.StepConfig(
+        model=head_only_model or setup.model, tx=setup.tx, trainable=setup.trainable,
+        num_classes=self.num_classes, multi_label=self.multi_label, augment=augment,
+        spec=self.info.spec, silence=silence_value(self.info.spec), axis_name=self.axis)
+    return parallel.make(self.cfg.parallel, step_cfg)
+
+
 def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   """Run (or continue) the configured fine-tuning in `workdir`; returns the test report."""
   configs.validate(cfg)
@@ -76,32 +145,47 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   info = get_model(cfg.model.name)
   prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
+  begin = time.perf_counter()
   classes, multi_label = prepared.classes, prepared.multi_label
+  batch_size = int(cfg.train.batch_size)
   mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
   latest = mgr.latest_step()
-  pmap = cfg.parallel == "pmap"
-  setup = factory.build(info, len(classes), cfg.train,
-                        pretrained=_initial_variables(cfg, info, latest is not None),
-                        widths=tuple(cfg.model.widths) or None,
-                        bn_axis_name=parallel.PMAP_AXIS if pmap else None)
-  step_cfg = steps.StepConfig(
-      model=setup.model, tx=setup.tx, trainable=setup.trainable, num_classes=len(classes),
-      multi_label=multi_label, augment=cfg.train.augment, spec=info.spec,
-      silence=silence_value(info.spec), axis_name=parallel.PMAP_AXIS if pmap else None)
-  par = parallel.make(cfg.parallel, step_cfg)
-  iterator = iter(pipeline.train_loader(prepared, "train", int(cfg.train.batch_size),
-                                        seed=int(cfg.data.shuffle_seed),
-                                        worker_count=int(cfg.data.loader_workers)))
+  run = _Run(cfg, info, len(classes), multi_label)
+  # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
+  stage = run.plan.index(max(latest - 1, 0)) if latest else 0
+  setup = run.build(_initial_variables(cfg, info, latest is not None), stage)
+  if cfg.model.init == "scratch" and setup.frozen_groups:
+    log.warning("model.init=scratch with frozen layer groups %s: they stay at their random "
+                "initialisation; set train.param_groups to train them",
+                ", ".join(setup.frozen_groups))
+  log.info("parameter groups (stage %d):\n%s", stage,
+           optimizer.describe(setup.assignment, setup.state.params))
+  host_state = checkpointing.to_host(setup.state)  # device buffers are donated to the step
   meta = {"best_score": -math.inf, "best_step": -1, "evals_without_improvement": 0}
-  template = checkpointing.to_host(setup.state)  # device buffers are donated to the step
-  host_state = template
   if latest is not None:
-    host_state, meta = checkpointing.restore(mgr, latest, template, iterator)
+    host_state, meta = checkpointing.restore(mgr, latest, host_state)
     log.info("resumed from step %d in %s", latest, workdir)
+  par = run.compile(setup)
+  data, head_model = prepared, None
+  if head_only.applies(cfg.train, host_state.params, run.plan):
+    t0 = time.perf_counter()
+    data = head_only.embed_splits(par.eval_step, par.put_state(host_state), prepared, batch_size,
+                                  cfg.parallel, par.mesh)
+    head_model = head_only.head_model(cfg.train, len(classes))
+    par = run.compile(setup, head_model)
+    log.info("backbone frozen throughout: embedded %d windows once in %.1f s; training the head "
+             "on cached embeddings (train.cache_embeddings=off to disable)",
+             sum(len(v["clip"]) for v in data.splits.values()), time.perf_counter() - t0)
+  iterator = iter(pipeline.train_loader(
+      data, "train", batch_size, seed=int(cfg.data.shuffle_seed),
+      worker_count=0 if head_model else int(cfg.data.loader_workers)))
+  if latest is not None:
+    checkpointing.restore_data(mgr, latest, iterator)
   state = par.put_state(host_state)
   step = int(np.asarray(host_state.step))
   num_steps = int(cfg.train.num_steps)
   score_name = _score_name(cfg, multi_label)
+  image_windows = _example_windows(prepared, "validation", int(cfg.train.logmel_images))
   writer = _writer(workdir)
   if latest is None:
     writer.write_hparams({k: str(v) for k, v in _flatten(cfg.to_dict()).items()})
@@ -111,6 +195,14 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   window = []
   start = time.perf_counter()
   while step < num_steps:
+    if run.plan.index(step) != stage:
+      stage = run.plan.index(step)
+      setup, host = run.restage(setup, stage, par.get_state(state))
+      par = run.compile(setup)
+      state = par.put_state(host)
+      log.info("stage %d from step %d: now training %s; parameter groups:\n%s", stage, step,
+               ", ".join(setup.learning_rates(step)),
+               optimizer.describe(setup.assignment, host.params))
     batch = next(iterator)
     state, metrics = par.train_step(state, pipeline.device_batch(batch, cfg.parallel, par.mesh))
     step += 1
@@ -127,23 +219,29 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
         raise TrainingDiverged(
             f"the training loss became {means['train_loss']} by step {step}; {kept}; lower "
             "train.learning_rate or train.grad_clip_norm and run the same command again.")
-      means.update({f"lr_{g}": float(s(step)) for g, s in setup.schedules.items()})
+      means.update({f"lr_{g}": lr for g, lr in setup.learning_rates(step - 1).items()})
       writer.write_scalars(step, means)
       log.info("step %d/%d: %s (%.1f steps/s)", step, num_steps,
-                   ", ".join(f"{k}={v:.4g}" for k, v in means.items()),
-                   step / max(time.perf_counter() - start, 1e-9))
+               ", ".join(f"{k}={v:.4g}" for k, v in means.items()),
+               step / max(time.perf_counter() - start, 1e-9))
     if step % int(cfg.train.eval_every) == 0 or step == num_steps:
-      pred = predict.predict_windows(par.eval_step, state, prepared, "validation",
-                                     int(cfg.train.batch_size), cfg.parallel, par.mesh)
+      pred = predict.predict_windows(par.eval_step, state, data, "validation", batch_size,
+                                     cfg.parallel, par.mesh)
       scores = _scores(pred, len(classes), multi_label)
       scalars = {f"eval_{k}": float(v) for k, v in scores.items() if np.ndim(v) == 0}
       scalars["eval_loss"] = float(np.mean(pred["loss"]))
       writer.write_scalars(step, scalars)
+      images = {}
       if not multi_label:
         fig = report.confusion_figure(np.asarray(ConfusionMatrix.empty(len(classes)).merge(
             ConfusionMatrix.from_model_output(logits=pred["logits"], labels=pred["label"])
         ).matrix), classes, f"validation, step {step}")
-        writer.write_images(step, {"eval_confusion_matrix": report.figure_to_array(fig)[None]})
+        images["eval_confusion_matrix"] = report.figure_to_array(fig)[None]
+      if image_windows:
+        images["eval_logmel"] = _logmel_images(prepared, image_windows, pred, classes,
+                                               multi_label, step)
+      if images and jax.process_index() == 0:
+        writer.write_images(step, images)
       score = float(scores[score_name])
       # Ties move "best" to the later step, as orbax's BestN keeps the latest of equals; only
       # a strict improvement resets the early-stopping count.
@@ -153,19 +251,22 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
       meta["evals_without_improvement"] = 0 if improved else meta["evals_without_improvement"] + 1
       checkpointing.save(mgr, step, par.get_state(state), iterator, meta, score)
       log.info("validation at step %d: %s=%.4f (best %.4f at step %d)", step, score_name,
-                   score, meta["best_score"], meta["best_step"])
+               score, meta["best_score"], meta["best_step"])
       patience = int(cfg.train.early_stop_patience)
       if patience and meta["evals_without_improvement"] >= patience:
         log.info("early stop at step %d: %d validations without improvement", step, patience)
         break
   mgr.wait_until_finished()
+  # The best checkpoint may come from an earlier stage: restore into that stage's layout.
+  _, template = run.restage(setup, run.plan.index(max(meta["best_step"] - 1, 0)),
+                            par.get_state(state))
   best, _ = checkpointing.restore(mgr, meta["best_step"], template)
   pred = predict.clip_level(predict.predict_windows(
-      par.eval_step, par.put_state(best), prepared, "test", int(cfg.train.batch_size),
-      cfg.parallel, par.mesh), multi_label)
+      par.eval_step, par.put_state(best), data, "test", batch_size, cfg.parallel, par.mesh),
+      multi_label)
   test = report.classification_report(pred, classes, multi_label)
   test.update(best_step=meta["best_step"], validation_score={score_name: meta["best_score"]},
-              train_seconds=time.perf_counter() - start)
+              train_seconds=time.perf_counter() - begin)
   if jax.process_index() == 0:
     report.write_test_report(workdir, test, classes)
     writer.write_scalars(step, {f"test_{k}": float(v) for k, v in test.items()

@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import optax
-from absl import logging
 
 from jaxaudio.errors import ConfigError
 
@@ -88,9 +87,11 @@ def _decay_mask(tree: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda kp, _: str(kp[-1].key) == "kernel", tree)
 
 
-def schedules(cfg, groups) -> dict[str, optax.Schedule]:
-  """Warmup + cosine learning-rate schedule per non-frozen group."""
+def schedules(cfg, groups, starts: dict[str, int] | None = None) -> dict[str, optax.Schedule]:
+  """Warmup + cosine learning-rate schedule per non-frozen group, counted from the step the
+  group starts training (`starts`, default 0; see train.stages) to train.num_steps."""
   out = {}
+  starts = starts or {}
   mults = dict(cfg.group_lr_mult)
   for group in sorted(set(groups) - {FROZEN}):
     if group not in mults:
@@ -100,17 +101,18 @@ def schedules(cfg, groups) -> dict[str, optax.Schedule]:
     warmup = int(cfg.warmup_steps)
     out[group] = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=peak, warmup_steps=warmup,
-        decay_steps=max(int(cfg.num_steps), warmup + 1),
+        decay_steps=max(int(cfg.num_steps) - starts.get(group, 0), warmup + 1),
         end_value=peak * float(cfg.final_lr_fraction))
   return out
 
 
-def make_optimizer(params: Any, cfg) -> tuple[optax.GradientTransformation, dict[str, str],
-                                               dict[str, optax.Schedule]]:
-  """(tx, assignment, schedules) for `params` per the config's `train` section."""
-  assignment = assign_groups(params, cfg.param_groups)
-  logging.info("parameter groups:\n%s", describe(assignment, params))
-  scheds = schedules(cfg, assignment.values())
+def make_optimizer(params: Any, cfg, rules=None, starts: dict[str, int] | None = None
+                   ) -> tuple[optax.GradientTransformation, dict[str, str],
+                              dict[str, optax.Schedule]]:
+  """(tx, assignment, schedules) for `params` per the config's `train` section; `rules`
+  replace train.param_groups (a gradual-unfreezing stage), `starts` shift group schedules."""
+  assignment = assign_groups(params, cfg.param_groups if rules is None else rules)
+  scheds = schedules(cfg, assignment.values(), starts)
   transforms = {FROZEN: optax.set_to_zero()}
   for group, sched in scheds.items():
     transforms[group] = optax.adamw(sched, b1=float(cfg.adam_b1), b2=float(cfg.adam_b2),

@@ -1,0 +1,88 @@
+"""Frozen-backbone fast path: embed every window once, then train the head on the cache.
+
+When no backbone parameter trains at any stage, the backbone is a fixed function (BatchNorm
+on running averages, no dropout), so running it at every step only repeats work. The loop
+instead embeds the train, validation and test windows once with the full model in
+evaluation mode and trains `HeadOnlyClassifier` (the same `head/...` parameters) on the
+cached embeddings, with the same optimizer, checkpoints and reports.
+
+Input-space augmentation (SpecAugment, gain, time shift) cannot act on a cached embedding;
+mixup still applies, in embedding space. Set train.cache_embeddings="off" to train a frozen
+backbone the slow way with every augmentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+
+from jaxaudio.evaluate import predict
+from jaxaudio.models.head import HeadOnlyClassifier
+from jaxaudio.train import optimizer, stages
+
+SPLITS = ("train", "validation", "test")
+
+
+def applies(train_cfg, params: Any, plan: stages.Plan) -> bool:
+  """True when train.cache_embeddings allows it and no backbone parameter ever trains."""
+  if train_cfg.cache_embeddings == "off":
+    return False
+  return all(group == optimizer.FROZEN
+             for rules in plan.rules
+             for path, group in optimizer.assign_groups(params, rules).items()
+             if path.startswith("backbone/"))
+
+
+class ArraySource:
+  """Random-access records {"mel": embedding, "label", "clip"} over in-memory arrays; the
+  pipeline's grain loader and eval batches read it like a prepared split."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self._arrays = arrays
+
+  def __len__(self) -> int:
+    return len(self._arrays["clip"])
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {"mel": self._arrays["embedding"][index], "label": self._arrays["label"][index],
+            "clip": self._arrays["clip"][index]}
+
+
+@dataclasses.dataclass
+class EmbeddingCache:
+  """Embeddings of every window per split; duck-types data.prepare.Prepared for the
+  pipeline (data_source, multi_label, classes)."""
+
+  splits: dict[str, dict[str, np.ndarray]]
+  classes: list[str]
+  multi_label: bool
+
+  def data_source(self, split: str) -> ArraySource:
+    return ArraySource(self.splits[split])
+
+
+def embed_splits(eval_step: Callable, state: Any, prepared, batch_size: int, parallel: str,
+                 mesh=None) -> EmbeddingCache:
+  """Run the full model (evaluation mode) once over every window of each split."""
+  splits = {}
+  for split in SPLITS:
+    out = predict.predict_windows(eval_step, state, prepared, split, batch_size, parallel, mesh,
+                                  keys=("embedding",))
+    out["embedding"] = out["embedding"].astype(np.float32)
+    splits[split] = out
+  return EmbeddingCache(splits, prepared.classes, prepared.multi_label)
+
+
+def head_model(train_cfg, num_classes: int) -> HeadOnlyClassifier:
+  return HeadOnlyClassifier(num_classes, dropout=float(train_cfg.head_dropout))
+
+
+def augment_config(augment_cfg) -> ml_collections.ConfigDict:
+  """The run's augmentation with only what works on embeddings (mixup) left on."""
+  cfg = ml_collections.ConfigDict(augment_cfg.to_dict())
+  cfg.time_masks = cfg.freq_masks = 0
+  cfg.gain_db = cfg.time_shift = 0.0
+  return cfg
