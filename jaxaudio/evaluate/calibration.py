@@ -1,0 +1,52 @@
+"""How far to trust the figures: calibration error and bootstrap confidence intervals.
+
+Expected calibration error (single-label): clips binned by top-class confidence into equal-
+width bins; ECE = sum over bins of (share of clips) x |accuracy - mean confidence|, the
+definition of Guo et al. 2017 (15 bins by default), equal to what sklearn's
+calibration_curve gives on (top confidence, correct) per bin.
+
+Bootstrap: clips resampled with replacement `n` times (seeded); the 2.5th and 97.5th
+percentiles of a metric over the resamples give its 95% interval, so a 0.02 gain on 80
+test clips can be read against an interval of +-0.05.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15
+                               ) -> dict[str, np.ndarray | float]:
+  """ECE and the reliability diagram's per-bin confidence, accuracy and count."""
+  probs, labels = np.asarray(probs, np.float64), np.asarray(labels).astype(int)
+  confidence = probs.max(axis=1)
+  correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  # Right-closed bins like sklearn's calibration_curve: a confidence of exactly 1 is in the top bin.
+  index = np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, bins - 1)
+  count = np.bincount(index, minlength=bins).astype(np.float64)
+  conf_sum = np.bincount(index, weights=confidence, minlength=bins)
+  acc_sum = np.bincount(index, weights=correct, minlength=bins)
+  nonempty = count > 0
+  mean_conf = np.divide(conf_sum, count, out=np.zeros(bins), where=nonempty)
+  accuracy = np.divide(acc_sum, count, out=np.zeros(bins), where=nonempty)
+  ece = float(np.sum(count / max(count.sum(), 1.0) * np.abs(accuracy - mean_conf)))
+  return {"ece": ece, "bin_edges": edges, "bin_confidence": mean_conf,
+          "bin_accuracy": accuracy, "bin_count": count.astype(int)}
+
+
+def bootstrap_interval(metric: Callable[[np.ndarray], float], n_items: int, n: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """(low, high) percentiles of metric(indices) over `n` resamples of range(n_items)."""
+  rng = np.random.default_rng(seed)
+  values = np.array([metric(rng.integers(0, n_items, n_items)) for _ in range(n)])
+  tail = (1.0 - level) / 2.0 * 100.0
+  return float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))

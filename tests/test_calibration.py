@@ -1,0 +1,40 @@
+"""ECE against sklearn's calibration_curve; bootstrap intervals behave like intervals."""
+
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import accuracy_score
+
+from jaxaudio.evaluate import calibration
+
+
+def test_ece_matches_sklearn_calibration_curve():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(scale=2.0, size=(500, 6))
+  labels = np.where(rng.random(500) < 0.6, logits.argmax(1), rng.integers(0, 6, 500))
+  probs = calibration.softmax(logits)
+  probs[0] = np.eye(6)[labels[0]]            # confidence exactly 1.0 lands in the top bin
+  probs[1] = [0.4, 0.2, 0.2, 0.1, 0.1, 0.0]  # exactly on an inner edge (6/15)
+  conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(int)
+  prob_true, prob_pred = calibration_curve(correct, conf, n_bins=15, strategy="uniform")
+  counts = np.bincount(np.searchsorted(np.linspace(0, 1, 16)[1:-1], conf), minlength=15)
+  reference = np.sum(counts[counts > 0] / len(conf) * np.abs(prob_true - prob_pred))
+  ours = calibration.expected_calibration_error(probs, labels, bins=15)
+  assert ours["ece"] == pytest.approx(reference, abs=1e-12)
+  assert ours["bin_count"].sum() == 500 and ours["ece"] > 0.05
+  perfect = calibration.expected_calibration_error(np.eye(4)[[0, 1, 2, 3]], np.arange(4))
+  assert perfect["ece"] == 0.0
+
+
+def test_bootstrap_interval_covers_the_estimate_and_shrinks_with_more_clips():
+  rng = np.random.default_rng(1)
+
+  def width(n):
+    truth = rng.integers(0, 3, n)
+    pred = np.where(rng.random(n) < 0.8, truth, (truth + 1) % 3)
+    lo, hi = calibration.bootstrap_interval(lambda i: accuracy_score(truth[i], pred[i]), n,
+                                            n=400, seed=0)
+    assert lo <= accuracy_score(truth, pred) <= hi
+    return hi - lo
+  small, large = width(80), width(2000)
+  assert 0.1 < small < 0.25 and large < small / 3
