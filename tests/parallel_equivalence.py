@@ -22,6 +22,7 @@ from jaxaudio.train import factory, parallel, steps  # noqa: E402
 
 def main(num_steps=3):
   cfg = configs.base_config().train
+  cfg.probe_steps = 0
   cfg.head_dropout = 0.0
   cfg.warmup_steps = 1
   info = get_model("aisfx")

@@ -15,7 +15,7 @@ TINY = (4, 8, 8, 16)
 
 def tiny_setup(rules=None, num_classes=3, **train_overrides):
   cfg = configs.base_config().train
-  cfg.head_dropout = 0.0
+  cfg.head_dropout, cfg.probe_steps = 0.0, 0
   for k, v in train_overrides.items():
     cfg[k] = v
   if rules is not None:

@@ -29,8 +29,11 @@ def args(tmp, clips, workdir, steps=24):
           "--config.model.widths=(4,8,8,16)", f"--config.train.num_steps={steps}",
           "--config.train.eval_every=6", "--config.train.log_every=6",
           "--config.train.batch_size=8", "--config.train.warmup_steps=3",
-          # A gradual-unfreezing stage starts at the step-12 checkpoint the kill waits for.
-          "--config.train.unfreeze=((12, '^backbone/block3/', 'backbone'),)"]
+          # The default recipe's shape: a linear probe on cached embeddings up to the step-12
+          # checkpoint the kill waits for, then block 4 on log-mels, then block 3 from step 18:
+          # the resume crosses both kinds of stage.
+          "--config.train.probe_steps=12",
+          "--config.train.unfreeze=((18, '^backbone/block3/', 'backbone'),)"]
 
 
 def final_state(workdir, step):
@@ -101,7 +104,8 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
   cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
-  cfg.train.update(num_steps=24, eval_every=6, log_every=6, batch_size=8, warmup_steps=3)
+  cfg.train.update(num_steps=24, eval_every=6, log_every=6, batch_size=8, warmup_steps=3,
+                   probe_steps=0)
   with pytest.raises(loop.TrainingDiverged,
                      match=r"became nan by step 12; the last good checkpoint \(step 6\) is intact"):
     loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
@@ -118,6 +122,7 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
   cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
   cfg.train.update(num_steps=12, eval_every=6, log_every=6, batch_size=8, warmup_steps=3,
+                   probe_steps=0,
                    param_groups=(("^backbone/", "frozen"), ("^head/", "head")))
   wd = str(tmp_path / "wd")
   with caplog.at_level("INFO", logger="jaxaudio"):
@@ -137,3 +142,18 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   events = open(os.path.join(wd, "tensorboard", os.listdir(os.path.join(wd, "tensorboard"))[0]),
                 "rb").read()
   assert events.count(b"eval_logmel") == 2 and events.count(b"eval_confusion_matrix") == 2
+  # The run opens again for evaluation/search: label map, best step, the same weights.
+  from jaxaudio.errors import CheckpointError
+  from jaxaudio.train import rundir
+  run = rundir.open_run(wd)
+  assert run.classes == ["high", "low", "mid"] and not run.multi_label
+  assert run.step == report["best_step"]
+  best = flat(final_state(wd, run.step)["params"])
+  opened = flat(run.variables["params"])
+  assert best.keys() == opened.keys() and all(best[k].tobytes() == opened[k].tobytes()
+                                              for k in best)
+  assert len(run.weights_sha256()) == 64
+  out = run.model.apply(run.variables, np.zeros((2, 100, 96), np.float32))
+  assert out["logits"].shape == (2, 3)
+  with pytest.raises(CheckpointError, match="has no config.json; pass the --workdir"):
+    rundir.open_run(str(tmp_path))

@@ -17,7 +17,8 @@ UNFREEZE = ((2, "^backbone/block4/", "backbone"), (4, "^backbone/block3/", "back
 
 def train_cfg(**overrides):
   cfg = configs.base_config().train
-  cfg.update(head_dropout=0.0, num_steps=8, warmup_steps=1, param_groups=HEAD_ONLY)
+  cfg.update(head_dropout=0.0, num_steps=8, warmup_steps=1, param_groups=HEAD_ONLY,
+             probe_steps=0)
   cfg.update(overrides)
   return cfg
 
@@ -126,3 +127,21 @@ def test_mixup_on_embeddings():
   np.testing.assert_allclose(ym.sum(1), 1.0, rtol=1e-6)
   partner = np.argmax(ym - np.eye(4) * lam[:, None], axis=1)
   np.testing.assert_allclose(xm, lam[:, None] * x + (1 - lam[:, None]) * x[partner], rtol=1e-5)
+
+
+def test_probe_steps_train_the_head_alone_first():
+  cfg = train_cfg(param_groups=configs.base_config().train.param_groups, probe_steps=3,
+                  unfreeze=((5, "^backbone/block3/", "backbone"),))
+  plan = stages.plan(cfg)
+  assert plan.starts == (0, 3, 5)
+  assert plan.rules[0][0] == ("^backbone/", "frozen")
+  assert plan.rules[1] == tuple(cfg.param_groups)
+  assert plan.rules[2][0] == ("^backbone/block3/", "backbone")
+  params = factory.build(get_model("aisfx"), 3, cfg, widths=TINY, plan=plan).state.params
+  assert [head_only.cached_stage(cfg, params, r) for r in plan.rules] == [True, False, False]
+  assert plan.group_starts(params) == {"head": 0, "backbone": 3}
+  with pytest.raises(ConfigError, match="after the previous stage \\(step 3, the end of "
+                                        "train.probe_steps\\)"):
+    stages.plan(train_cfg(probe_steps=3, unfreeze=((2, "a", "b"),)))
+  with pytest.raises(ConfigError, match="train.probe_steps=8 is invalid"):
+    stages.plan(train_cfg(probe_steps=8))

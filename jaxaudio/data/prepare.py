@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import time
 from collections import Counter
@@ -327,14 +328,21 @@ def auto_workers() -> int:
   return cores if cores >= 4 else 1
 
 
+def _tmp_prefix(root: str) -> str:
+  """<root>.tmp-<host>-: builds by this host; on a filesystem shared by the hosts of a pod,
+  other hosts' builds are never mistaken for dead ones of ours."""
+  host = "".join(ch if ch.isalnum() else "_" for ch in socket.gethostname())
+  return f"{root}.tmp-{host}-"
+
+
 def _remove_stale_builds(root: str) -> None:
-  """Delete <root>.tmp-<pid> left by builds that were killed (their pid is gone)."""
-  parent, name = os.path.split(root)
+  """Delete this host's <root>.tmp-<host>-<pid> left by killed builds (their pid is gone)."""
+  parent, prefix = os.path.dirname(root), os.path.basename(_tmp_prefix(root))
   for entry in os.listdir(parent):
-    if not entry.startswith(name + ".tmp-"):
+    if not entry.startswith(prefix):
       continue
     try:
-      pid = int(entry.rsplit("-", 1)[1])
+      pid = int(entry[len(prefix):])
       os.kill(pid, 0)
       if pid == os.getpid():
         raise ProcessLookupError
@@ -368,14 +376,19 @@ def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, b
     return open_prepared(root, spec), False
   os.makedirs(os.path.dirname(root), exist_ok=True)
   _remove_stale_builds(root)
-  tmp = f"{root}.tmp-{os.getpid()}"
+  tmp = f"{_tmp_prefix(root)}{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   workers = int(cfg.workers) or auto_workers()
   try:
     _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key)
-    shutil.rmtree(root, ignore_errors=True)   # a stale incomplete copy
-    os.replace(tmp, root)
+    if not is_complete(root):   # another host or process may have finished the same build
+      shutil.rmtree(root, ignore_errors=True)   # a stale incomplete copy
+      try:
+        os.replace(tmp, root)
+      except OSError:
+        if not is_complete(root):
+          raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return open_prepared(root, spec), True

@@ -24,8 +24,12 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       pp.LatestN(n=max(1, keep)),
       pp.BestN(get_metric_fn=lambda m: m["score"], n=1, keep_checkpoints_without_metrics=False),
   ])
+  # best_fn makes orbax write each step's metrics to disk and read them back on resume;
+  # without it a resumed run's BestN sees the old checkpoints without metrics and deletes
+  # the best one (caught by the kill-and-resume test).
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                         enable_async_checkpointing=True)
+                                         enable_async_checkpointing=True,
+                                         best_fn=lambda m: m["score"], best_mode="max")
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
 

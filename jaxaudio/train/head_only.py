@@ -1,10 +1,12 @@
 """Frozen-backbone fast path: embed every window once, then train the head on the cache.
 
-When no backbone parameter trains at any stage, the backbone is a fixed function (BatchNorm
-on running averages, no dropout), so running it at every step only repeats work. The loop
-instead embeds the train, validation and test windows once with the full model in
-evaluation mode and trains `HeadOnlyClassifier` (the same `head/...` parameters) on the
-cached embeddings, with the same optimizer, checkpoints and reports.
+While no backbone parameter trains (a head-only run, or the head-only first stages of a
+gradual-unfreezing plan: linear probing before fine-tuning), the backbone is a fixed
+function (BatchNorm on running averages, no dropout), so running it at every step only
+repeats work. The loop instead embeds the train, validation and test windows once with the
+full model in evaluation mode and trains `HeadOnlyClassifier` (the same `head/...`
+parameters) on the cached embeddings, with the same optimizer, checkpoints and reports;
+when a later stage unfreezes backbone blocks, training moves to the full model on log-mels.
 
 Input-space augmentation (SpecAugment, gain, time shift) cannot act on a cached embedding;
 mixup still applies, in embedding space. Set train.cache_embeddings="off" to train a frozen
@@ -26,22 +28,31 @@ from jaxaudio.train import optimizer, stages
 SPLITS = ("train", "validation", "test")
 
 
-def applies(train_cfg, params: Any, plan: stages.Plan) -> bool:
-  """True when train.cache_embeddings allows it and no backbone parameter ever trains."""
+def cached_stage(train_cfg, params: Any, rules) -> bool:
+  """True when train.cache_embeddings allows it and these rules freeze the whole backbone."""
   if train_cfg.cache_embeddings == "off":
     return False
   return all(group == optimizer.FROZEN
-             for rules in plan.rules
              for path, group in optimizer.assign_groups(params, rules).items()
              if path.startswith("backbone/"))
+
+
+def applies(train_cfg, params: Any, plan: stages.Plan) -> bool:
+  """True when every stage of the run trains on cached embeddings (no backbone training)."""
+  return all(cached_stage(train_cfg, params, rules) for rules in plan.rules)
 
 
 class ArraySource:
   """Random-access records {"mel": embedding, "label", "clip"} over in-memory arrays; the
   pipeline's grain loader and eval batches read it like a prepared split."""
 
-  def __init__(self, arrays: dict[str, np.ndarray]):
-    self._arrays = arrays
+  def __init__(self, arrays: dict[str, np.ndarray], split: str):
+    self._arrays, self._split = arrays, split
+
+  def __repr__(self) -> str:
+    # grain compares repr(data_source) on restore: name what is read, not where in memory.
+    return (f"ArraySource(split={self._split}, windows={len(self)}, "
+            f"dim={self._arrays['embedding'].shape[-1]})")
 
   def __len__(self) -> int:
     return len(self._arrays["clip"])
@@ -61,7 +72,7 @@ class EmbeddingCache:
   multi_label: bool
 
   def data_source(self, split: str) -> ArraySource:
-    return ArraySource(self.splits[split])
+    return ArraySource(self.splits[split], split)
 
 
 def embed_splits(eval_step: Callable, state: Any, prepared, batch_size: int, parallel: str,

@@ -8,6 +8,7 @@ Pretrained weights are loaded only when the workdir has no checkpoint of its own
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -109,15 +110,16 @@ def _logmel_images(prepared, indices: list[int], pred: dict[str, np.ndarray], cl
 
 class _Run:
   """What a run compiles from the config: a Setup (model, optimizer, trainable mask) turned
-  into parallel train/eval steps, rebuilt at each gradual-unfreezing stage."""
+  into parallel train/eval steps and the data they train on, rebuilt at each stage."""
 
-  def __init__(self, cfg, info, num_classes: int, multi_label: bool):
-    self.cfg, self.info, self.num_classes = cfg, info, num_classes
-    self.multi_label = multi_label
+  def __init__(self, cfg, info, prepared):
+    self.cfg, self.info, self.prepared = cfg, info, prepared
+    self.num_classes, self.multi_label = len(prepared.classes), prepared.multi_label
     self.pmap = cfg.parallel == "pmap"
     self.axis = parallel.PMAP_AXIS if self.pmap else None
     self.widths = tuple(cfg.model.widths) or None
     self.plan = stages.plan(cfg.train)
+    self.cache = None   # head_only.EmbeddingCache while head-only stages train
 
   def build(self, pretrained, stage: int) -> factory.Setup:
     return factory.build(self.info, self.num_classes, self.cfg.train, pretrained=pretrained,
@@ -137,6 +139,30 @@ class _Run:
         spec=self.info.spec, silence=silence_value(self.info.spec), axis_name=self.axis)
     return parallel.make(self.cfg.parallel, step_cfg)
 
+  def enter(self, setup: factory.Setup, stage: int, host_state) -> tuple[parallel.Parallel, Any]:
+    """Steps for `stage` and the data they read: cached embeddings for a head-only stage
+    (embedded on first need), prepared log-mels otherwise (and the cache is dropped, as the
+    backbone it came from is about to change)."""
+    par = self.compile(setup)
+    if not head_only.cached_stage(self.cfg.train, host_state.params, self.plan.rules[stage]):
+      self.cache = None
+      return par, self.prepared
+    if self.cache is None:
+      t0 = time.perf_counter()
+      self.cache = head_only.embed_splits(par.eval_step, par.put_state(host_state), self.prepared,
+                                          int(self.cfg.train.batch_size), self.cfg.parallel,
+                                          par.mesh)
+      log.info("backbone frozen in this stage: embedded %d windows once in %.1f s; training the "
+               "head on cached embeddings (train.cache_embeddings=off to disable)",
+               sum(len(v["clip"]) for v in self.cache.splits.values()), time.perf_counter() - t0)
+    return self.compile(setup, head_only.head_model(self.cfg.train, self.num_classes)), self.cache
+
+  def loader(self, data):
+    cached = data is not self.prepared   # in-memory arrays: worker processes would only copy
+    return iter(pipeline.train_loader(
+        data, "train", int(self.cfg.train.batch_size), seed=int(self.cfg.data.shuffle_seed),
+        worker_count=0 if cached else int(self.cfg.data.loader_workers)))
+
 
 def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   """Run (or continue) the configured fine-tuning in `workdir`; returns the test report."""
@@ -144,13 +170,20 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   info = get_model(cfg.model.name)
+  if jax.process_index() == 0:   # what evaluation and search rebuild the model from
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
   prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
   begin = time.perf_counter()
   classes, multi_label = prepared.classes, prepared.multi_label
+  if jax.process_index() == 0:   # the label map a saved model's logits index into
+    with open(os.path.join(workdir, "labels.json"), "w") as f:
+      json.dump({"classes": classes, "multi_label": multi_label, "model": cfg.model.name}, f,
+                indent=2)
   batch_size = int(cfg.train.batch_size)
   mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
   latest = mgr.latest_step()
-  run = _Run(cfg, info, len(classes), multi_label)
+  run = _Run(cfg, info, prepared)
   # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
   stage = run.plan.index(max(latest - 1, 0)) if latest else 0
   setup = run.build(_initial_variables(cfg, info, latest is not None), stage)
@@ -165,20 +198,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   if latest is not None:
     host_state, meta = checkpointing.restore(mgr, latest, host_state)
     log.info("resumed from step %d in %s", latest, workdir)
-  par = run.compile(setup)
-  data, head_model = prepared, None
-  if head_only.applies(cfg.train, host_state.params, run.plan):
-    t0 = time.perf_counter()
-    data = head_only.embed_splits(par.eval_step, par.put_state(host_state), prepared, batch_size,
-                                  cfg.parallel, par.mesh)
-    head_model = head_only.head_model(cfg.train, len(classes))
-    par = run.compile(setup, head_model)
-    log.info("backbone frozen throughout: embedded %d windows once in %.1f s; training the head "
-             "on cached embeddings (train.cache_embeddings=off to disable)",
-             sum(len(v["clip"]) for v in data.splits.values()), time.perf_counter() - t0)
-  iterator = iter(pipeline.train_loader(
-      data, "train", batch_size, seed=int(cfg.data.shuffle_seed),
-      worker_count=0 if head_model else int(cfg.data.loader_workers)))
+  par, data = run.enter(setup, stage, host_state)
+  iterator = run.loader(data)
   if latest is not None:
     checkpointing.restore_data(mgr, latest, iterator)
   state = par.put_state(host_state)
@@ -198,7 +219,10 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
     if run.plan.index(step) != stage:
       stage = run.plan.index(step)
       setup, host = run.restage(setup, stage, par.get_state(state))
-      par = run.compile(setup)
+      previous = data
+      par, data = run.enter(setup, stage, host)
+      if data is not previous:   # between cached embeddings and log-mels
+        iterator = run.loader(data)
       state = par.put_state(host)
       log.info("stage %d from step %d: now training %s; parameter groups:\n%s", stage, step,
                ", ".join(setup.learning_rates(step)),
@@ -261,6 +285,9 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   _, template = run.restage(setup, run.plan.index(max(meta["best_step"] - 1, 0)),
                             par.get_state(state))
   best, _ = checkpointing.restore(mgr, meta["best_step"], template)
+  if not head_only.applies(cfg.train, best.params, run.plan):
+    # The backbone trained at some stage: the test split goes through the full model.
+    par, data = run.compile(setup), prepared
   pred = predict.clip_level(predict.predict_windows(
       par.eval_step, par.put_state(best), data, "test", batch_size, cfg.parallel, par.mesh),
       multi_label)

@@ -1,6 +1,11 @@
-"""Gradual unfreezing: which parameter-group rules hold at each step.
+"""Linear probing and gradual unfreezing: which parameter-group rules hold at each step.
 
-Config `train.unfreeze` is an ordered tuple of (step, regex, group): from `step` on, the
+`train.probe_steps = N` trains the head alone for the first N steps (the whole backbone
+frozen, so it runs on cached embeddings, see train.head_only) before `train.param_groups`
+take over: linear probing then fine-tuning, which starts the unfrozen blocks against a
+trained head instead of a random one.
+
+`train.unfreeze` is an ordered tuple of (step, regex, group): from `step` on, the
 parameters matching `regex` belong to `group` (e.g. (50, "^backbone/block4/", "backbone")).
 Stage rules are the entries reached so far, latest first, ahead of `train.param_groups`
 (first match wins), so a later entry overrides an earlier one.
@@ -44,19 +49,33 @@ class Plan:
     return out
 
 
+PROBE_RULE = ("^backbone/", "frozen")
+
+
 def plan(train_cfg) -> Plan:
-  """Stages from train.unfreeze (validated: increasing steps inside the run)."""
+  """Stages from train.probe_steps and train.unfreeze (validated: increasing steps inside
+  the run, none inside the probe)."""
   entries = [tuple(e) for e in train_cfg.unfreeze]
   base = tuple(tuple(r) for r in train_cfg.param_groups)
-  starts, rules, last = [0], [base], 0
+  probe = int(train_cfg.probe_steps)
+  if not 0 <= probe < int(train_cfg.num_steps):
+    raise ConfigError(f"config key train.probe_steps={probe} is invalid; use 0 (off) or fewer "
+                      f"steps than train.num_steps ({train_cfg.num_steps}).")
+  starts, rules, last = [0], [((PROBE_RULE,) if probe else ()) + base], 0
+  if probe:
+    starts.append(probe)
+    rules.append(base)
+    last = probe
   for entry in entries:
     if len(entry) != 3:
       raise ConfigError(f"train.unfreeze entry {entry!r} is not a (step, regex, group) "
                         "triple; write e.g. (50, '^backbone/block4/', 'backbone').")
     step = int(entry[0])
     if not last < step < int(train_cfg.num_steps):
+      where = ", the end of train.probe_steps" if probe and last == probe else ""
       raise ConfigError(f"train.unfreeze step {step} must be after the previous stage "
-                        f"(step {last}) and before train.num_steps ({train_cfg.num_steps}).")
+                        f"(step {last}{where}) and before train.num_steps "
+                        f"({train_cfg.num_steps}).")
     reached = [(str(e[1]), str(e[2])) for e in entries if int(e[0]) <= step]
     starts.append(step)
     rules.append(tuple(reversed(reached)) + base)

@@ -1,0 +1,86 @@
+"""Open a training run's workdir: its config, label map and one checkpoint's model.
+
+Evaluation, search and export start from here. The checkpoint is restored into the layout
+of the stage that wrote it (the config's probe/unfreeze plan says which), and the model is
+built in evaluation form (BatchNorm on running averages, no dropout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxaudio.errors import CheckpointError
+from jaxaudio.models.head import EmbeddingClassifier
+from jaxaudio.models.registry import ModelInfo, finetune_backbone, get_model
+from jaxaudio.train import checkpointing, factory, stages
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  workdir: str
+  cfg: ml_collections.ConfigDict
+  info: ModelInfo
+  classes: list[str]
+  multi_label: bool
+  step: int
+  model: EmbeddingClassifier
+  variables: dict[str, Any]       # {"params", "batch_stats"} as numpy arrays
+
+  def weights_sha256(self) -> str:
+    """Hash of the checkpoint's weights (paths, dtypes, shapes, bytes), for provenance."""
+    h = hashlib.sha256()
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(self.variables)[0]:
+      leaf = np.ascontiguousarray(leaf)
+      h.update(f"{jax.tree_util.keystr(kp)}|{leaf.dtype}|{leaf.shape}".encode())
+      h.update(leaf.tobytes())
+    return h.hexdigest()
+
+
+def _read_json(workdir: str, name: str) -> Any:
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    raise CheckpointError(f"{workdir} has no {name}; pass the --workdir of a "
+                          "`python -m jaxaudio.main` run.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
+  """The run in `workdir` at checkpoint `step` ("best" by validation, "latest", or a step)."""
+  workdir = os.path.abspath(workdir)
+  cfg = ml_collections.ConfigDict(_read_json(workdir, "config.json"))
+  labels = _read_json(workdir, "labels.json")
+  info = get_model(cfg.model.name)
+  mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
+  latest = mgr.latest_step()
+  if latest is None:
+    raise CheckpointError(f"{workdir} has no checkpoint yet; train first (python -m "
+                          "jaxaudio.main --workdir=...).")
+  if step == "best":
+    meta = mgr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    step = int(meta["best_step"]) if int(meta["best_step"]) > 0 else latest
+  elif step == "latest":
+    step = latest
+  step = int(step)
+  if step not in mgr.all_steps():
+    raise CheckpointError(f"{workdir} has no checkpoint at step {step} (it keeps "
+                          f"{sorted(mgr.all_steps())}).")
+  plan = stages.plan(cfg.train)
+  widths = tuple(cfg.model.widths) or None
+  setup = factory.build(info, len(labels["classes"]), cfg.train, widths=widths, plan=plan,
+                        stage=plan.index(max(step - 1, 0)))
+  state, _ = checkpointing.restore(mgr, step, setup.state)
+  mgr.close()
+  model = EmbeddingClassifier(finetune_backbone(info, widths=widths), len(labels["classes"]))
+  return TrainedRun(workdir=workdir, cfg=cfg, info=info, classes=list(labels["classes"]),
+                    multi_label=bool(labels["multi_label"]), step=step, model=model,
+                    variables={"params": state.params, "batch_stats": state.batch_stats})
