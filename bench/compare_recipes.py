@@ -9,17 +9,18 @@ and macro-F1 as a Markdown table.
   python bench/make_speech_dataset.py --out=/tmp/speech
   python bench/compare_recipes.py --source=folder:/tmp/speech
 
-Recipes (default set):
-  default          the shipped config: pretrained aiSFX; 300 head-only steps on cached
-                   embeddings (linear probe), then 150 steps with block4 (0.1x lr) and the
-                   head trained, blocks 1-3 frozen
-  no_probe         the same fine-tuning without the probe (150 steps)
-  head_only        backbone frozen, head on cached embeddings, the default's 450 steps
-  head_only_1200   the same with 1200 steps (is head-only merely under-trained?)
-  head_only_150    150 steps on cached embeddings ...
-  head_only_150_nocache  ... and the same 150 steps the slow way (full forward each step)
-  gradual          head only, then block4 from step 50, then block3 from step 100
-  scratch          random init, everything trained, 40 steps (about the default's wall time)
+Recipes (the README's rows; "_lr1e-3" rows use the previous defaults: head 1e-3, unfrozen
+blocks 1e-4, warmup 15):
+  default                  the shipped config: probe 1200 steps on cached embeddings, then
+                           block 4 (1e-4) + head 150 steps, blocks 1-3 frozen; head 3e-3
+  probe300                 300 probe steps, then the same 150 fine-tuning steps
+  probe300_lr1e-3          the same at the previous learning rates
+  no_probe_lr1e-3          150 fine-tuning steps without a probe (the previous default)
+  head_only_1200 / _450    head only on cached embeddings, 1200 / 450 steps
+  head_only_150_lr1e-3     150 steps on cached embeddings ...
+  head_only_150_nocache_lr1e-3   ... and the same 150 steps with a full forward each step
+  gradual_lr1e-3           head only, + block4 from step 50, + block3 from step 100
+  scratch_lr1e-3           random init, everything trained, 40 steps (the default's wall time)
 """
 
 from __future__ import annotations
@@ -34,22 +35,28 @@ import time
 
 HEAD_ONLY = "--config.train.param_groups=(('^backbone/','frozen'),('^head/','head'))"
 NO_PROBE = "--config.train.probe_steps=0"
+LR_PREVIOUS = ["--config.train.learning_rate=1e-3", "--config.train.warmup_steps=15",
+               "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.1}"]
+PROBE_300 = ["--config.train.probe_steps=300", "--config.train.num_steps=450"]
 RECIPES = {
     "default": [],
-    "no_probe": [NO_PROBE, "--config.train.num_steps=150"],
-    "head_only": [HEAD_ONLY, NO_PROBE],
+    "probe300": PROBE_300 + ["--config.train.warmup_steps=15"],
+    "probe300_lr1e-3": PROBE_300 + LR_PREVIOUS,
+    "no_probe_lr1e-3": [NO_PROBE, "--config.train.num_steps=150"] + LR_PREVIOUS,
     "head_only_1200": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=1200",
-                       "--config.train.warmup_steps=40", "--config.train.eval_every=100"],
-    "head_only_150": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=150"],
-    "head_only_150_nocache": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=150",
-                              "--config.train.cache_embeddings=off"],
-    "gradual": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=150",
-                "--config.train.unfreeze=((50,'^backbone/block4/','backbone'),"
-                "(100,'^backbone/block3/','backbone'))"],
-    "scratch": [NO_PROBE, "--config.model.init=scratch",
-                "--config.train.param_groups=(('.*','head'),)",
-                "--config.train.num_steps=40", "--config.train.warmup_steps=4",
-                "--config.train.eval_every=10"],
+                       "--config.train.eval_every=100"],
+    "head_only_450": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=450",
+                      "--config.train.warmup_steps=15"],
+    "head_only_150_lr1e-3": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=150"] + LR_PREVIOUS,
+    "head_only_150_nocache_lr1e-3": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=150",
+                                     "--config.train.cache_embeddings=off"] + LR_PREVIOUS,
+    "gradual_lr1e-3": [HEAD_ONLY, NO_PROBE, "--config.train.num_steps=150",
+                       "--config.train.unfreeze=((50,'^backbone/block4/','backbone'),"
+                       "(100,'^backbone/block3/','backbone'))"] + LR_PREVIOUS,
+    "scratch_lr1e-3": [NO_PROBE, "--config.model.init=scratch",
+                       "--config.train.param_groups=(('.*','head'),)",
+                       "--config.train.num_steps=40", "--config.train.eval_every=10"]
+                      + LR_PREVIOUS + ["--config.train.warmup_steps=4"],
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

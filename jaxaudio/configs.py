@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.train = ml_collections.ConfigDict({
       "seed": 0,
-      "num_steps": 450,           # 300 probe + 150 fine-tuning: ~8 min cold on 2 CPU cores
+      "num_steps": 1350,          # 1200 probe + 150 fine-tuning: ~9 min cold on 2 CPU cores
       "batch_size": 32,           # global batch, split over processes and devices
       "learning_rate": 3e-3,      # the head's; other groups scale it by group_lr_mult
       # Ordered (regex over parameter paths, group); first match wins, all must match.
@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
       "group_lr_mult": {"head": 1.0, "backbone": 1.0 / 30},   # unfrozen blocks at 1e-4
       # Linear probing first: the head alone (on cached embeddings) for this many steps,
       # then param_groups apply; 0 = off.
-      "probe_steps": 300,
+      "probe_steps": 1200,
       # Gradual unfreezing: (step, regex, group) entries; from `step` on, parameters matching
       # `regex` belong to `group` (ahead of param_groups). Optimizer state of parameters
       # already training is kept. E.g. ((50, "^backbone/block4/", "backbone"),).
@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
       # auto: when no backbone parameter trains at any stage, embed every window once and
       # train the head on the cached embeddings (mixup only); off: full forward each step.
       "cache_embeddings": "auto",
-      "warmup_steps": 15,
+      "warmup_steps": 40,
       "final_lr_fraction": 0.01,
       "weight_decay": 1e-4,       # AdamW, kernels only
       "adam_b1": 0.9, "adam_b2": 0.999, "adam_eps": 1e-8,
