@@ -187,10 +187,13 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
   stage = run.plan.index(max(latest - 1, 0)) if latest else 0
   setup = run.build(_initial_variables(cfg, info, latest is not None), stage)
-  if cfg.model.init == "scratch" and setup.frozen_groups:
-    log.warning("model.init=scratch with frozen layer groups %s: they stay at their random "
-                "initialisation; set train.param_groups to train them",
-                ", ".join(setup.frozen_groups))
+  never_trained = optimizer.frozen_layer_groups(
+      setup.state.params, optimizer.assign_groups(setup.state.params, run.plan.rules[-1]),
+      info.layer_groups)
+  if cfg.model.init == "scratch" and never_trained:
+    log.warning("model.init=scratch with layer groups %s frozen to the end: they stay at "
+                "their random initialisation; set train.param_groups to train them",
+                ", ".join(never_trained))
   log.info("parameter groups (stage %d):\n%s", stage,
            optimizer.describe(setup.assignment, setup.state.params))
   host_state = checkpointing.to_host(setup.state)  # device buffers are donated to the step

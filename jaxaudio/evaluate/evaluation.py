@@ -1,0 +1,286 @@
+"""Evaluate a trained run: per-clip classification with uncertainty, retrieval quality before
+and after fine-tuning, and robustness to degraded audio. Figures go to DIR/report/.
+
+Everything is per clip (window outputs averaged, as the trainer's test report does), on the
+run's best checkpoint unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxaudio.data import pipeline
+from jaxaudio.data.featurize import featurize
+from jaxaudio.data.prepare import prepare, settings_from_config
+from jaxaudio.data.sources import list_source
+from jaxaudio.audio.io import read_audio
+from jaxaudio.evaluate import calibration, perturb, predict, report, retrieval
+from jaxaudio.train import factory, stages
+from jaxaudio.train.rundir import TrainedRun, open_run
+
+log = logging.getLogger("jaxaudio")
+
+
+def _apply_fn(run: TrainedRun, variables) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  fn = jax.jit(lambda v, x: run.model.apply(v, x, train=False))
+  return lambda x: jax.device_get(fn(variables, x))
+
+
+def window_outputs(apply: Callable, batches) -> dict[str, np.ndarray]:
+  """logits, embedding, label, clip of every real (unmasked) window."""
+  out = {"logits": [], "embedding": [], "label": [], "clip": []}
+  for batch in batches:
+    res = apply(batch["mel"])
+    keep = batch["mask"] > 0
+    for k in ("logits", "embedding"):
+      out[k].append(np.asarray(res[k], np.float32)[keep])
+    out["label"].append(batch["label"][keep])
+    out["clip"].append(batch["clip"][keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def classification(windows: dict[str, np.ndarray], classes: list[str], multi_label: bool,
+                   bootstrap: int = 1000, seed: int = 0) -> tuple[dict[str, Any], dict]:
+  """The trainer's report fields + ECE, bootstrap 95% intervals and per-class AP; also the
+  clip-level predictions (for curves)."""
+  clips = predict.clip_level(windows, multi_label)
+  rep = report.classification_report(clips, classes, multi_label)
+  labels = np.asarray(clips["label"])
+  if multi_label:
+    probs = 1.0 / (1.0 + np.exp(-clips["logits"]))
+    key = "mAP"
+    metric = lambda i: report.classification_report(
+        {"logits": clips["logits"][i], "label": labels[i]}, classes, True)["mAP"]
+  else:
+    probs = calibration.softmax(clips["logits"])
+    ece = calibration.expected_calibration_error(probs, labels)
+    rep["ece"] = ece["ece"]
+    rep["reliability"] = {k: np.asarray(v).tolist() for k, v in ece.items() if k != "ece"}
+    pred = probs.argmax(1)
+    key = "accuracy"
+    metric = lambda i: float(np.mean(pred[i] == labels[i]))
+    if bootstrap:
+      from sklearn.metrics import f1_score  # pylint: disable=import-outside-toplevel
+      rep["macro_f1_ci95"] = list(calibration.bootstrap_interval(
+          lambda i: f1_score(labels[i], pred[i], average="macro", zero_division=0),
+          len(labels), bootstrap, seed))
+  if bootstrap:
+    rep[f"{key}_ci95"] = list(calibration.bootstrap_interval(metric, len(labels), bootstrap,
+                                                             seed))
+  from sklearn.metrics import average_precision_score  # pylint: disable=import-outside-toplevel
+  onehot = labels.astype(bool) if multi_label else np.eye(len(classes), dtype=bool)[labels]
+  rep["per_class_ap"] = {c: float(average_precision_score(onehot[:, j], probs[:, j]))
+                         for j, c in enumerate(classes) if onehot[:, j].any()}
+  return rep, {"probs": probs, "onehot": onehot}
+
+
+def baseline_variables(run: TrainedRun) -> tuple[str, Any]:
+  """The weights the run started from: its pretrained backbone (or seeded scratch init)."""
+  from jaxaudio.train.loop import _initial_variables  # pylint: disable=import-outside-toplevel
+  pretrained = _initial_variables(run.cfg, run.info, has_checkpoint=False)
+  plan = stages.plan(run.cfg.train)
+  setup = factory.build(run.info, len(run.classes), run.cfg.train, pretrained=pretrained,
+                        widths=tuple(run.cfg.model.widths) or None, plan=plan)
+  name = "pretrained" if pretrained is not None else f"{run.cfg.model.init} init"
+  return name, {"params": setup.state.params, "batch_stats": setup.state.batch_stats}
+
+
+def retrieval_side_by_side(run: TrainedRun, prepared, split: str, tuned: dict[str, np.ndarray],
+                           batch_size: int) -> dict[str, Any]:
+  """Retrieval scores of the starting weights and of the fine-tuned ones on `split`."""
+  name, base_vars = baseline_variables(run)
+  base = window_outputs(_apply_fn(run, base_vars),
+                        pipeline.eval_batches(prepared, split, batch_size, 0, 1))
+  out = {}
+  for label, windows in ((name, base), ("fine-tuned", tuned)):
+    clips, emb = retrieval.clip_embeddings(windows["embedding"], windows["clip"])
+    first = {c: i for i, c in reversed(list(enumerate(windows["clip"])))}
+    labels = np.stack([windows["label"][first[c]] for c in clips])
+    out[label] = retrieval.retrieval_scores(emb, labels)
+  return out
+
+
+def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
+               seed: int = 0) -> dict[str, dict[str, float]]:
+  """Per-condition scores of `split` re-featurised from perturbed audio (file sources)."""
+  listing = list_source(run.cfg.data)
+  clips = [c for c in listing.split(split) if c.path]
+  if not clips:
+    raise ValueError(f"split {split} has no audio files to perturb (TFDS sources are not "
+                     "supported by the robustness sweep yet)")
+  index = {c: i for i, c in enumerate(listing.classes)}
+  settings = settings_from_config(run.cfg.data)
+  spec = run.info.spec.to_dict()
+  audio = [read_audio(c.path) for c in clips]
+  results = {}
+  for name, fn in perturb.conditions().items():
+    rng = np.random.default_rng(seed)
+    mels, labels, clip_ids = [], [], []
+    for i, (clip, (x, sr)) in enumerate(zip(clips, audio)):
+      y = x if fn is None else fn(np.asarray(x, np.float64), sr, rng)
+      res = featurize(i, spec, settings, waveform=np.asarray(y, np.float32), rate=sr)
+      if res.error:
+        continue
+      label = (np.isin(listing.classes, clip.labels).astype(np.uint8) if listing.multi_label
+               else index[clip.labels[0]])
+      for w in res.windows:
+        mels.append(w.astype(np.float32))
+        labels.append(label)
+        clip_ids.append(i)
+    batches = _array_batches(np.stack(mels), np.asarray(labels), np.asarray(clip_ids), batch_size)
+    rep, _ = classification(window_outputs(apply, batches), run.classes, run.multi_label,
+                            bootstrap=0)
+    results[name] = {k: float(v) for k, v in rep.items()
+                     if k in ("accuracy", "macro_f1", "mAP", "micro_f1", "ece")}
+  clean = results["clean"]
+  for cond in results.values():
+    for k in list(cond):
+      if not k.startswith("drop_") and k in clean:
+        cond[f"drop_{k}"] = clean[k] - cond[k]
+  return results
+
+
+def _array_batches(mel, labels, clips, batch_size):
+  for s in range(0, len(mel), batch_size):
+    n = min(batch_size, len(mel) - s)
+    pad = batch_size - n
+    take = lambda a: np.concatenate([a[s:s + n], np.repeat(a[s:s + 1], pad, axis=0)])
+    yield {"mel": take(mel), "label": take(labels), "clip": take(clips),
+           "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}
+
+
+def _pyplot():
+  return report._pyplot()  # pylint: disable=protected-access
+
+
+def pr_figure(curves: dict, classes: list[str]):
+  from sklearn.metrics import precision_recall_curve  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+  for j, c in enumerate(classes):
+    if curves["onehot"][:, j].any():
+      p, r, _ = precision_recall_curve(curves["onehot"][:, j], curves["probs"][:, j])
+      ax.plot(r, p, lw=1, label=c)
+  ax.set_xlabel("recall")
+  ax.set_ylabel("precision")
+  ax.set_title("precision-recall per class (test clips)", fontsize=9)
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return fig
+
+
+def reliability_figure(rel: dict, ece: float):
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+  edges = np.asarray(rel["bin_edges"])
+  centers = (edges[:-1] + edges[1:]) / 2
+  ax.bar(centers, rel["bin_accuracy"], width=edges[1] - edges[0], edgecolor="black",
+         alpha=0.7, label="accuracy")
+  ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+  ax.set_xlabel("confidence")
+  ax.set_ylabel("accuracy")
+  ax.set_title(f"reliability (ECE {ece:.3f})", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return fig
+
+
+def robustness_figure(table: dict[str, dict[str, float]], metric: str):
+  plt = _pyplot()
+  names = list(table)
+  fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+  ax.bar(range(len(names)), [table[n][metric] for n in names], color="tab:blue")
+  ax.axhline(table["clean"][metric], color="black", lw=1, ls="--")
+  ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+  ax.set_ylabel(metric)
+  ax.set_title(f"robustness: test {metric} per condition (dashed: clean)", fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+def markdown(result: dict[str, Any]) -> str:
+  c = result["classification"]
+  lines = [f"# Evaluation of {result['workdir']} (step {result['step']}, split {result['split']})",
+           ""]
+  lines += ["## Classification (per clip)", "", "| metric | value | 95% CI |", "|---|---:|---|"]
+  for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "mAP", "micro_f1",
+              "ece"):
+    if key in c:
+      ci = c.get(f"{key}_ci95")
+      lines.append(f"| {key} | {c[key]:.4f} | "
+                   f"{f'{ci[0]:.4f} - {ci[1]:.4f}' if ci else ''} |")
+  lines.append(f"\n{c['num_examples']} clips.\n")
+  if "retrieval" in result:
+    r = result["retrieval"]
+    names = list(r)
+    keys = [k for k in r[names[0]] if k != "num_queries"]
+    lines += ["## Retrieval (each clip queries the others; relevant = shares a label)", "",
+              "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for n in names:
+      lines.append(f"| {n} | " + " | ".join(f"{r[n][k]:.4f}" for k in keys) + " |")
+    lines.append(f"\n{r[names[0]]['num_queries']} queries.\n")
+  if "robustness" in result:
+    t = result["robustness"]
+    keys = [k for k in t["clean"] if not k.startswith("drop_")]
+    lines += ["## Robustness (test audio perturbed, then prepared as in training)", "",
+              "| condition | " + " | ".join(f"{k} | drop" for k in keys) + " |",
+              "|---|" + "---:|---:|" * len(keys)]
+    for name, row in t.items():
+      lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4f} | {row[f'drop_{k}']:+.4f}"
+                                              for k in keys) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
+                 with_retrieval: bool = False, with_robustness: bool = False,
+                 bootstrap: int = 1000, batch_size: int = 32) -> dict[str, Any]:
+  """Evaluate and write DIR/report/evaluation.{json,md} and figures; returns the result."""
+  run = open_run(workdir, step)
+  prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
+  apply = _apply_fn(run, run.variables)
+  windows = window_outputs(apply, pipeline.eval_batches(prepared, split, batch_size, 0, 1))
+  cls, curves = classification(windows, run.classes, run.multi_label, bootstrap)
+  result: dict[str, Any] = {"workdir": run.workdir, "step": run.step, "split": split,
+                            "classification": cls}
+  out_dir = os.path.join(run.workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  figures = {"pr_curves": pr_figure(curves, run.classes)}
+  if not run.multi_label:
+    figures["reliability"] = reliability_figure(cls["reliability"], cls["ece"])
+  if with_retrieval:
+    result["retrieval"] = retrieval_side_by_side(run, prepared, split, windows, batch_size)
+  if with_robustness:
+    result["robustness"] = robustness(run, split, apply, batch_size)
+    metric = "mAP" if run.multi_label else "accuracy"
+    figures["robustness"] = robustness_figure(result["robustness"], metric)
+  images = {}
+  for name, fig in figures.items():
+    fig.savefig(os.path.join(out_dir, f"{name}.png"))
+    images[f"evaluate_{name}"] = report.figure_to_array(fig)[None]
+  with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(out_dir, "evaluation.md"), "w") as f:
+    f.write(markdown(result))
+  _to_tensorboard(run, result, images)
+  return result
+
+
+def _to_tensorboard(run: TrainedRun, result: dict[str, Any], images) -> None:
+  from jaxaudio.train.loop import _writer  # pylint: disable=import-outside-toplevel
+  writer = _writer(run.workdir)
+  scalars = {f"evaluate_{k}": float(v) for k, v in result["classification"].items()
+             if isinstance(v, float)}
+  for model, scores in result.get("retrieval", {}).items():
+    scalars.update({f"retrieval_{model.replace(' ', '_')}_{k}": float(v)
+                    for k, v in scores.items()})
+  for cond, row in result.get("robustness", {}).items():
+    scalars.update({f"robustness_{cond}_{k}": float(v) for k, v in row.items()})
+  writer.write_scalars(run.step, scalars)
+  writer.write_images(run.step, images)
+  writer.flush()
