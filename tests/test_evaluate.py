@@ -60,3 +60,49 @@ def test_evaluate_cli_refuses_a_directory_that_is_not_a_run(cli, tmp_path):
   r = cli("jaxaudio.evaluate", f"--workdir={tmp_path}")
   assert r.returncode == 2
   assert "has no config.json; pass the --workdir of a `python -m jaxaudio.main` run" in r.stderr
+
+
+def test_exported_model_loads_without_flax_and_gives_the_same_outputs(trained, tmp_path):
+  import subprocess
+  import sys
+
+  import numpy as np
+
+  from jaxaudio import exported
+  from jaxaudio.train.rundir import open_run
+  workdir, _ = trained
+  out = str(tmp_path / "export")
+  meta = exported.export_run(workdir, out)
+  run = open_run(workdir)
+  assert meta["classes"] == run.classes and meta["weights_sha256"]
+  assert meta["frontend"]["n_mels"] == run.info.spec.n_mels
+  rng = np.random.default_rng(0)
+  for n in (3, 5):   # the batch size is symbolic
+    mel = rng.uniform(0, 1, (n, 100, 96)).astype(np.float32)
+    np.save(tmp_path / f"mel{n}.npy", mel)
+    ref = run.model.apply(run.variables, mel, train=False)
+    np.save(tmp_path / f"emb{n}.npy", np.asarray(ref["embedding"]))
+    np.save(tmp_path / f"logits{n}.npy", np.asarray(ref["logits"]))
+  script = f"""
+import sys, numpy as np
+import jaxaudio.exported as ex
+m = ex.load({out!r})
+for n in (3, 5):
+  o = m(np.load({str(tmp_path)!r} + f"/mel{{n}}.npy"))
+  for k in ("emb", "logits"):
+    ref = np.load({str(tmp_path)!r} + f"/{{k}}{{n}}.npy")
+    got = o["embedding" if k == "emb" else "logits"]
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    print(k, n, float(np.max(np.abs(got - ref))))
+    assert np.max(np.abs(got - ref)) <= 1e-5
+assert "flax" not in sys.modules and "jaxaudio.train" not in sys.modules, sorted(sys.modules)
+print("ok")
+"""
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+  # A damaged artifact is refused with one sentence.
+  np.savez(f"{out}/weights.npz", w00000=np.zeros(3))
+  with pytest.raises(ValueError, match="does not match the sha256 in meta.json"):
+    exported.load(out)
+  with pytest.raises(ValueError, match="is not an exported jaxaudio model"):
+    exported.load(str(tmp_path))

@@ -1,0 +1,110 @@
+"""A fine-tuned model as a standalone artifact: jax.export StableHLO + weights + metadata.
+
+  python -m jaxaudio.exported --workdir=RUN --out=DIR      # write
+  model = jaxaudio.exported.load(DIR); out = model(mel)     # use: jax + numpy only
+
+DIR holds `model.jaxexport` (the serialized jax.export.Exported of mel [batch, frames, mels]
+-> embedding and logits, batch size symbolic, weights as arguments), `weights.npz` (the
+weights in argument order) and `meta.json` (model name, classes, FrontendSpec, embedding
+size, sha256 of the weights). Loading needs neither Flax nor the training code; turn audio
+into `mel` windows with jaxaudio.audio.frontend and the FrontendSpec in meta.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ExportedModel:
+  exported: Any                 # jax.export.Exported
+  weights: list[np.ndarray]
+  meta: dict[str, Any]
+
+  def __call__(self, mel: np.ndarray) -> dict[str, np.ndarray]:
+    """{"embedding": [B, D], "logits": [B, classes]} for normalised log-mel windows."""
+    emb, logits = self.exported.call(self.weights, np.asarray(mel, np.float32))
+    return {"embedding": np.asarray(emb), "logits": np.asarray(logits)}
+
+
+def _sha256(weights: list[np.ndarray]) -> str:
+  h = hashlib.sha256()
+  for w in weights:
+    h.update(f"{w.dtype}|{w.shape}".encode())
+    h.update(np.ascontiguousarray(w).tobytes())
+  return h.hexdigest()
+
+
+def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str, Any]:
+  """Export the run's checkpoint `step`; returns meta."""
+  from jaxaudio.train.rundir import open_run  # pylint: disable=import-outside-toplevel
+  run = open_run(workdir, step)
+  leaves, treedef = jax.tree_util.tree_flatten(run.variables)
+  weights = [np.asarray(x) for x in leaves]
+
+  def forward(flat, mel):
+    out = run.model.apply(jax.tree_util.tree_unflatten(treedef, flat), mel, train=False)
+    return out["embedding"], out["logits"]
+
+  spec = run.info.spec
+  (batch,) = jax.export.symbolic_shape("batch")
+  args = ([jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+          jax.ShapeDtypeStruct((batch, spec.frames_per_window, spec.n_mels), np.float32))
+  exported = jax.export.export(jax.jit(forward))(*args)
+  meta = {"format_version": FORMAT_VERSION, "model": run.info.name, "classes": run.classes,
+          "multi_label": run.multi_label, "frontend": spec.to_dict(),
+          "embedding_dim": int(exported.out_avals[0].shape[-1]),
+          "weights_sha256": _sha256(weights), "source_workdir": run.workdir, "step": run.step}
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "model.jaxexport"), "wb") as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(out_dir, "weights.npz"), **{f"w{i:05d}": w for i, w in enumerate(weights)})
+  with open(os.path.join(out_dir, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+  return meta
+
+
+def load(path: str) -> ExportedModel:
+  """Load an exported model; a missing, partial or altered artifact is one clear error."""
+  files = {n: os.path.join(path, n) for n in ("model.jaxexport", "weights.npz", "meta.json")}
+  missing = [n for n, p in files.items() if not os.path.exists(p)]
+  if missing:
+    raise ValueError(f"{path} is not an exported jaxaudio model (missing {', '.join(missing)});"
+                     " write one with python -m jaxaudio.exported --workdir=RUN --out=DIR.")
+  with open(files["meta.json"]) as f:
+    meta = json.load(f)
+  with np.load(files["weights.npz"]) as z:
+    weights = [z[k] for k in sorted(z.files)]
+  if _sha256(weights) != meta.get("weights_sha256"):
+    raise ValueError(f"{files['weights.npz']} does not match the sha256 in meta.json; the "
+                     "artifact is damaged or mixed with another export: export it again.")
+  with open(files["model.jaxexport"], "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  return ExportedModel(exported, weights, meta)
+
+
+def main(argv):  # pragma: no cover - thin CLI
+  del argv
+  meta = export_run(_WORKDIR.value, _OUT.value, _STEP.value if _STEP.value in ("best", "latest")
+                    else int(_STEP.value))
+  print(json.dumps({k: meta[k] for k in ("model", "step", "embedding_dim", "weights_sha256")}))
+  print(f"exported: {os.path.abspath(_OUT.value)}")
+  return 0
+
+
+if __name__ == "__main__":
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from jaxaudio import cli  # pylint: disable=import-outside-toplevel
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+  _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+  _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
+  cli.run(main)
