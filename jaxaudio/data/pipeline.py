@@ -63,10 +63,17 @@ def eval_batches(prepared: Prepared, split: str, global_batch: int,
   Each process takes a contiguous block; all processes yield the same number of batches
   (collectives need that), padding with masked copies of a real record.
   """
+  return padded_batches(prepared.data_source(split), prepared.multi_label, global_batch,
+                        process_index, process_count)
+
+
+def padded_batches(source, multi_label: bool, global_batch: int,
+                   process_index: int | None = None, process_count: int | None = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """eval_batches over any random-access `source` of {"mel", "label", "clip"} records."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  source = prepared.data_source(split)
-  to_input = ToModelInput(prepared.multi_label)
+  to_input = ToModelInput(multi_label)
   blocks = np.array_split(np.arange(len(source)), process_count)
   mine = blocks[process_index]
   batch = per_process_batch(global_batch, process_count)

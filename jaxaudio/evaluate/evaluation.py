@@ -34,15 +34,9 @@ def _apply_fn(run: TrainedRun, variables) -> Callable[[np.ndarray], dict[str, np
 
 def window_outputs(apply: Callable, batches) -> dict[str, np.ndarray]:
   """logits, embedding, label, clip of every real (unmasked) window."""
-  out = {"logits": [], "embedding": [], "label": [], "clip": []}
-  for batch in batches:
-    res = apply(batch["mel"])
-    keep = batch["mask"] > 0
-    for k in ("logits", "embedding"):
-      out[k].append(np.asarray(res[k], np.float32)[keep])
-    out["label"].append(batch["label"][keep])
-    out["clip"].append(batch["clip"][keep])
-  return {k: np.concatenate(v) for k, v in out.items()}
+  out = predict.collect(lambda b: apply(b["mel"]), batches, ("logits", "embedding"))
+  return {k: v.astype(np.float32) if k in ("logits", "embedding") else v
+          for k, v in out.items()}
 
 
 def classification(windows: dict[str, np.ndarray], classes: list[str], multi_label: bool,
@@ -82,8 +76,8 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
 
 def baseline_variables(run: TrainedRun) -> tuple[str, Any]:
   """The weights the run started from: its pretrained backbone (or seeded scratch init)."""
-  from jaxaudio.train.loop import _initial_variables  # pylint: disable=import-outside-toplevel
-  pretrained = _initial_variables(run.cfg, run.info, has_checkpoint=False)
+  from jaxaudio.train.loop import initial_variables  # pylint: disable=import-outside-toplevel
+  pretrained = initial_variables(run.cfg, run.info, has_checkpoint=False)
   plan = stages.plan(run.cfg.train)
   setup = factory.build(run.info, len(run.classes), run.cfg.train, pretrained=pretrained,
                         widths=tuple(run.cfg.model.widths) or None, plan=plan)
@@ -99,9 +93,9 @@ def retrieval_side_by_side(run: TrainedRun, prepared, split: str, tuned: dict[st
                         pipeline.eval_batches(prepared, split, batch_size, 0, 1))
   out = {}
   for label, windows in ((name, base), ("fine-tuned", tuned)):
-    clips, emb = retrieval.clip_embeddings(windows["embedding"], windows["clip"])
-    first = {c: i for i, c in reversed(list(enumerate(windows["clip"])))}
-    labels = np.stack([windows["label"][first[c]] for c in clips])
+    _, emb = retrieval.clip_embeddings(windows["embedding"], windows["clip"])
+    # clip_level orders clips as clip_embeddings does (np.unique) and gives each its label.
+    labels = predict.clip_level(windows, run.multi_label)["label"]
     out[label] = retrieval.retrieval_scores(emb, labels)
   return out
 
@@ -121,7 +115,7 @@ def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
   results = {}
   for name, fn in perturb.conditions().items():
     rng = np.random.default_rng(seed)
-    mels, labels, clip_ids = [], [], []
+    records = []
     for i, (clip, (x, sr)) in enumerate(zip(clips, audio)):
       y = x if fn is None else fn(np.asarray(x, np.float64), sr, rng)
       res = featurize(i, spec, settings, waveform=np.asarray(y, np.float32), rate=sr)
@@ -129,11 +123,8 @@ def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
         continue
       label = (np.isin(listing.classes, clip.labels).astype(np.uint8) if listing.multi_label
                else index[clip.labels[0]])
-      for w in res.windows:
-        mels.append(w.astype(np.float32))
-        labels.append(label)
-        clip_ids.append(i)
-    batches = _array_batches(np.stack(mels), np.asarray(labels), np.asarray(clip_ids), batch_size)
+      records += [{"mel": w, "label": label, "clip": i} for w in res.windows]
+    batches = pipeline.padded_batches(records, listing.multi_label, batch_size, 0, 1)
     rep, _ = classification(window_outputs(apply, batches), run.classes, run.multi_label,
                             bootstrap=0)
     results[name] = {k: float(v) for k, v in rep.items()
@@ -146,22 +137,9 @@ def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
   return results
 
 
-def _array_batches(mel, labels, clips, batch_size):
-  for s in range(0, len(mel), batch_size):
-    n = min(batch_size, len(mel) - s)
-    pad = batch_size - n
-    take = lambda a: np.concatenate([a[s:s + n], np.repeat(a[s:s + 1], pad, axis=0)])
-    yield {"mel": take(mel), "label": take(labels), "clip": take(clips),
-           "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}
-
-
-def _pyplot():
-  return report._pyplot()  # pylint: disable=protected-access
-
-
 def pr_figure(curves: dict, classes: list[str]):
   from sklearn.metrics import precision_recall_curve  # pylint: disable=import-outside-toplevel
-  plt = _pyplot()
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
   for j, c in enumerate(classes):
     if curves["onehot"][:, j].any():
@@ -176,7 +154,7 @@ def pr_figure(curves: dict, classes: list[str]):
 
 
 def reliability_figure(rel: dict, ece: float):
-  plt = _pyplot()
+  plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
   edges = np.asarray(rel["bin_edges"])
   centers = (edges[:-1] + edges[1:]) / 2
@@ -192,7 +170,7 @@ def reliability_figure(rel: dict, ece: float):
 
 
 def robustness_figure(table: dict[str, dict[str, float]], metric: str):
-  plt = _pyplot()
+  plt = report.pyplot()
   names = list(table)
   fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
   ax.bar(range(len(names)), [table[n][metric] for n in names], color="tab:blue")
@@ -272,8 +250,8 @@ def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
 
 
 def _to_tensorboard(run: TrainedRun, result: dict[str, Any], images) -> None:
-  from jaxaudio.train.loop import _writer  # pylint: disable=import-outside-toplevel
-  writer = _writer(run.workdir)
+  from jaxaudio.train.loop import summary_writer  # pylint: disable=import-outside-toplevel
+  writer = summary_writer(run.workdir)
   scalars = {f"evaluate_{k}": float(v) for k, v in result["classification"].items()
              if isinstance(v, float)}
   for model, scores in result.get("retrieval", {}).items():

@@ -23,13 +23,21 @@ def predict_windows(eval_step: Callable, state: Any, prepared: Prepared, split: 
                     keys: tuple[str, ...] = ("logits", "loss")) -> dict[str, np.ndarray]:
   """`keys` of eval_step's output (logits, loss, embedding), label and clip id of every
   window of `split`, each exactly once, in the split's order."""
+  return collect(lambda b: eval_step(state, pipeline.device_batch(b, parallel, mesh)),
+                 pipeline.eval_batches(prepared, split, batch_size), keys,
+                 pmap=parallel == "pmap")
+
+
+def collect(step: Callable, batches, keys: tuple[str, ...], pmap: bool = False
+            ) -> dict[str, np.ndarray]:
+  """`keys` of step(batch), label and clip of every unmasked row of `batches`."""
   out = {k: [] for k in keys + ("label", "clip")}
-  for batch in pipeline.eval_batches(prepared, split, batch_size):
-    res = eval_step(state, pipeline.device_batch(batch, parallel, mesh))
+  for batch in batches:
+    res = step(batch)
     keep = batch["mask"] > 0
     for k in keys:
       v = _to_host(res[k])
-      out[k].append(v.reshape((-1,) + v.shape[2:] if parallel == "pmap" else v.shape)[keep])
+      out[k].append(v.reshape((-1,) + v.shape[2:] if pmap else v.shape)[keep])
     out["label"].append(batch["label"][keep])
     out["clip"].append(batch["clip"][keep])
   return {k: np.concatenate(v) for k, v in out.items()}

@@ -31,7 +31,7 @@ def classification_report(predictions: dict[str, np.ndarray], classes: list[str]
           "confusion_matrix": cm.matrix.tolist()}
 
 
-def _pyplot():
+def pyplot():
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -40,7 +40,7 @@ def _pyplot():
 
 def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
   matrix = np.asarray(matrix)
-  plt = _pyplot()
+  plt = pyplot()
   n = len(classes)
   fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.6 + 0.45 * n), dpi=100)
   norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -61,7 +61,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
 
 def logmel_figure(mels: list[np.ndarray], titles: list[str], suptitle: str):
   """Log-mel windows ([frames, mels], normalised) side by side, time left to right."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(1, len(mels), figsize=(3.2 * len(mels), 2.8), dpi=100,
                            squeeze=False)
   for ax, mel, title in zip(axes[0], mels, titles):

@@ -24,7 +24,7 @@ from jaxaudio.audio.frontend import silence_value
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import JaxAudioError
-from jaxaudio.evaluate import predict, report
+from jaxaudio.evaluate import calibration, predict, report
 from jaxaudio.evaluate.metrics import ConfusionMatrix, MultiLabelScores
 from jaxaudio.models.registry import get_model
 from jaxaudio.train import checkpointing, factory, head_only, optimizer, parallel, stages, steps
@@ -38,7 +38,7 @@ class TrainingDiverged(JaxAudioError):
   """The loss became NaN or infinite."""
 
 
-def _writer(workdir: str):
+def summary_writer(workdir: str):
   """clu writer (TensorBoard on process 0 only); TF is imported here, at the edge."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
@@ -60,7 +60,8 @@ def _scores(pred: dict[str, np.ndarray], num_classes: int, multi_label: bool) ->
       logits=pred["logits"], labels=pred["label"])).compute()
 
 
-def _initial_variables(cfg, info, has_checkpoint: bool):
+def initial_variables(cfg, info, has_checkpoint: bool):
+  """Pretrained (or given) starting weights, or None for scratch or a run with checkpoints."""
   if has_checkpoint or cfg.model.init == "scratch":
     return None  # a checkpoint of our own always wins over pretrained weights
   source = cfg.model.checkpoint or None if cfg.model.init == "pretrained" else cfg.model.init
@@ -98,8 +99,7 @@ def _logmel_images(prepared, indices: list[int], pred: dict[str, np.ndarray], cl
   mels, titles = [], []
   for i in indices:
     logits = pred["logits"][i].astype(np.float64)
-    probs = (1 / (1 + np.exp(-logits)) if multi_label
-             else np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+    probs = 1 / (1 + np.exp(-logits)) if multi_label else calibration.softmax(logits)
     top = int(np.argmax(probs))
     mels.append(np.asarray(source[i]["mel"], np.float32))
     titles.append(f"true {_label_text(source[i]['label'], classes)}\n"
@@ -186,7 +186,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   run = _Run(cfg, info, prepared)
   # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
   stage = run.plan.index(max(latest - 1, 0)) if latest else 0
-  setup = run.build(_initial_variables(cfg, info, latest is not None), stage)
+  setup = run.build(initial_variables(cfg, info, latest is not None), stage)
   never_trained = optimizer.frozen_layer_groups(
       setup.state.params, optimizer.assign_groups(setup.state.params, run.plan.rules[-1]),
       info.layer_groups)
@@ -210,7 +210,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   num_steps = int(cfg.train.num_steps)
   score_name = _score_name(cfg, multi_label)
   image_windows = _example_windows(prepared, "validation", int(cfg.train.logmel_images))
-  writer = _writer(workdir)
+  writer = summary_writer(workdir)
   if latest is None:
     writer.write_hparams({k: str(v) for k, v in _flatten(cfg.to_dict()).items()})
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
