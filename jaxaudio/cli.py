@@ -45,15 +45,22 @@ def load_config(holder):
     raise ConfigError(f"cannot load config {path} ({err}); fix the file.") from err
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-  """absl app.run(main), printing JaxAudioError as `error: <sentence>` and exiting 2."""
+def run(main: Callable[[list[str]], int | None], commands: tuple[str, ...] = ()) -> None:
+  """absl app.run(main), printing JaxAudioError as `error: <sentence>` and exiting 2.
+
+  With `commands`, exactly one of them must come first (`python -m M index --flags`) and
+  main gets it as argv[1]; otherwise no positional argument is accepted."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-      print(f"error: unexpected arguments {argv[1:]}; flags are written --name=value.",
-            file=sys.stderr)
+    if commands and (len(argv) < 2 or argv[1] not in commands):
+      print(f"error: the first argument must be the command, one of: {', '.join(commands)}; "
+            f"e.g. `{commands[0]} --flags` (see --helpfull).", file=sys.stderr)
+      return EXIT_USER_ERROR
+    if len(argv) > 1 + bool(commands):
+      print(f"error: unexpected arguments {argv[1 + bool(commands):]}; flags are written "
+            "--name=value.", file=sys.stderr)
       return EXIT_USER_ERROR
     try:
       return main(argv)

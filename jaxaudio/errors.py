@@ -27,3 +27,7 @@ class DataError(JaxAudioError):
 
 class ConfigError(JaxAudioError):
   """A config key that is unknown, missing or has a bad value."""
+
+
+class SearchIndexError(JaxAudioError):
+  """A search index that is missing, damaged, or made by another model or frontend."""

@@ -5,8 +5,8 @@
 
 DIR holds `model.jaxexport` (the serialized jax.export.Exported of mel [batch, frames, mels]
 -> embedding and logits, batch size symbolic, weights as arguments), `weights.npz` (the
-weights in argument order) and `meta.json` (model name, classes, FrontendSpec, embedding
-size, sha256 of the weights). Loading needs neither Flax nor the training code; turn audio
+weights in argument order) and `meta.json` (model name, classes, FrontendSpec, the data
+settings the model was trained with, embedding size, sha256 of the weights). Loading needs neither Flax nor the training code; turn audio
 into `mel` windows with jaxaudio.audio.frontend and the FrontendSpec in meta.json.
 """
 
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -35,6 +36,19 @@ class ExportedModel:
     emb, logits = self.exported.call(self.weights, np.asarray(mel, np.float32))
     return {"embedding": np.asarray(emb), "logits": np.asarray(logits)}
 
+  def embeddings(self, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """[N, D] embeddings of [N, frames, mels] windows, in padded batches of `batch_size` so
+    that one compiled program serves any N."""
+    windows = np.asarray(windows, np.float32)
+    out = np.empty((len(windows), int(self.meta["embedding_dim"])), np.float32)
+    for start in range(0, len(windows), batch_size):
+      chunk = windows[start:start + batch_size]
+      n = len(chunk)
+      if n < batch_size:
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
+      out[start:start + n] = self(chunk)["embedding"][:n]
+    return out
+
 
 def _sha256(weights: list[np.ndarray]) -> str:
   h = hashlib.sha256()
@@ -46,7 +60,9 @@ def _sha256(weights: list[np.ndarray]) -> str:
 
 def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str, Any]:
   """Export the run's checkpoint `step`; returns meta."""
-  from jaxaudio.train.rundir import open_run  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.data.prepare import settings_from_config
+  from jaxaudio.train.rundir import open_run
   run = open_run(workdir, step)
   leaves, treedef = jax.tree_util.tree_flatten(run.variables)
   weights = [np.asarray(x) for x in leaves]
@@ -60,8 +76,9 @@ def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str
   args = ([jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
           jax.ShapeDtypeStruct((batch, spec.frames_per_window, spec.n_mels), np.float32))
   exported = jax.export.export(jax.jit(forward))(*args)
+  settings = dataclasses.asdict(settings_from_config(run.cfg.data))
   meta = {"format_version": FORMAT_VERSION, "model": run.info.name, "classes": run.classes,
-          "multi_label": run.multi_label, "frontend": spec.to_dict(),
+          "multi_label": run.multi_label, "frontend": spec.to_dict(), "settings": settings,
           "embedding_dim": int(exported.out_avals[0].shape[-1]),
           "weights_sha256": _sha256(weights), "source_workdir": run.workdir, "step": run.step}
   os.makedirs(out_dir, exist_ok=True)
@@ -71,6 +88,23 @@ def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str
   with open(os.path.join(out_dir, "meta.json"), "w") as f:
     json.dump(meta, f, indent=2)
   return meta
+
+
+def for_run(workdir: str, step: int | str = "best") -> str:
+  """WORKDIR/export/step_N for the run's checkpoint `step`, exported on first use."""
+  from jaxaudio.train.rundir import resolve_step  # pylint: disable=import-outside-toplevel
+  out = os.path.join(os.path.abspath(workdir), "export", f"step_{resolve_step(workdir, step)}")
+  try:
+    load(out)
+    return out
+  except ValueError:
+    pass
+  tmp = f"{out}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  export_run(workdir, tmp, step)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+  return out
 
 
 def load(path: str) -> ExportedModel:

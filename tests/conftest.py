@@ -38,3 +38,23 @@ def run_cli(module, *args, env=None, timeout=300):
 @pytest.fixture
 def cli():
   return run_cli
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+  """A tiny run (3 tone classes, scratch init, probe then fine-tune): (workdir, test report).
+  Shared by the evaluation, export and search tests."""
+  from datafixtures import write_class_folder
+  from jaxaudio import configs
+  from jaxaudio.train import loop
+  tmp = tmp_path_factory.mktemp("trained")
+  clips = write_class_folder(str(tmp / "clips"), per_class=10, seconds=1.5)
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", str(tmp / "prepared")
+  cfg.data.val_fraction, cfg.data.test_fraction = 0.2, 0.3   # 3 test clips per class
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=30, eval_every=10, log_every=10, batch_size=8, warmup_steps=3,
+                   probe_steps=10, param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
+                   group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2)
+  workdir = str(tmp / "run")
+  return workdir, loop.train_and_evaluate(cfg, workdir)

@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxaudio.audio.spec import FrontendSpec, check_same_spec
 from jaxaudio.data import featurize
-from jaxaudio.data.sources import SPLITS, Clip, Listing, list_source
+from jaxaudio.data.sources import SPLITS, Listing, list_source
 from jaxaudio.errors import DataError
 
 FORMAT_VERSION = 2  # 2: mel stored as raw bytes
@@ -102,23 +102,24 @@ def open_prepared(root: str, expected_spec: FrontendSpec | None = None,
   return prepared
 
 
-def _tasks(listing: Listing, split: str) -> Iterator[tuple[int, Clip, Any, int]]:
-  """(index, clip, waveform or None, rate) in listing order; TFDS audio is read lazily."""
+def _tasks(listing: Listing, split: str) -> Iterator[tuple[int, str | None, Any, int]]:
+  """(index, path or None, waveform or None, rate) in listing order; TFDS audio is read
+  lazily."""
   clips = listing.split(split)
   if listing.tfds is None:
     for i, c in enumerate(clips):
-      yield i, c, None, 0
+      yield i, c.path, None, 0
     return
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   t = listing.tfds
   ds = tfds.load(t["name"], split=t["splits"][split], data_dir=t["data_dir"], download=False)
   for i, (c, ex) in enumerate(zip(clips, tfds.as_numpy(ds))):
-    yield i, c, ex[t["audio_key"]], t["sample_rate"]
+    yield i, c.path, ex[t["audio_key"]], t["sample_rate"]
 
 
 def _run(task, spec_dict, settings):
-  i, clip, wave, rate = task
-  return featurize.featurize(i, spec_dict, settings, path=clip.path, waveform=wave, rate=rate)
+  i, path, wave, rate = task
+  return featurize.featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate)
 
 
 _SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -155,9 +156,12 @@ def _worker_start_environment():
         os.environ[k] = v
 
 
-class _Featurizer:
+class Featurizer:
   """Feature extraction on every core: spawned workers (no inherited JAX/TF threads or
-  state), bounded chunks so a large TFDS split is never all in memory, results in order."""
+  state), bounded chunks so a large TFDS split is never all in memory, results in order.
+
+  Tasks are (index, path or None, waveform or None, rate), as featurize.featurize takes them;
+  prepare and the search indexer share this pool."""
 
   def __init__(self, workers: int):
     self.workers = workers
@@ -166,9 +170,19 @@ class _Featurizer:
       with _worker_start_environment():
         self._pool = multiprocessing.get_context("spawn").Pool(workers)
 
-  def map(self, tasks, spec_dict, settings) -> Iterator[featurize.Result]:
-    """Results in task order. With a pool, a sliding window of `_WINDOW * workers` tasks is in
-    flight, so workers keep computing while the caller writes the previous results."""
+  def map(self, tasks, spec_dict, settings, total: int = 0, desc: str | None = None
+          ) -> Iterator[featurize.Result]:
+    """Results in task order, with a files/s progress bar on stderr when `desc` is given. With
+    a pool, a sliding window of `_WINDOW * workers` tasks is in flight, so workers keep
+    computing while the caller writes the previous results."""
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    with tqdm(total=total, desc=desc, unit="file", file=sys.stderr, disable=desc is None,
+              mininterval=1.0) as bar:
+      for res in self._results(tasks, spec_dict, settings):
+        bar.update(1)
+        yield res
+
+  def _results(self, tasks, spec_dict, settings) -> Iterator[featurize.Result]:
     if self._pool is None:
       for task in tasks:
         yield _run(task, spec_dict, settings)
@@ -216,7 +230,6 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
            workers: int, strict: bool, progress: bool, key: str) -> dict[str, Any]:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.core.dataset_builders import adhoc_builder  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
   tfds.disable_progress_bar()  # ours below shows files/s and ETA; TFDS's own would interleave
   classes = list(listing.classes)
@@ -236,7 +249,7 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   report = {"source": listing.source, "key": key, "classes": classes, "skipped": [],
             "ignored": [{"path": p, "reason": r} for p, r in listing.ignored],
             "splits": {}, "sample_rates": Counter(), "durations": []}
-  featurizer = _Featurizer(workers)
+  featurizer = Featurizer(workers)
   spec_dict = spec.to_dict()
   start = time.perf_counter()
 
@@ -245,11 +258,9 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
     stats = {"clips": 0, "windows": 0, "skipped": 0, "class_clips": Counter(),
              "clip_keys": []}
     report["splits"][split] = stats
-    bar = tqdm(total=len(clips), desc=f"prepare {split}", unit="file", file=sys.stderr,
-               disable=not progress, mininterval=1.0)
     tasks = _tasks(listing, split)
-    for res in featurizer.map(tasks, spec_dict, settings):
-      bar.update(1)
+    for res in featurizer.map(tasks, spec_dict, settings, total=len(clips),
+                              desc=f"prepare {split}" if progress else None):
       clip = clips[res.index]
       if res.error:
         if strict:
@@ -273,7 +284,6 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
         stats["windows"] += 1
         yield f"{clip_id:08d}-{w:04d}", {"mel": mel, "label": label, "clip": clip_id,
                                          "window": w, "offset": offset}
-    bar.close()
     if stats["windows"] == 0:
       raise DataError(f"{listing.source}: every file of the {split} split was unreadable (see "
                       "the skipped files above); fix or replace them.")

@@ -54,13 +54,7 @@ def _read_json(workdir: str, name: str) -> Any:
     return json.load(f)
 
 
-def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
-  """The run in `workdir` at checkpoint `step` ("best" by validation, "latest", or a step)."""
-  workdir = os.path.abspath(workdir)
-  cfg = ml_collections.ConfigDict(_read_json(workdir, "config.json"))
-  labels = _read_json(workdir, "labels.json")
-  info = get_model(cfg.model.name)
-  mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
+def _resolve(mgr, workdir: str, step: int | str) -> int:
   latest = mgr.latest_step()
   if latest is None:
     raise CheckpointError(f"{workdir} has no checkpoint yet; train first (python -m "
@@ -74,6 +68,28 @@ def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
   if step not in mgr.all_steps():
     raise CheckpointError(f"{workdir} has no checkpoint at step {step} (it keeps "
                           f"{sorted(mgr.all_steps())}).")
+  return step
+
+
+def resolve_step(workdir: str, step: int | str = "best") -> int:
+  """The checkpoint step that "best", "latest" or a number names, without loading weights."""
+  workdir = os.path.abspath(workdir)
+  cfg = ml_collections.ConfigDict(_read_json(workdir, "config.json"))
+  mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
+  try:
+    return _resolve(mgr, workdir, step)
+  finally:
+    mgr.close()
+
+
+def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
+  """The run in `workdir` at checkpoint `step` ("best" by validation, "latest", or a step)."""
+  workdir = os.path.abspath(workdir)
+  cfg = ml_collections.ConfigDict(_read_json(workdir, "config.json"))
+  labels = _read_json(workdir, "labels.json")
+  info = get_model(cfg.model.name)
+  mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
+  step = _resolve(mgr, workdir, step)
   plan = stages.plan(cfg.train)
   widths = tuple(cfg.model.widths) or None
   setup = factory.build(info, len(labels["classes"]), cfg.train, widths=widths, plan=plan,

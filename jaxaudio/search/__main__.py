@@ -1,0 +1,96 @@
+"""Query-by-example audio search with a fine-tuned model.
+
+  python -m jaxaudio.search index --workdir=RUN --audio=FOLDER --index=PATH [--ann]
+  python -m jaxaudio.search query --index=PATH --audio=FILE [--start=S --end=E] [--k=10] [--json]
+
+`index` embeds every audio file under FOLDER with the run's best checkpoint (exported to
+RUN/export/ on first use; or pass --model=EXPORT_DIR) and brings PATH up to date: only new
+or changed files are embedded, deleted ones are dropped. `query` prints the best-matching
+files with the offset of their best window; --audio may be a folder (one query per file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import flags
+
+from jaxaudio import cli
+from jaxaudio.errors import JaxAudioError
+
+_INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=True)
+_AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.",
+                             required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "index: run directory of jaxaudio.main.")
+_STEP = flags.DEFINE_string("step", "best", "index: checkpoint, best, latest or a number.")
+_MODEL = flags.DEFINE_string("model", None, "index: an exported model (jaxaudio.exported) "
+                             "instead of --workdir.")
+_REBUILD = flags.DEFINE_bool("rebuild", False, "index: start over (e.g. with a new model).")
+_ANN = flags.DEFINE_bool("ann", None, "index: build (or drop, --noann) the approximate index; "
+                         "query: search it instead of exact search.")
+_STRICT = flags.DEFINE_bool("strict", False, "index: stop at the first unreadable file.")
+_WORKERS = flags.DEFINE_integer("workers", 0, "index: featurisation processes (0 = auto).")
+_START = flags.DEFINE_float("start", None, "query: start of the query span, seconds.")
+_END = flags.DEFINE_float("end", None, "query: end of the query span, seconds.")
+_K = flags.DEFINE_integer("k", 10, "query: results per query.", lower_bound=1)
+_PER_FILE = flags.DEFINE_bool("per_file", True, "query: one hit per file (its best window); "
+                              "--noper_file ranks windows.")
+_EF = flags.DEFINE_integer("ef", 128, "query --ann: HNSW search breadth (recall vs speed).")
+_JSON = flags.DEFINE_bool("json", False, "query: print JSON instead of a table.")
+
+
+def _index() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio import exported
+  from jaxaudio.search.indexer import update
+  if bool(_WORKDIR.value) == bool(_MODEL.value):
+    raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
+                        "--model=EXPORT_DIR (a jaxaudio.exported model).")
+  export_dir = _MODEL.value or exported.for_run(
+      _WORKDIR.value, _STEP.value if _STEP.value in ("best", "latest") else int(_STEP.value))
+  summary = update(_INDEX.value, _AUDIO.value, export_dir, rebuild=_REBUILD.value,
+                   strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value)
+  for s in summary["skipped"]:
+    print(f"skipped: {s['reason']}")
+  print(f"index {summary['index']}: {summary['files']} files, {summary['rows']} windows "
+        f"(added {summary['added']}, updated {summary['updated']}, removed "
+        f"{summary['removed']}, unchanged {summary['unchanged']}, skipped "
+        f"{len(summary['skipped'])}; {summary['files_per_second']:.1f} files/s, "
+        f"{summary['seconds']:.1f} s)")
+  if summary["ann_recall_at_10"] is not None:
+    print(f"approximate index: recall@10 {summary['ann_recall_at_10']:.4f} against exact search")
+  return 0
+
+
+def _query() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.embedder import audio_files
+  from jaxaudio.search.searcher import Searcher
+  if not os.path.exists(_AUDIO.value):
+    raise JaxAudioError(f"{_AUDIO.value}: no such audio file or folder; check --audio.")
+  searcher = Searcher(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value)
+  paths = audio_files(_AUDIO.value)
+  queries = [searcher.embed_audio(p, _START.value, _END.value) for p in paths]
+  results = searcher.search(queries, _K.value, _PER_FILE.value)
+  if _JSON.value:
+    out = [{"query": os.path.abspath(p), "start": _START.value, "end": _END.value,
+            "windows": len(q), "results": [dataclasses.asdict(h) for h in hits]}
+           for p, q, hits in zip(paths, queries, results)]
+    print(json.dumps(out[0] if os.path.isfile(_AUDIO.value) else out, indent=1))
+    return 0
+  for p, q, hits in zip(paths, queries, results):
+    print(f"query {p} ({len(q)} windows)")
+    print("rank   score  offset s  file")
+    for rank, h in enumerate(hits, 1):
+      print(f"{rank:4d}  {h.score:.4f}  {h.offset:8.2f}  {h.file}")
+  return 0
+
+
+def main(argv):
+  return _index() if argv[1] == "index" else _query()
+
+
+if __name__ == "__main__":
+  cli.run(main, commands=("index", "query"))

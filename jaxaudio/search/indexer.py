@@ -1,0 +1,200 @@
+"""Build and update a search index from a folder of audio with an exported model.
+
+Every audio file under the folder is cut into model windows exactly as the model's training
+data was (same FrontendSpec, loudness and noise settings; silence is never trimmed, so the
+offsets are times in the file), embedded, L2-normalised and stored with its window offsets.
+Rerunning on the folder embeds only files that are new or whose size or mtime changed, and
+drops files that no longer exist. Files that cannot be decoded are reported and skipped
+(strict=True stops at the first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxaudio import exported
+from jaxaudio.data import featurize
+from jaxaudio.data.prepare import Featurizer, auto_workers
+from jaxaudio.embedder import audio_files
+from jaxaudio.errors import SearchIndexError
+from jaxaudio.search import ann, store
+
+EMBED_CHUNK = 512   # windows gathered across files before a forward pass
+
+
+def search_settings(meta: dict[str, Any]) -> featurize.Settings:
+  """The model's training-data settings, minus silence trimming (offsets stay file times)."""
+  return dataclasses.replace(featurize.Settings(**meta.get("settings", {})), trim_db=0.0)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _identity(model: exported.ExportedModel) -> dict[str, Any]:
+  return store.model_identity(
+      {**model.meta, "settings": dataclasses.asdict(search_settings(model.meta))})
+
+
+def _check_same_model(path: str, have: dict[str, Any], want: dict[str, Any]) -> None:
+  if have == want:
+    return
+  what = [k for k in want if have.get(k) != want[k]]
+  raise SearchIndexError(
+      f"{path} was built with another {' and '.join(what)} ({have.get('model')} weights "
+      f"{str(have.get('weights_sha256'))[:12]}) than this model ({want['model']} weights "
+      f"{want['weights_sha256'][:12]}); index into a new --index path, or pass --rebuild to "
+      "re-embed every file with this model.")
+
+
+def _stat(path: str) -> tuple[int, int]:
+  st = os.stat(path)
+  return int(st.st_size), int(st.st_mtime_ns)
+
+
+class _Embedder:
+  """Collects windows across files and embeds them in large chunks."""
+
+  def __init__(self, model: exported.ExportedModel, batch_size: int):
+    self.model, self.batch_size = model, batch_size
+    self.pending: list[tuple[str, int, int, np.ndarray, np.ndarray, float]] = []
+    self.done: list[tuple[str, int, int, np.ndarray, np.ndarray, float]] = []
+
+  def add(self, path, size, mtime_ns, windows, offsets, seconds):
+    self.pending.append((path, size, mtime_ns, windows, offsets, seconds))
+    if sum(len(p[3]) for p in self.pending) >= EMBED_CHUNK:
+      self.flush()
+
+  def flush(self):
+    if not self.pending:
+      return
+    emb = normalise(self.model.embeddings(np.concatenate([p[3] for p in self.pending]),
+                                          self.batch_size))
+    pos = 0
+    for path, size, mtime, windows, offsets, seconds in self.pending:
+      self.done.append((path, size, mtime, emb[pos:pos + len(windows)], offsets, seconds))
+      pos += len(windows)
+    self.pending = []
+
+
+def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
+           strict: bool = False, with_ann: bool | None = None, workers: int = 0,
+           batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+  """Bring the index at `index_path` up to date with the audio under `audio`.
+
+  with_ann: True builds the approximate index, False removes it, None keeps what the index
+  had. Returns a summary (files added, updated, removed, skipped, rows, timings)."""
+  t0 = time.perf_counter()
+  if not os.path.exists(audio):
+    raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
+                           "audio to index.")
+  model = exported.load(export_dir)
+  ident = _identity(model)
+  index_path = os.path.abspath(index_path)
+  exists = os.path.isfile(os.path.join(index_path, store.MANIFEST))
+  if os.path.exists(index_path) and not exists and os.listdir(index_path):
+    raise SearchIndexError(f"{index_path} exists, is not empty and is not a search index; "
+                           "pass a new or empty folder as --index.")
+  old = store.read_manifest(index_path) if exists else None
+  if old is not None and not rebuild:
+    _check_same_model(index_path, old.model, ident)
+  os.makedirs(index_path, exist_ok=True)
+  generation = (old.generation if old else 0) + 1
+  previous = {} if old is None or rebuild else {e.path: e for e in old.files}
+
+  scanned = {}
+  for p in audio_files(audio):
+    p = os.path.abspath(p)
+    scanned[p] = _stat(p)
+  keep, removed = [], 0
+  for path, e in previous.items():
+    if not os.path.exists(path):
+      removed += 1
+    elif path not in scanned or scanned[path] == (e.size, e.mtime_ns):
+      keep.append(e)
+  todo = [p for p in sorted(scanned) if p not in {e.path for e in keep}]
+  updated = sum(p in previous for p in todo)
+
+  settings = search_settings(model.meta)
+  embedder = _Embedder(model, batch_size)
+  skipped = []
+  featurizer = Featurizer(workers or auto_workers())
+  try:
+    tasks = ((i, p, None, 0) for i, p in enumerate(todo))
+    for res in featurizer.map(tasks, model.meta["frontend"], settings, total=len(todo),
+                              desc="index" if progress else None):
+      path = todo[res.index]
+      if res.error:
+        if strict:
+          raise SearchIndexError(f"{res.error} (strict mode stops at the first bad file; "
+                                 "without --strict such files are reported and skipped)")
+        skipped.append({"path": path, "reason": res.error})
+        continue
+      embedder.add(path, *scanned[path], res.windows, res.offsets, res.seconds)
+    embedder.flush()
+  finally:
+    featurizer.close()
+  t_embed = time.perf_counter() - t0
+
+  segments = {} if old is None or rebuild else dict(old.segments)
+  entries = list(keep)
+  if embedder.done:
+    name = store.segment_name(generation)
+    store.write_segment(index_path, name, np.concatenate([d[3] for d in embedder.done]),
+                        np.concatenate([d[4] for d in embedder.done]))
+    segments[name] = sum(len(d[3]) for d in embedder.done)
+    start = 0
+    for path, size, mtime, emb, offsets, seconds in embedder.done:
+      entries.append(store.Entry(path, size, mtime, name, start, len(emb), float(seconds)))
+      start += len(emb)
+  manifest = store.Manifest(model=ident, files=sorted(entries, key=lambda e: e.path),
+                            segments={s: r for s, r in segments.items()
+                                      if any(e.segment == s for e in entries)},
+                            generation=generation)
+  if sum(manifest.segments.values()) - manifest.live_rows > (
+      store.COMPACT_DEAD_FRACTION * sum(manifest.segments.values())):
+    manifest = _compact(index_path, manifest)
+  if not exists or rebuild or not os.path.isdir(os.path.join(index_path, "model")):
+    store.install_model(index_path, export_dir)
+
+  ann_recall = None
+  if with_ann or (with_ann is None and old is not None and old.ann and not rebuild):
+    rows = store.load_rows(index_path, manifest)
+    t = time.perf_counter()
+    graph = ann.build(rows.embeddings)
+    file = f"ann-{generation:06d}.faiss"
+    ann.save(graph, os.path.join(index_path, file))
+    ann_recall = ann.recall_at_10(graph, rows.embeddings, _exact_rows(rows))
+    manifest.ann = {"file": file, "kind": f"faiss HNSW M={ann.M}", "rows": manifest.live_rows,
+                    "recall_at_10": ann_recall, "ef_search": ann.EF_SEARCH,
+                    "build_seconds": time.perf_counter() - t}
+  store.write_manifest(index_path, manifest)
+  store.remove_unreferenced(index_path, manifest)
+  return {"index": index_path, "files": len(manifest.files), "rows": manifest.live_rows,
+          "added": len(todo) - updated - len(skipped), "updated": updated, "removed": removed,
+          "unchanged": len(keep), "skipped": skipped, "embed_seconds": t_embed,
+          "files_per_second": len(todo) / t_embed if todo else 0.0,
+          "ann_recall_at_10": ann_recall, "seconds": time.perf_counter() - t0}
+
+
+def _exact_rows(rows: store.Rows):
+  from jaxaudio.search.exact import ExactIndex  # pylint: disable=import-outside-toplevel
+  exact = ExactIndex(rows.embeddings, rows.file_of_row, len(rows.files))
+  return lambda q, k: exact.search([w[None] for w in q], k, per_file=False)[1]
+
+
+def _compact(path: str, manifest: store.Manifest) -> store.Manifest:
+  """All live rows into one new segment, files in manifest order."""
+  rows = store.load_rows(path, manifest)
+  name = store.segment_name(manifest.generation) + "c"
+  store.write_segment(path, name, rows.embeddings, rows.offsets)
+  start, files = 0, []
+  for e in manifest.files:
+    files.append(dataclasses.replace(e, segment=name, start=start))
+    start += e.count
+  return dataclasses.replace(manifest, files=files, segments={name: rows.embeddings.shape[0]})

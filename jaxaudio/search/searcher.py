@@ -1,0 +1,119 @@
+"""Query-by-example over a search index: audio in, ranked (file, offset, score) out.
+
+A Searcher loads the index once (rows on the device for exact search, or the FAISS graph)
+and the model stored in it, then answers any number of queries; the CLI is one query run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxaudio import exported
+from jaxaudio.audio.io import read_audio
+from jaxaudio.data.featurize import featurize
+from jaxaudio.errors import AudioError, SearchIndexError
+from jaxaudio.search import ann, store
+from jaxaudio.search.exact import ExactIndex
+from jaxaudio.search.indexer import normalise, search_settings
+
+ANN_FANOUT = 8   # approximate search fetches this many rows per result and query window
+
+
+@dataclasses.dataclass
+class Hit:
+  file: str
+  offset: float     # window start, seconds into the file
+  end: float        # window end, seconds (clipped to the file's duration)
+  score: float      # cosine similarity, best over the query's windows
+
+
+class Searcher:
+  """An opened index. use_ann=True searches the FAISS graph built with `index --ann`."""
+
+  def __init__(self, index_path: str, use_ann: bool = False, ef: int = ann.EF_SEARCH):
+    self.path = os.path.abspath(index_path)
+    self.manifest = store.read_manifest(self.path)
+    model_dir = os.path.join(self.path, "model")
+    try:
+      self.model = exported.load(model_dir)
+    except (ValueError, OSError) as err:
+      raise SearchIndexError(f"{self.path}: the model stored in the index is unusable ({err}); "
+                             "rebuild the index with --rebuild.") from err
+    if self.model.meta["weights_sha256"] != self.manifest.model["weights_sha256"]:
+      raise SearchIndexError(f"{model_dir} is not the model this index was built with (weights "
+                             "sha256 differs); rebuild the index with --rebuild.")
+    self.rows = store.load_rows(self.path, self.manifest)
+    self.spec_dict = self.manifest.model["frontend"]
+    self.settings = search_settings(self.manifest.model)
+    self.window_seconds = (self.spec_dict["frames_per_window"] * self.spec_dict["hop_length"]
+                           / self.spec_dict["sample_rate"])
+    self.ef = ef
+    self._graph = None
+    self._exact = None
+    if use_ann:
+      if not self.manifest.ann:
+        raise SearchIndexError(f"{self.path} has no approximate index; build it with python -m "
+                               "jaxaudio.search index --ann, or search without --ann.")
+      self._graph = ann.load(os.path.join(self.path, self.manifest.ann["file"]),
+                             self.manifest.live_rows)
+    else:
+      self._exact = ExactIndex(self.rows.embeddings, self.rows.file_of_row,
+                               len(self.rows.files))
+
+  def embed_audio(self, path: str, start: float | None = None, end: float | None = None
+                  ) -> np.ndarray:
+    """L2-normalised window embeddings [W, D] of a file (or its [start, end) seconds), cut
+    and featurised exactly as the index's files were."""
+    x, rate = read_audio(path)
+    seconds = len(x) / rate
+    lo, hi = start or 0.0, seconds if end is None else end
+    if not 0 <= lo < hi or lo >= seconds:
+      raise AudioError(f"{path}: --start={lo} --end={hi} is not a span inside the file's "
+                       f"{seconds:.2f} s; pass 0 <= start < end with start before the end.")
+    res = featurize(0, self.spec_dict, self.settings, waveform=x[int(lo * rate):int(hi * rate)],
+                    rate=rate)
+    if res.error:
+      raise AudioError(res.error.replace("example 0", path))
+    return normalise(self.model.embeddings(res.windows))
+
+  def search(self, queries: list[np.ndarray], k: int = 10, per_file: bool = True
+             ) -> list[list[Hit]]:
+    """Ranked hits per query ([W_i, D] normalised windows each)."""
+    if self._graph is not None:
+      return [self._approximate(q, k, per_file) for q in queries]
+    scores, rows = self._exact.search(queries, k, per_file)
+    return [[self._hit(int(r), float(s)) for s, r in zip(sc, rw)]
+            for sc, rw in zip(scores, rows)]
+
+  def _hit(self, row: int, score: float) -> Hit:
+    entry = self.rows.files[self.rows.file_of_row[row]]
+    offset = float(self.rows.offsets[row])
+    return Hit(entry.path, offset, min(offset + self.window_seconds, entry.seconds), score)
+
+  def _approximate(self, windows: np.ndarray, k: int, per_file: bool) -> list[Hit]:
+    fetch = min(self.manifest.live_rows, max(k * ANN_FANOUT, 64))
+    scores, rows = ann.search(self._graph, windows, fetch, self.ef)
+    best: dict[int, float] = {}
+    for s, r in zip(scores.ravel(), rows.ravel()):
+      if r >= 0 and s > best.get(int(r), -np.inf):
+        best[int(r)] = float(s)
+    ranked = sorted(best.items(), key=lambda t: (-t[1], t[0]))
+    hits, seen = [], set()
+    for row, score in ranked:
+      f = int(self.rows.file_of_row[row])
+      if per_file and f in seen:
+        continue
+      seen.add(f)
+      hits.append(self._hit(row, score))
+      if len(hits) == k:
+        break
+    return hits
+
+  def info(self) -> dict[str, Any]:
+    return {"index": self.path, "files": len(self.rows.files), "rows": self.manifest.live_rows,
+            "model": self.manifest.model["model"],
+            "weights_sha256": self.manifest.model["weights_sha256"], "ann": self.manifest.ann}

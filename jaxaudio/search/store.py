@@ -1,0 +1,187 @@
+"""The on-disk search index: a manifest, embedding segments and the model that made them.
+
+PATH/
+  index.json          manifest: model identity (name, weights sha256, FrontendSpec, data
+                      settings), segments and, per file, path, size, mtime, rows and duration
+  seg-NNNNNN.emb.npy  float32 [rows, D] L2-normalised window embeddings
+  seg-NNNNNN.off.npy  float32 [rows] window start in seconds
+  model/              the exported model (jaxaudio.exported), so queries need nothing else
+  ann-NNNNNN.faiss    optional approximate index over the live rows (jaxaudio.search.ann)
+
+Updates never rewrite what is still valid: new and changed files go into a new segment,
+rows of changed and deleted files are dropped from the manifest, and the segments are
+compacted into one when more than a quarter of their rows are dead. Every file is written
+before the manifest that names it is swapped in atomically, so an interrupted update leaves
+the previous index intact (and its orphan files are removed by the next update).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from typing import Any
+
+import numpy as np
+
+from jaxaudio.errors import SearchIndexError
+
+FORMAT_VERSION = 1
+MANIFEST = "index.json"
+COMPACT_DEAD_FRACTION = 0.25
+
+
+@dataclasses.dataclass
+class Entry:
+  """One indexed file: its identity on disk and its rows in a segment."""
+
+  path: str
+  size: int
+  mtime_ns: int
+  segment: str
+  start: int
+  count: int
+  seconds: float
+
+
+@dataclasses.dataclass
+class Manifest:
+  model: dict[str, Any]          # name, weights_sha256, embedding_dim, frontend, settings
+  segments: dict[str, int]       # segment name -> rows stored in it
+  files: list[Entry]
+  generation: int = 0
+  ann: dict[str, Any] | None = None
+
+  @property
+  def live_rows(self) -> int:
+    return sum(e.count for e in self.files)
+
+  def to_json(self) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, "generation": self.generation,
+            "model": self.model, "segments": self.segments, "ann": self.ann,
+            "files": [dataclasses.asdict(e) for e in self.files]}
+
+
+def model_identity(meta: dict[str, Any]) -> dict[str, Any]:
+  """What must match between an index and the model that extends or queries it."""
+  return {k: meta[k] for k in ("model", "weights_sha256", "embedding_dim", "frontend",
+                               "settings")}
+
+
+def _damaged(path: str, what: str) -> SearchIndexError:
+  return SearchIndexError(f"{path}: the search index is damaged ({what}); rebuild it with "
+                     "python -m jaxaudio.search index --rebuild.")
+
+
+def read_manifest(path: str) -> Manifest:
+  """The manifest of the index at `path`; one clear error when there is none or it is bad."""
+  file = os.path.join(path, MANIFEST)
+  if not os.path.isfile(file):
+    raise SearchIndexError(f"{path} is not a jaxaudio search index (no {MANIFEST}); build one with "
+                      "python -m jaxaudio.search index --workdir=RUN --audio=FOLDER "
+                      f"--index={path}.")
+  try:
+    with open(file) as f:
+      raw = json.load(f)
+    if raw.get("format_version") != FORMAT_VERSION:
+      raise SearchIndexError(f"{path}: index format {raw.get('format_version')} is not "
+                        f"{FORMAT_VERSION}; rebuild it with this jaxaudio (--rebuild).")
+    return Manifest(model=raw["model"], segments={k: int(v) for k, v in raw["segments"].items()},
+                    files=[Entry(**e) for e in raw["files"]], generation=int(raw["generation"]),
+                    ann=raw.get("ann"))
+  except (ValueError, KeyError, TypeError) as err:
+    raise _damaged(path, f"{MANIFEST} is unreadable: {err}") from err
+
+
+def write_manifest(path: str, manifest: Manifest) -> None:
+  tmp = os.path.join(path, f".{MANIFEST}.tmp-{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(manifest.to_json(), f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(path, MANIFEST))
+
+
+def segment_name(generation: int) -> str:
+  return f"seg-{generation:06d}"
+
+
+def write_segment(path: str, name: str, embeddings: np.ndarray, offsets: np.ndarray) -> None:
+  np.save(os.path.join(path, f"{name}.emb.npy"), np.ascontiguousarray(embeddings, np.float32))
+  np.save(os.path.join(path, f"{name}.off.npy"), np.ascontiguousarray(offsets, np.float32))
+
+
+def _load_segment(path: str, name: str, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+  out = []
+  for kind, shape in (("emb", (rows, dim)), ("off", (rows,))):
+    file = os.path.join(path, f"{name}.{kind}.npy")
+    if not os.path.isfile(file):
+      raise _damaged(path, f"{os.path.basename(file)} is missing")
+    try:
+      arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+      raise _damaged(path, f"{os.path.basename(file)} is unreadable: {err}") from err
+    if arr.shape != shape or arr.dtype != np.float32:
+      raise _damaged(path, f"{os.path.basename(file)} holds {arr.dtype}{list(arr.shape)}, the "
+                     f"manifest says float32{list(shape)}")
+    out.append(arr)
+  return out[0], out[1]
+
+
+@dataclasses.dataclass
+class Rows:
+  """The live rows of an index, file by file in manifest order."""
+
+  embeddings: np.ndarray    # float32 [N, D]
+  offsets: np.ndarray       # float32 [N]
+  file_of_row: np.ndarray   # int32 [N], index into files
+  files: list[Entry]
+
+
+def load_rows(path: str, manifest: Manifest) -> Rows:
+  """Gather every live row (one fancy-index per segment) in manifest file order."""
+  dim = int(manifest.model["embedding_dim"])
+  segments = {name: _load_segment(path, name, rows, dim)
+              for name, rows in manifest.segments.items()}
+  n = manifest.live_rows
+  emb = np.empty((n, dim), np.float32)
+  off = np.empty(n, np.float32)
+  fid = np.repeat(np.arange(len(manifest.files), dtype=np.int32),
+                  [e.count for e in manifest.files])
+  by_segment: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+  pos = 0
+  for e in manifest.files:
+    if e.segment not in segments or e.start + e.count > manifest.segments[e.segment]:
+      raise _damaged(path, f"{e.path} points at rows {e.start}..{e.start + e.count} of "
+                     f"segment {e.segment}, which does not hold them")
+    dst, src = by_segment.setdefault(e.segment, ([], []))
+    dst.append(np.arange(pos, pos + e.count))
+    src.append(np.arange(e.start, e.start + e.count))
+    pos += e.count
+  for name, (dst, src) in by_segment.items():
+    d, s = np.concatenate(dst), np.concatenate(src)
+    emb[d], off[d] = segments[name][0][s], segments[name][1][s]
+  return Rows(emb, off, fid, list(manifest.files))
+
+
+def remove_unreferenced(path: str, manifest: Manifest) -> None:
+  """Delete segment, ANN and temp files the manifest no longer names."""
+  keep = {f"{s}.{k}.npy" for s in manifest.segments for k in ("emb", "off")}
+  if manifest.ann:
+    keep.add(manifest.ann["file"])
+  for name in os.listdir(path):
+    if re.fullmatch(r"(seg-\d+c?\.(emb|off)\.npy|ann-\d+\.faiss|\.index\.json\.tmp-\d+)",
+                    name) and name not in keep:
+      os.remove(os.path.join(path, name))
+
+
+def install_model(path: str, export_dir: str) -> None:
+  """Copy the exported model into the index (replacing any previous copy atomically)."""
+  dst = os.path.join(path, "model")
+  tmp = f"{dst}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  shutil.copytree(export_dir, tmp)
+  shutil.rmtree(dst, ignore_errors=True)
+  os.replace(tmp, dst)

@@ -1,0 +1,218 @@
+"""`jaxaudio.search`: exact search against numpy, incremental indexing, refusals, ANN, CLI."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from datafixtures import SR, tone, write_class_folder
+
+
+def _brute_force(emb, fid, queries, k, per_file):
+  """Independent reference: numpy scores, per-file best, stable ordering by (-score, index)."""
+  out = []
+  for q in queries:
+    s = (emb.astype(np.float64) @ q.astype(np.float64).T).max(axis=1)
+    if per_file:
+      best = np.full(fid.max() + 1, -np.inf)
+      np.maximum.at(best, fid, s)
+      out.append(np.sort(best)[::-1][:k])
+    else:
+      out.append(np.sort(s)[::-1][:k])
+  return np.array(out)
+
+
+def test_exact_search_matches_numpy_per_file_and_per_window():
+  from jaxaudio.search import exact
+  rng = np.random.default_rng(0)
+  n, d = exact.BLOCK + 777, 24                      # more than one block, ragged last block
+  emb = rng.standard_normal((n, d)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  fid = np.sort(rng.integers(0, 3000, n)).astype(np.int32)
+  fid = np.unique(fid, return_inverse=True)[1].astype(np.int32)   # files 0..F-1, contiguous
+  index = exact.ExactIndex(emb, fid, int(fid.max()) + 1)
+  queries = [emb[rng.integers(0, n, w)] + 0.01 * rng.standard_normal((w, d)).astype(np.float32)
+             for w in (1, 3, 5, 2, 7)]
+  for per_file in (True, False):
+    scores, rows = index.search(queries, 10, per_file)
+    np.testing.assert_allclose(scores, _brute_force(emb, fid, queries, 10, per_file), atol=1e-5)
+    for q, sc, rw in zip(queries, scores, rows):   # each returned row really has that score
+      np.testing.assert_allclose((emb[rw] @ q.T).max(axis=1), sc, atol=1e-5)
+      if per_file:
+        assert len(set(fid[rw])) == len(rw)
+  # More queries than one program takes, k larger than the number of files.
+  many = [emb[i:i + 1] for i in range(exact.QUERY_BATCH + 3)]
+  scores, rows = exact.ExactIndex(emb[:40], fid[:40] - fid[0], int(fid[39] - fid[0]) + 1).search(
+      many[:3] + [emb[j:j + 1] for j in range(3)], 1000)
+  assert scores.shape[1] == int(fid[39] - fid[0]) + 1
+  assert index.search(many, 1, per_file=False)[1][:, 0].tolist() == list(range(len(many)))
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+  """Tone files of several lengths (long ones span many windows) plus one corrupt file."""
+  root = tmp_path_factory.mktemp("collection")
+  write_class_folder(str(root / "audio"), per_class=3, seconds=1.0)
+  sf.write(str(root / "audio" / "long_sweep.wav"),
+           np.concatenate([tone(300, 3.0, seed=1), tone(1500, 3.0, seed=2)]), SR)
+  (root / "audio" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+  return str(root / "audio")
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained, tmp_path_factory):
+  from jaxaudio import exported
+  workdir, _ = trained
+  return exported.for_run(workdir)
+
+
+def _rows_by_file(path):
+  from jaxaudio.search import store
+  m = store.read_manifest(path)
+  rows = store.load_rows(path, m)
+  return {e.path: (rows.embeddings[rows.file_of_row == i], rows.offsets[rows.file_of_row == i])
+          for i, e in enumerate(rows.files)}
+
+
+def test_index_is_incremental_and_every_file_finds_itself_first(collection, export_dir,
+                                                                 tmp_path):
+  from jaxaudio.search import indexer, store
+  from jaxaudio.search.searcher import Searcher
+  audio = str(tmp_path / "audio")
+  shutil.copytree(collection, audio)
+  index = str(tmp_path / "index")
+  first = indexer.update(index, audio, export_dir, workers=1, progress=False)
+  assert (first["added"], first["files"], len(first["skipped"])) == (10, 10, 1)
+  assert "broken.wav" in first["skipped"][0]["path"]
+  assert "cannot decode audio" in first["skipped"][0]["reason"]
+  before = _rows_by_file(index)
+  long_file = os.path.join(audio, "long_sweep.wav")
+  assert len(before[long_file][0]) > 3 and before[long_file][1][1] > 0   # windows with offsets
+
+  s = Searcher(index)
+  for path in sorted(before):
+    hits = s.search([s.embed_audio(path)], k=3)[0]
+    assert hits[0].file == path and hits[0].score == pytest.approx(1.0, abs=1e-5), path
+    assert len({h.file for h in hits}) == 3
+  # A span of the long file that starts on a window boundary is made of that file's own
+  # windows: it finds the file at one of them, never at an earlier one.
+  start = float(before[long_file][1][2])
+  hits = s.search([s.embed_audio(long_file, start=start)], k=1, per_file=False)[0]
+  assert hits[0].file == long_file and hits[0].score == pytest.approx(1.0, abs=1e-5)
+  assert hits[0].offset in before[long_file][1][2:]
+
+  # Nothing changed: nothing embedded, the manifest keeps its segments.
+  again = indexer.update(index, audio, export_dir, workers=1, progress=False)
+  assert (again["added"], again["updated"], again["removed"], again["unchanged"]) == (0, 0, 0, 10)
+  # One new, one changed, one deleted file.
+  sf.write(os.path.join(audio, "new.wav"), tone(900, 1.3, seed=7), SR)
+  changed = os.path.join(audio, "mid", "mid_0.wav")
+  sf.write(changed, tone(1700, 2.5, seed=9), SR)
+  os.remove(os.path.join(audio, "low", "low_1.wav"))
+  third = indexer.update(index, audio, export_dir, workers=1, progress=False)
+  assert (third["added"], third["updated"], third["removed"], third["unchanged"]) == (1, 1, 1, 8)
+  after = _rows_by_file(index)
+  for path, (emb, off) in after.items():
+    if path in before and path != changed:   # untouched rows are carried over bit for bit
+      assert np.array_equal(emb, before[path][0]) and np.array_equal(off, before[path][1])
+  # The updated index holds the same rows as one built from scratch.
+  fresh = indexer.update(str(tmp_path / "fresh"), audio, export_dir, workers=1, progress=False)
+  assert fresh["files"] == third["files"] == 10
+  for path, (emb, off) in _rows_by_file(str(tmp_path / "fresh")).items():
+    np.testing.assert_allclose(after[path][0], emb, atol=1e-5)
+    assert np.array_equal(after[path][1], off)
+  # Deleting most files compacts the segments into one and leaves no orphan files behind.
+  for name in ("high", "low"):
+    shutil.rmtree(os.path.join(audio, name))
+  indexer.update(index, audio, export_dir, workers=1, progress=False)
+  m = store.read_manifest(index)
+  assert len(m.segments) == 1 and len(m.files) == 5
+  assert sorted(f for f in os.listdir(index) if f.startswith("seg-")) == sorted(
+      f"{s}.{k}.npy" for s in m.segments for k in ("emb", "off"))
+  s = Searcher(index)
+  assert s.search([s.embed_audio(changed)], k=1)[0][0].file == changed
+
+
+def test_another_model_a_missing_or_damaged_index_are_refused(collection, export_dir,
+                                                              tmp_path):
+  from jaxaudio import exported
+  from jaxaudio.errors import SearchIndexError
+  from jaxaudio.search import indexer
+  from jaxaudio.search.searcher import Searcher
+  index = str(tmp_path / "index")
+  indexer.update(index, collection, export_dir, workers=1, progress=False)
+  other = str(tmp_path / "other")
+  shutil.copytree(export_dir, other)
+  model = exported.load(other)
+  weights = [w + 1e-3 if i == 0 else w for i, w in enumerate(model.weights)]
+  np.savez(f"{other}/weights.npz", **{f"w{i:05d}": w for i, w in enumerate(weights)})
+  meta = dict(model.meta, weights_sha256=exported._sha256(weights))  # pylint: disable=protected-access
+  json.dump(meta, open(f"{other}/meta.json", "w"))
+  with pytest.raises(SearchIndexError, match="was built with another weights_sha256 .* pass "
+                     "--rebuild to re-embed every file with this model"):
+    indexer.update(index, collection, other, workers=1, progress=False)
+  json.dump(dict(meta, frontend=dict(meta["frontend"], fmax=8000.0)),
+            open(f"{other}/meta.json", "w"))
+  with pytest.raises(SearchIndexError, match="another weights_sha256 and frontend"):
+    indexer.update(index, collection, other, workers=1, progress=False)
+  with pytest.raises(SearchIndexError, match="is not a jaxaudio search index"):
+    Searcher(str(tmp_path / "nothing"))
+  seg = next(f for f in os.listdir(index) if f.endswith(".emb.npy"))
+  data = open(os.path.join(index, seg), "rb").read()
+  open(os.path.join(index, seg), "wb").write(data[:len(data) // 2])
+  with pytest.raises(SearchIndexError, match="the search index is damaged .* rebuild it"):
+    Searcher(index)
+  open(os.path.join(index, "index.json"), "w").write("{not json")
+  with pytest.raises(SearchIndexError, match="index.json is unreadable"):
+    Searcher(index)
+  with pytest.raises(SearchIndexError, match="strict mode stops at the first bad file"):
+    indexer.update(str(tmp_path / "strict"), collection, export_dir, strict=True, workers=1,
+                   progress=False)
+
+
+def test_approximate_index_reports_its_recall_and_finds_the_query_first(collection, export_dir,
+                                                                         tmp_path):
+  pytest.importorskip("faiss")
+  from jaxaudio.search import ann, indexer, store
+  from jaxaudio.search.searcher import Searcher
+  index = str(tmp_path / "index")
+  summary = indexer.update(index, collection, export_dir, with_ann=True, workers=1,
+                           progress=False)
+  assert 0.9 <= summary["ann_recall_at_10"] <= 1.0
+  m = store.read_manifest(index)
+  assert m.ann["recall_at_10"] == summary["ann_recall_at_10"]
+  s = Searcher(index, use_ann=True)
+  path = os.path.join(collection, "high", "high_2.wav")
+  assert s.search([s.embed_audio(path)], k=3)[0][0].file == path
+  # recall_at_10 itself, against a reference that is wrong on purpose for half the queries
+  rng = np.random.default_rng(1)
+  emb = rng.standard_normal((300, 16)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  graph = ann.build(emb)
+  truth = lambda q, k: np.argsort(-(q @ emb.T), axis=1)[:, :k]   # noqa: E731
+  assert ann.recall_at_10(graph, emb, truth, queries=100) > 0.95
+  shifted = lambda q, k: np.argsort(-(q @ emb.T), axis=1)[:, 11:11 + k]   # noqa: E731
+  assert ann.recall_at_10(graph, emb, shifted, queries=100) < 0.05
+
+
+def test_search_cli_indexes_and_queries(cli, collection, export_dir, tmp_path):
+  index = str(tmp_path / "index")
+  r = cli("jaxaudio.search", "index", f"--model={export_dir}", f"--audio={collection}",
+          f"--index={index}", "--workers=1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "10 files" in r.stdout and "skipped: " in r.stdout and "broken.wav" in r.stdout
+  query = os.path.join(collection, "low", "low_2.wav")
+  r = cli("jaxaudio.search", "query", f"--index={index}", f"--audio={query}", "--k=4", "--json")
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout)
+  assert out["query"] == query and len(out["results"]) == 4
+  assert out["results"][0]["file"] == query and out["results"][0]["offset"] == 0.0
+  assert [h["score"] for h in out["results"]] == sorted((h["score"] for h in out["results"]),
+                                                        reverse=True)
+  r = cli("jaxaudio.search", "query", f"--index={tmp_path}/none", f"--audio={query}")
+  assert r.returncode == 2 and "is not a jaxaudio search index" in r.stderr
+  r = cli("jaxaudio.search", f"--index={index}", f"--audio={query}")
+  assert r.returncode == 2 and "the first argument must be the command" in r.stderr
