@@ -30,6 +30,11 @@ def base_config() -> ml_collections.ConfigDict:
       "split_seed": 0,
       "validation_folds": (4,),   # csv sources with a `fold` column (ESC-50)
       "test_folds": (5,),
+      # K-fold cross-validation (python -m jaxaudio.evaluate --folds=K sets these): clip folds
+      # come from a CSV's `fold` column, else a seeded stratified split of every clip; fold
+      # cv_fold (1-based) is the test split and validation is carved from the others.
+      "cv_folds": 0,
+      "cv_fold": 0,
       "csv_audio_dir": "",        # base of relative paths in a CSV (default: beside the CSV,
                                   # or ../audio as ESC-50 lays it out)
       "loudness": "peak",         # peak | rms | none
@@ -117,6 +122,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "use a level in dBFS between -80 and 0")
   _check(0.0 <= d.denoise <= 1.0, "data.denoise", d.denoise, "use a strength in [0, 1]")
   _check(0.0 < d.window_hop <= 1.0, "data.window_hop", d.window_hop, "use a fraction in (0, 1]")
+  _check(d.cv_folds == 0 or (d.cv_folds >= 2 and 1 <= d.cv_fold <= d.cv_folds), "data.cv_fold",
+         (d.cv_folds, d.cv_fold), "use cv_folds >= 2 with 1 <= cv_fold <= cv_folds, or 0 (off)")
   _check(d.min_seconds >= 0.0, "data.min_seconds", d.min_seconds, "use seconds >= 0")
   _check(d.workers >= 0 and d.loader_workers >= 0, "data.workers", d.workers,
          "use 0 (all cores) or a positive count")

@@ -6,8 +6,9 @@
 DIR holds `model.jaxexport` (the serialized jax.export.Exported of mel [batch, frames, mels]
 -> embedding and logits, batch size symbolic, weights as arguments), `weights.npz` (the
 weights in argument order) and `meta.json` (model name, classes, FrontendSpec, the data
-settings the model was trained with, embedding size, sha256 of the weights). Loading needs neither Flax nor the training code; turn audio
-into `mel` windows with jaxaudio.audio.frontend and the FrontendSpec in meta.json.
+settings the model was trained with, embedding size, sha256 of the weights). Loading needs
+neither Flax nor the training code; turn audio into `mel` windows with
+jaxaudio.audio.frontend and the FrontendSpec in meta.json.
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ def _sha256(weights: list[np.ndarray]) -> str:
 
 
 def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str, Any]:
-  """Export the run's checkpoint `step`; returns meta."""
+  """Export the run's checkpoint `step` ("best", "latest", a number, or "start": the weights
+  the run started from, e.g. to compare search before and after fine-tuning); returns meta."""
   # pylint: disable=import-outside-toplevel
   from jaxaudio.data.prepare import settings_from_config
-  from jaxaudio.train.rundir import open_run
-  run = open_run(workdir, step)
+  from jaxaudio.train.rundir import open_run, starting_variables
+  run = open_run(workdir, "best" if step == "start" else step)
+  if step == "start":
+    run.variables, run.step = starting_variables(run)[1], 0
   leaves, treedef = jax.tree_util.tree_flatten(run.variables)
   weights = [np.asarray(x) for x in leaves]
 
@@ -91,9 +95,11 @@ def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str
 
 
 def for_run(workdir: str, step: int | str = "best") -> str:
-  """WORKDIR/export/step_N for the run's checkpoint `step`, exported on first use."""
+  """WORKDIR/export/step_N (or start) for the run's checkpoint `step`, exported on first
+  use."""
   from jaxaudio.train.rundir import resolve_step  # pylint: disable=import-outside-toplevel
-  out = os.path.join(os.path.abspath(workdir), "export", f"step_{resolve_step(workdir, step)}")
+  name = "start" if step == "start" else f"step_{resolve_step(workdir, step)}"
+  out = os.path.join(os.path.abspath(workdir), "export", name)
   try:
     load(out)
     return out
@@ -126,10 +132,17 @@ def load(path: str) -> ExportedModel:
   return ExportedModel(exported, weights, meta)
 
 
+def step_flag(value: str) -> int | str:
+  """A --step flag: best, latest, start, or a checkpoint number."""
+  if value in ("best", "latest", "start") or value.isdigit():
+    return value if not value.isdigit() else int(value)
+  from jaxaudio.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  raise ConfigError(f"--step={value} is not best, latest, start or a checkpoint number.")
+
+
 def main(argv):  # pragma: no cover - thin CLI
   del argv
-  meta = export_run(_WORKDIR.value, _OUT.value, _STEP.value if _STEP.value in ("best", "latest")
-                    else int(_STEP.value))
+  meta = export_run(_WORKDIR.value, _OUT.value, step_flag(_STEP.value))
   print(json.dumps({k: meta[k] for k in ("model", "step", "embedding_dim", "weights_sha256")}))
   print(f"exported: {os.path.abspath(_OUT.value)}")
   return 0
@@ -140,5 +153,6 @@ if __name__ == "__main__":
   from jaxaudio import cli  # pylint: disable=import-outside-toplevel
   _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
   _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-  _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
+  _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest, a step number, or "
+                              "start (the weights the run started from).")
   cli.run(main)

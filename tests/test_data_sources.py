@@ -1,5 +1,6 @@
 """Listing and validating sources: folder, CSV (incl. ESC-50), TFDS (mocked) and demo."""
 
+import collections
 import csv
 import os
 
@@ -106,6 +107,38 @@ def test_esc50_csv_as_it_is_with_fold_choice(tmp_path):
   assert {c.split for c in list_source(cfg).clips if c.key.startswith("1-")} == {"test"}
   with pytest.raises(DataError, match=r"folds \[9\]"):
     list_source(data_config(tmp_path, f"csv:{meta}", test_folds=(9,)))
+
+
+def test_cross_validation_folds_from_esc50_fold_column(tmp_path):
+  meta = write_esc50(str(tmp_path / "ESC-50"))
+  tested = []
+  for fold in range(1, 6):
+    listing = list_source(data_config(tmp_path, f"csv:{meta}", cv_folds=5, cv_fold=fold,
+                                      val_fraction=0.25))
+    test = {c.key for c in listing.split("test")}
+    assert test == {c.key for c in listing.clips if c.key.startswith(f"{fold}-")}
+    assert len(listing.split("validation")) == 6 and len(listing.split("train")) == 18
+    tested += sorted(test)
+  assert len(tested) == len(set(tested)) == 30       # every clip is tested exactly once
+  with pytest.raises(DataError, match=r"defines 5 folds \[1, 2, 3, 4, 5\] .* pass --folds=5"):
+    list_source(data_config(tmp_path, f"csv:{meta}", cv_folds=4, cv_fold=1))
+
+
+def test_cross_validation_folds_of_a_folder_are_stratified_and_cover_every_clip(tmp_path):
+  root = write_class_folder(str(tmp_path / "clips"), per_class=7,
+                            splits={"train": 5, "test": 2})   # existing splits are pooled
+  seen = collections.Counter()
+  for fold in (1, 2, 3):
+    listing = list_source(data_config(tmp_path, f"folder:{root}", cv_folds=3, cv_fold=fold))
+    per_class = collections.Counter(c.labels[0] for c in listing.split("test"))
+    assert set(per_class.values()) <= {2, 3} and len(per_class) == 3, per_class  # 7 = 3+2+2
+    keys = [{c.key for c in listing.split(s)} for s in ("train", "validation", "test")]
+    assert not (keys[0] & keys[2] or keys[1] & keys[2] or keys[0] & keys[1])
+    assert sum(map(len, keys)) == 21
+    seen.update(keys[2])
+    again = list_source(data_config(tmp_path, f"folder:{root}", cv_folds=3, cv_fold=fold))
+    assert [c.split for c in again.clips] == [c.split for c in listing.clips]   # seeded
+  assert len(seen) == 21 and set(seen.values()) == {1}
 
 
 def test_csv_bad_header(tmp_path):

@@ -149,7 +149,8 @@ def test_another_model_a_missing_or_damaged_index_are_refused(collection, export
   model = exported.load(other)
   weights = [w + 1e-3 if i == 0 else w for i, w in enumerate(model.weights)]
   np.savez(f"{other}/weights.npz", **{f"w{i:05d}": w for i, w in enumerate(weights)})
-  meta = dict(model.meta, weights_sha256=exported._sha256(weights))  # pylint: disable=protected-access
+  sha = exported._sha256(weights)  # pylint: disable=protected-access
+  meta = dict(model.meta, weights_sha256=sha)
   json.dump(meta, open(f"{other}/meta.json", "w"))
   with pytest.raises(SearchIndexError, match="was built with another weights_sha256 .* pass "
                      "--rebuild to re-embed every file with this model"):

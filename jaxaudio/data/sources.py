@@ -39,6 +39,7 @@ class Clip:
   split: str
   path: str | None = None      # audio file; None for TFDS examples
   tfds_index: int = -1         # position in its TFDS split
+  fold: int = 0                # a CSV's `fold` column (ESC-50), 0 when there is none
 
 
 @dataclasses.dataclass
@@ -177,7 +178,8 @@ def _list_csv(path: str, cfg) -> Listing:
     else:
       split = "train"
     audio = os.path.join(base, r[path_col])
-    clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio))
+    fold = int(r["fold"]) if "fold" in header and r.get("fold") else 0
+    clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio, fold=fold))
   if "fold" in header and "split" not in header:
     folds = {int(r["fold"]) for r in rows if r.get("fold")}
     missing = sorted((val_folds | test_folds) - folds)
@@ -280,5 +282,43 @@ def list_source(cfg) -> Listing:
   else:
     raise DataError(f"data.source='{source}' is not one of folder:PATH, csv:PATH, tfds:NAME or "
                     "demo; fix the config.")
+  if int(cfg.cv_folds):
+    listing.clips = cross_validation_splits(listing, int(cfg.cv_folds), int(cfg.cv_fold), cfg)
   validate(listing)
   return listing
+
+
+def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> list[Clip]:
+  """Splits for fold `fold` of `folds`: that fold is test, validation is carved (stratified,
+  data.val_fraction) from the other folds, the rest is train.
+
+  Folds are a CSV's `fold` column when every clip has one (ESC-50; keeps its recording
+  groups apart), else every clip, whatever split it was in, is dealt round-robin into folds
+  per label after a seeded shuffle (stratified K-fold). Grouped data (several clips of one
+  speaker or recording) should bring its folds in a CSV, or the folds leak."""
+  if not 1 <= fold <= folds or folds < 2:
+    raise DataError(f"cross-validation fold {fold} of {folds} is out of range; use 2 or more "
+                    "folds and a fold from 1 to their number.")
+  clips = listing.clips
+  if all(c.fold for c in clips):
+    present = sorted({c.fold for c in clips})
+    if len(present) != folds:
+      raise DataError(f"{listing.source} defines {len(present)} folds {present} in its fold "
+                      f"column, not {folds}; pass --folds={len(present)}.")
+    of = {c.key: present.index(c.fold) + 1 for c in clips}
+  else:
+    of = {}
+    rng = np.random.default_rng(int(cfg.split_seed))
+    by_label: dict[str, list[Clip]] = {}
+    for c in sorted(clips, key=lambda c: c.key):
+      by_label.setdefault(c.labels[0] if c.labels else "", []).append(c)
+    for label in sorted(by_label):
+      group = by_label[label]
+      start = int(rng.integers(folds))    # so small classes do not all start in fold 1
+      for rank, i in enumerate(rng.permutation(len(group))):
+        of[group[i].key] = (start + rank) % folds + 1
+  test = [dataclasses.replace(c, split="test") for c in clips if of[c.key] == fold]
+  rest = [dataclasses.replace(c, split="train") for c in clips if of[c.key] != fold]
+  return sorted(test + _stratified_split(rest, {"validation": float(cfg.val_fraction)},
+                                         int(cfg.split_seed)),
+                key=lambda c: (SPLITS.index(c.split), c.key))

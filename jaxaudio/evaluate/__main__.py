@@ -1,5 +1,8 @@
 """Evaluate a trained run: `python -m jaxaudio.evaluate --workdir=DIR [--split=test]
-[--retrieval] [--robustness]`. Writes DIR/report/evaluation.{json,md} and figures."""
+[--retrieval] [--robustness]`. Writes DIR/report/evaluation.{json,md} and figures.
+
+With --folds=K the run's recipe is cross-validated instead: K runs in DIR/cv/fold_i, each
+testing on one fold, summarised as mean ± std in DIR/report/cross_validation.{json,md,png}."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import json
 from absl import flags
 
 from jaxaudio import cli
+from jaxaudio.errors import JaxAudioError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.",
                                required=True)
@@ -16,10 +20,28 @@ _STEP = flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step 
 _RETRIEVAL = flags.DEFINE_bool("retrieval", False, "Retrieval scores, starting vs fine-tuned.")
 _ROBUSTNESS = flags.DEFINE_bool("robustness", False, "Robustness sweep on perturbed audio.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (0 = no intervals).")
+_FOLDS = flags.DEFINE_integer("folds", 0, "K-fold cross-validation of the run's recipe (0 = off).")
+
+
+def _cross_validate() -> int:
+  from jaxaudio.evaluate.crossval import cross_validate  # pylint: disable=import-outside-toplevel
+  if _FOLDS.value < 2:
+    raise JaxAudioError(f"--folds={_FOLDS.value} cannot cross-validate; use 2 or more folds "
+                        "(5 for ESC-50).")
+  summary = cross_validate(_WORKDIR.value, _FOLDS.value, _RETRIEVAL.value, _ROBUSTNESS.value,
+                           _BOOTSTRAP.value)
+  for key, s in summary["classification"].items():
+    if key != "num_examples":
+      print(f"{key}: {s['mean']:.4f} ± {s['std']:.4f}  (folds: "
+            + ", ".join(f"{x:.4f}" for x in s["folds"]) + ")")
+  print(f"report: {summary['workdir']}/report/cross_validation.md")
+  return 0
 
 
 def main(argv):
   del argv
+  if _FOLDS.value:
+    return _cross_validate()
   from jaxaudio.evaluate.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
   step = _STEP.value if _STEP.value in ("best", "latest") else int(_STEP.value)
   result = evaluate_run(_WORKDIR.value, _SPLIT.value, step, _RETRIEVAL.value, _ROBUSTNESS.value,

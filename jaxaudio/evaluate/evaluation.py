@@ -21,8 +21,7 @@ from jaxaudio.data.prepare import prepare, settings_from_config
 from jaxaudio.data.sources import list_source
 from jaxaudio.audio.io import read_audio
 from jaxaudio.evaluate import calibration, perturb, predict, report, retrieval
-from jaxaudio.train import factory, stages
-from jaxaudio.train.rundir import TrainedRun, open_run
+from jaxaudio.train.rundir import TrainedRun, open_run, starting_variables
 
 log = logging.getLogger("jaxaudio")
 
@@ -74,21 +73,10 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
   return rep, {"probs": probs, "onehot": onehot}
 
 
-def baseline_variables(run: TrainedRun) -> tuple[str, Any]:
-  """The weights the run started from: its pretrained backbone (or seeded scratch init)."""
-  from jaxaudio.train.loop import initial_variables  # pylint: disable=import-outside-toplevel
-  pretrained = initial_variables(run.cfg, run.info, has_checkpoint=False)
-  plan = stages.plan(run.cfg.train)
-  setup = factory.build(run.info, len(run.classes), run.cfg.train, pretrained=pretrained,
-                        widths=tuple(run.cfg.model.widths) or None, plan=plan)
-  name = "pretrained" if pretrained is not None else f"{run.cfg.model.init} init"
-  return name, {"params": setup.state.params, "batch_stats": setup.state.batch_stats}
-
-
 def retrieval_side_by_side(run: TrainedRun, prepared, split: str, tuned: dict[str, np.ndarray],
                            batch_size: int) -> dict[str, Any]:
   """Retrieval scores of the starting weights and of the fine-tuned ones on `split`."""
-  name, base_vars = baseline_variables(run)
+  name, base_vars = starting_variables(run)
   base = window_outputs(_apply_fn(run, base_vars),
                         pipeline.eval_batches(prepared, split, batch_size, 0, 1))
   out = {}

@@ -24,7 +24,8 @@ _INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=Tru
 _AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.",
                              required=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "index: run directory of jaxaudio.main.")
-_STEP = flags.DEFINE_string("step", "best", "index: checkpoint, best, latest or a number.")
+_STEP = flags.DEFINE_string("step", "best", "index: checkpoint: best, latest, a number, or "
+                            "start (the weights the run started from, to compare with).")
 _MODEL = flags.DEFINE_string("model", None, "index: an exported model (jaxaudio.exported) "
                              "instead of --workdir.")
 _REBUILD = flags.DEFINE_bool("rebuild", False, "index: start over (e.g. with a new model).")
@@ -48,8 +49,8 @@ def _index() -> int:
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
-  export_dir = _MODEL.value or exported.for_run(
-      _WORKDIR.value, _STEP.value if _STEP.value in ("best", "latest") else int(_STEP.value))
+  export_dir = _MODEL.value or exported.for_run(_WORKDIR.value,
+                                                exported.step_flag(_STEP.value))
   summary = update(_INDEX.value, _AUDIO.value, export_dir, rebuild=_REBUILD.value,
                    strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value)
   for s in summary["skipped"]:

@@ -163,7 +163,10 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
     store.install_model(index_path, export_dir)
 
   ann_recall = None
-  if with_ann or (with_ann is None and old is not None and old.ann and not rebuild):
+  unchanged = old is not None and not rebuild and not todo and not removed
+  if unchanged and old.ann and with_ann is not False:   # the graph still holds every row
+    manifest.ann, ann_recall = old.ann, old.ann["recall_at_10"]
+  elif with_ann or (with_ann is None and old is not None and old.ann and not rebuild):
     rows = store.load_rows(index_path, manifest)
     t = time.perf_counter()
     graph = ann.build(rows.embeddings)

@@ -78,7 +78,9 @@ class Searcher:
                     rate=rate)
     if res.error:
       raise AudioError(res.error.replace("example 0", path))
-    return normalise(self.model.embeddings(res.windows))
+    # A query is a few windows: a batch of the next power of two, not the indexer's 64.
+    batch = min(64, 1 << int(np.ceil(np.log2(len(res.windows)))))
+    return normalise(self.model.embeddings(res.windows, batch))
 
   def search(self, queries: list[np.ndarray], k: int = 10, per_file: bool = True
              ) -> list[list[Hit]]:

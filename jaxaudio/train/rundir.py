@@ -100,3 +100,14 @@ def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
   return TrainedRun(workdir=workdir, cfg=cfg, info=info, classes=list(labels["classes"]),
                     multi_label=bool(labels["multi_label"]), step=step, model=model,
                     variables={"params": state.params, "batch_stats": state.batch_stats})
+
+
+def starting_variables(run: TrainedRun) -> tuple[str, Any]:
+  """The weights the run started from: its pretrained backbone (or seeded scratch init)."""
+  from jaxaudio.train.loop import initial_variables  # pylint: disable=import-outside-toplevel
+  pretrained = initial_variables(run.cfg, run.info, has_checkpoint=False)
+  plan = stages.plan(run.cfg.train)
+  setup = factory.build(run.info, len(run.classes), run.cfg.train, pretrained=pretrained,
+                        widths=tuple(run.cfg.model.widths) or None, plan=plan)
+  name = "pretrained" if pretrained is not None else f"{run.cfg.model.init} init"
+  return name, {"params": setup.state.params, "batch_stats": setup.state.batch_stats}
