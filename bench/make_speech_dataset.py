@@ -8,6 +8,9 @@ use voice variants never heard in training, so the figures measure generalisatio
 voices rather than memorised ones.
 
   python bench/make_speech_dataset.py --out=/tmp/speech   # then data.source=folder:/tmp/speech
+  python bench/make_speech_dataset.py --out=/tmp/speech-cv --folds=5 --per_class=70
+      # <word>/*.wav and folds.csv (path,label,fold): voice variants split into 5 disjoint
+      # groups, for data.source=csv:/tmp/speech-cv/folds.csv and evaluate --folds=5
 
 Needs `espeak-ng` and `sox` on PATH (Debian: apt-get install espeak-ng sox).
 """
@@ -73,18 +76,45 @@ def clip(word: str, voice: str, rng: np.random.Generator, tmp: str) -> np.ndarra
   return 0.9 * out / np.max(np.abs(out)) * 10.0 ** (-rng.uniform(0.0, 12.0) / 20.0)
 
 
+def write_folds(args, rng: np.random.Generator, pool: list[str]) -> None:
+  """<word>/<word>_NNN.wav and folds.csv; clip i of a word is in fold i % K, spoken by one of
+  that fold's voice variants (no variant in two folds)."""
+  groups = [pool[k::args.folds] for k in range(args.folds)]
+  per_class = int(args.per_class)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for word in WORDS:
+      os.makedirs(os.path.join(args.out, word), exist_ok=True)
+      for i in range(per_class):
+        fold = i % args.folds
+        voice = f"{ACCENTS[rng.integers(len(ACCENTS))]}+{groups[fold][rng.integers(len(groups[fold]))]}"
+        name = os.path.join(word, f"{word}_{i:03d}.wav")
+        sf.write(os.path.join(args.out, name), clip(word, voice, rng, tmp), SR, subtype="PCM_16")
+        rows.append(f"{name},{word},{fold + 1}")
+  with open(os.path.join(args.out, "folds.csv"), "w") as f:
+    f.write("path,label,fold\n" + "\n".join(rows) + "\n")
+  print(f"wrote {len(rows)} clips and folds.csv to {args.out} ({args.folds} speaker-disjoint "
+        f"folds of {[len(g) for g in groups]} voice variants)")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
   parser.add_argument("--per_class", default="40,10,20",
                       help="clips per word in train,validation,test")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--folds", type=int, default=0,
+                      help="K > 0: speaker-disjoint folds in folds.csv instead of split folders; "
+                           "--per_class is then one number, clips per word in all")
   args = parser.parse_args()
   for tool in ("espeak-ng", "sox"):
     if shutil.which(tool) is None:
       raise SystemExit(f"error: {tool} is not on PATH; install it (apt-get install {tool}).")
   rng = np.random.default_rng(args.seed)
   pool = list(rng.permutation(variants()))
+  if args.folds:
+    write_folds(args, rng, pool)
+    return
   held = {"test": pool[:16], "validation": pool[16:26], "train": pool[26:]}
   counts = dict(zip(("train", "validation", "test"), map(int, args.per_class.split(","))))
   with tempfile.TemporaryDirectory() as tmp:

@@ -169,6 +169,10 @@ def test_another_model_a_missing_or_damaged_index_are_refused(collection, export
   open(os.path.join(index, "index.json"), "w").write("{not json")
   with pytest.raises(SearchIndexError, match="index.json is unreadable"):
     Searcher(index)
+  from jaxaudio.search import store
+  with store.writer_lock(index):       # a second writer is kept out while one runs
+    with pytest.raises(SearchIndexError, match="is being updated by another `search index` run"):
+      indexer.update(index, collection, export_dir, workers=1, progress=False)
   with pytest.raises(SearchIndexError, match="strict mode stops at the first bad file"):
     indexer.update(str(tmp_path / "strict"), collection, export_dir, strict=True, workers=1,
                    progress=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -104,6 +105,10 @@ def figure(summary: dict[str, Any]):
   return fig
 
 
+def _say(line: str) -> None:
+  print(line, file=sys.stderr, flush=True)
+
+
 def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
                    with_robustness: bool = False, bootstrap: int = 1000) -> dict[str, Any]:
   # pylint: disable=import-outside-toplevel
@@ -125,9 +130,13 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
     except CheckpointError:
       done = False
     if not done:
+      _say(f"cross-validation fold {fold}/{folds}: training in {fold_dir}")
       train_and_evaluate(cfg, fold_dir)
     results.append(evaluate_run(fold_dir, "test", "best", with_retrieval, with_robustness,
                                 bootstrap))
+    c = results[-1]["classification"]
+    _say(f"cross-validation fold {fold}/{folds}: accuracy {c['accuracy']:.4f}, macro-F1 "
+         f"{c['macro_f1']:.4f} on {c['num_examples']} test clips")
   summary = summarise(results)
   summary["workdir"] = workdir
   out = os.path.join(workdir, "report")

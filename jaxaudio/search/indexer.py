@@ -93,17 +93,25 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
   if not os.path.exists(audio):
     raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
                            "audio to index.")
-  model = exported.load(export_dir)
-  ident = _identity(model)
   index_path = os.path.abspath(index_path)
-  exists = os.path.isfile(os.path.join(index_path, store.MANIFEST))
-  if os.path.exists(index_path) and not exists and os.listdir(index_path):
+  if (os.path.exists(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST))
+      and set(os.listdir(index_path)) - {store.LOCK}):
     raise SearchIndexError(f"{index_path} exists, is not empty and is not a search index; "
                            "pass a new or empty folder as --index.")
+  os.makedirs(index_path, exist_ok=True)
+  with store.writer_lock(index_path):
+    return _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers,
+                   batch_size, progress, t0)
+
+
+def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, batch_size,
+            progress, t0) -> dict[str, Any]:
+  model = exported.load(export_dir)
+  ident = _identity(model)
+  exists = os.path.isfile(os.path.join(index_path, store.MANIFEST))
   old = store.read_manifest(index_path) if exists else None
   if old is not None and not rebuild:
     _check_same_model(index_path, old.model, ident)
-  os.makedirs(index_path, exist_ok=True)
   generation = (old.generation if old else 0) + 1
   previous = {} if old is None or rebuild else {e.path: e for e in old.files}
 

@@ -12,12 +12,15 @@ Updates never rewrite what is still valid: new and changed files go into a new s
 rows of changed and deleted files are dropped from the manifest, and the segments are
 compacted into one when more than a quarter of their rows are dead. Every file is written
 before the manifest that names it is swapped in atomically, so an interrupted update leaves
-the previous index intact (and its orphan files are removed by the next update).
+the previous index intact (and its orphan files are removed by the next update); an flock
+on PATH/.lock keeps a second writer out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -30,6 +33,7 @@ from jaxaudio.errors import SearchIndexError
 
 FORMAT_VERSION = 1
 MANIFEST = "index.json"
+LOCK = ".lock"
 COMPACT_DEAD_FRACTION = 0.25
 
 
@@ -93,6 +97,21 @@ def read_manifest(path: str) -> Manifest:
                     ann=raw.get("ann"))
   except (ValueError, KeyError, TypeError) as err:
     raise _damaged(path, f"{MANIFEST} is unreadable: {err}") from err
+
+
+@contextlib.contextmanager
+def writer_lock(path: str):
+  """One writer at a time: an flock on PATH/.lock, released even if the writer dies."""
+  fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+      raise SearchIndexError(f"{path} is being updated by another `search index` run; wait for "
+                             "it to finish.") from err
+    yield
+  finally:
+    os.close(fd)
 
 
 def write_manifest(path: str, manifest: Manifest) -> None:
