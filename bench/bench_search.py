@@ -93,7 +93,7 @@ def main():
       print(f"| {n:,} | HNSW M={ann.M} ef={ann.EF_SEARCH} | {1e3 * a1:.2f} | {1e3 * a4:.2f} | "
             f"{64 / ab:.0f} | {recall:.3f} | {build:.1f} |", flush=True)
       del graph
-    del index, emb
+    index = emb = None  # free 4 GB before the next size
 
 
 if __name__ == "__main__":
