@@ -1,0 +1,1 @@
+"""Query-by-example search: an incremental window index of a folder and exact or HNSW queries."""
