@@ -1,1 +1,1 @@
-"""Evaluation: classification metrics, reports (and later robustness and retrieval)."""
+"""Evaluation: per-clip metrics, calibration, retrieval, robustness, cross-validation."""
