@@ -104,6 +104,14 @@ def test_index_is_incremental_and_every_file_finds_itself_first(collection, expo
   assert hits[0].file == long_file and hits[0].score == pytest.approx(1.0, abs=1e-5)
   assert hits[0].offset in before[long_file][1][2:]
 
+  # A finer hop gives more windows, a quarter window apart, in a separate index.
+  fine = indexer.update(str(tmp_path / "fine"), audio, export_dir, hop=0.25, workers=1,
+                        progress=False)
+  fine_off = _rows_by_file(str(tmp_path / "fine"))[long_file][1]
+  step = float(before[long_file][1][1]) / 2      # default hop 0.5 -> 0.25 of a window
+  assert fine["rows"] > first["rows"] and len(fine_off) > len(before[long_file][1])
+  np.testing.assert_allclose(np.diff(fine_off), step, atol=1e-3)
+
   # Nothing changed: nothing embedded, the manifest keeps its segments.
   again = indexer.update(index, audio, export_dir, workers=1, progress=False)
   assert (again["added"], again["updated"], again["removed"], again["unchanged"]) == (0, 0, 0, 10)
@@ -159,6 +167,8 @@ def test_another_model_a_missing_or_damaged_index_are_refused(collection, export
             open(f"{other}/meta.json", "w"))
   with pytest.raises(SearchIndexError, match="another weights_sha256 and frontend"):
     indexer.update(index, collection, other, workers=1, progress=False)
+  with pytest.raises(SearchIndexError, match="another settings"):   # a finer hop: new index
+    indexer.update(index, collection, export_dir, hop=0.25, workers=1, progress=False)
   with pytest.raises(SearchIndexError, match="is not a jaxaudio search index"):
     Searcher(str(tmp_path / "nothing"))
   seg = next(f for f in os.listdir(index) if f.endswith(".emb.npy"))

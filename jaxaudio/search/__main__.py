@@ -32,6 +32,8 @@ _REBUILD = flags.DEFINE_bool("rebuild", False, "index: start over (e.g. with a n
 _ANN = flags.DEFINE_bool("ann", None, "index: build (or drop, --noann) the approximate index; "
                          "query: search it instead of exact search.")
 _STRICT = flags.DEFINE_bool("strict", False, "index: stop at the first unreadable file.")
+_HOP = flags.DEFINE_float("hop", None, "index: window hop as a fraction of a window (default: "
+                          "the index's, or the model's training hop); smaller = finer offsets.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "index: featurisation processes (0 = auto).")
 _START = flags.DEFINE_float("start", None, "query: start of the query span, seconds.")
 _END = flags.DEFINE_float("end", None, "query: end of the query span, seconds.")
@@ -52,7 +54,8 @@ def _index() -> int:
   export_dir = _MODEL.value or exported.for_run(_WORKDIR.value,
                                                 exported.step_flag(_STEP.value))
   summary = update(_INDEX.value, _AUDIO.value, export_dir, rebuild=_REBUILD.value,
-                   strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value)
+                   strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
+                   hop=_HOP.value)
   for s in summary["skipped"]:
     print(f"skipped: {s['reason']}")
   print(f"index {summary['index']}: {summary['files']} files, {summary['rows']} windows "

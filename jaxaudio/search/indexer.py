@@ -27,18 +27,20 @@ from jaxaudio.search import ann, store
 EMBED_CHUNK = 512   # windows gathered across files before a forward pass
 
 
-def search_settings(meta: dict[str, Any]) -> featurize.Settings:
-  """The model's training-data settings, minus silence trimming (offsets stay file times)."""
-  return dataclasses.replace(featurize.Settings(**meta.get("settings", {})), trim_db=0.0)
+def search_settings(meta: dict[str, Any], hop: float | None = None) -> featurize.Settings:
+  """The model's training-data settings, minus silence trimming (offsets stay file times),
+  with the window hop `hop` (a fraction of a window) when given."""
+  settings = dataclasses.replace(featurize.Settings(**meta.get("settings", {})), trim_db=0.0)
+  return settings if hop is None else dataclasses.replace(settings, window_hop=float(hop))
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _identity(model: exported.ExportedModel) -> dict[str, Any]:
+def _identity(model: exported.ExportedModel, hop: float | None) -> dict[str, Any]:
   return store.model_identity(
-      {**model.meta, "settings": dataclasses.asdict(search_settings(model.meta))})
+      {**model.meta, "settings": dataclasses.asdict(search_settings(model.meta, hop))})
 
 
 def _check_same_model(path: str, have: dict[str, Any], want: dict[str, Any]) -> None:
@@ -84,11 +86,13 @@ class _Embedder:
 
 def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
            strict: bool = False, with_ann: bool | None = None, workers: int = 0,
-           batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+           batch_size: int = 64, progress: bool = True, hop: float | None = None
+           ) -> dict[str, Any]:
   """Bring the index at `index_path` up to date with the audio under `audio`.
 
   with_ann: True builds the approximate index, False removes it, None keeps what the index
-  had. Returns a summary (files added, updated, removed, skipped, rows, timings)."""
+  had. hop: window hop as a fraction of a window (smaller = finer offsets, more rows); None
+  keeps the index's, or for a new index the model's training hop. Returns a summary (files added, updated, removed, skipped, rows, timings)."""
   t0 = time.perf_counter()
   if not os.path.exists(audio):
     raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
@@ -101,15 +105,20 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
   os.makedirs(index_path, exist_ok=True)
   with store.writer_lock(index_path):
     return _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers,
-                   batch_size, progress, t0)
+                   batch_size, progress, t0, hop)
 
 
 def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, batch_size,
-            progress, t0) -> dict[str, Any]:
+            progress, t0, hop) -> dict[str, Any]:
   model = exported.load(export_dir)
-  ident = _identity(model)
   exists = os.path.isfile(os.path.join(index_path, store.MANIFEST))
   old = store.read_manifest(index_path) if exists else None
+  if hop is None and old is not None and not rebuild:
+    hop = old.model.get("settings", {}).get("window_hop")
+  if hop is not None and not 0.0 < hop <= 1.0:
+    raise SearchIndexError(f"--hop={hop} is not a fraction of a window in (0, 1]; e.g. 0.25 "
+                           "for a window every quarter window.")
+  ident = _identity(model, hop)
   if old is not None and not rebuild:
     _check_same_model(index_path, old.model, ident)
   generation = (old.generation if old else 0) + 1
@@ -128,7 +137,7 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
   todo = [p for p in sorted(scanned) if p not in {e.path for e in keep}]
   updated = sum(p in previous for p in todo)
 
-  settings = search_settings(model.meta)
+  settings = search_settings(model.meta, hop)
   embedder = _Embedder(model, batch_size)
   skipped = []
   featurizer = Featurizer(workers or auto_workers())
