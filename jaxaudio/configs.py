@@ -100,6 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
           "time_shift": 0.1,                        # roll by up to this fraction of a window
       }),
   })
+  # At the end of a run the trainer calls python -m jaxaudio.evaluate's code on the test split
+  # (DIR/report/evaluation.*: calibration, bootstrap intervals, PR curves, and optionally the
+  # retrieval comparison and the robustness sweep, which cost extra forward passes).
+  c.evaluate = ml_collections.ConfigDict({
+      "at_end": True,
+      "retrieval": False,
+      "robustness": False,
+      "bootstrap": 1000,          # resamples for the 95% intervals; 0 = none
+  })
   c.parallel = "jit"              # jit (Mesh + NamedSharding) or pmap
   return c
 

@@ -9,6 +9,11 @@ import pytest
 def test_evaluate_matches_the_trainer_and_writes_everything(trained):
   from jaxaudio.evaluate.evaluation import evaluate_run
   workdir, test_report = trained
+  # The trainer already ran the same code at the end of the run (evaluate.at_end).
+  at_end = json.load(open(os.path.join(workdir, "report", "evaluation.json")))
+  assert at_end["step"] == test_report["best_step"] and "retrieval" not in at_end
+  assert at_end["classification"]["accuracy"] == pytest.approx(test_report["accuracy"], abs=1e-9)
+  assert at_end["classification"]["accuracy_ci95"][0] <= test_report["accuracy"]
   result = evaluate_run(workdir, with_retrieval=True, with_robustness=True, bootstrap=200)
   c = result["classification"]
   assert result["step"] == test_report["best_step"]

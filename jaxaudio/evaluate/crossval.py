@@ -30,6 +30,8 @@ def fold_config(base: ml_collections.ConfigDict, folds: int, fold: int
                 ) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(base.to_dict())
   cfg.data.cv_folds, cfg.data.cv_fold = folds, fold
+  # cross_validate evaluates each fold itself, with the options it was given
+  cfg.evaluate = ml_collections.ConfigDict(dict(base.get("evaluate") or {}, at_end=False))
   return cfg
 
 

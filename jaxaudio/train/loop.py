@@ -217,7 +217,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_secs=60)
   window = []
-  start = time.perf_counter()
+  logged = (step, time.perf_counter())   # step and time of the last console line
   while step < num_steps:
     if run.plan.index(step) != stage:
       stage = run.plan.index(step)
@@ -248,9 +248,11 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
             "train.learning_rate or train.grad_clip_norm and run the same command again.")
       means.update({f"lr_{g}": lr for g, lr in setup.learning_rates(step - 1).items()})
       writer.write_scalars(step, means)
+      now = time.perf_counter()   # rate over this log interval: stages differ in speed
       log.info("step %d/%d: %s (%.1f steps/s)", step, num_steps,
                ", ".join(f"{k}={v:.4g}" for k, v in means.items()),
-               step / max(time.perf_counter() - start, 1e-9))
+               (step - logged[0]) / max(now - logged[1], 1e-9))
+      logged = (step, now)
     if step % int(cfg.train.eval_every) == 0 or step == num_steps:
       pred = predict.predict_windows(par.eval_step, state, data, "validation", batch_size,
                                      cfg.parallel, par.mesh)
@@ -303,6 +305,16 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
                                 if k in ("accuracy", "macro_f1", "mAP", "micro_f1")})
   writer.flush()
   mgr.close()
+  ev = cfg.get("evaluate") or {}
+  if ev.get("at_end", False) and jax.process_index() == 0:
+    from jaxaudio.evaluate.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
+    log.info("evaluating the best checkpoint (step %d) on the test split", meta["best_step"])
+    result = evaluate_run(workdir, "test", meta["best_step"], bool(ev.get("retrieval")),
+                          bool(ev.get("robustness")), int(ev.get("bootstrap", 1000)), batch_size)
+    lo, hi = result["classification"].get("accuracy_ci95", (float("nan"),) * 2)
+    log.info("test accuracy 95%% interval %.4f-%.4f, ECE %s; report: %s", lo, hi,
+             result["classification"].get("ece"), os.path.join(workdir, "report",
+                                                               "evaluation.md"))
   return test
 
 
