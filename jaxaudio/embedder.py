@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxaudio.audio import frontend
 from jaxaudio.audio.io import AUDIO_EXTENSIONS, load_audio
+from jaxaudio.exported import embed_in_batches
 from jaxaudio.models.registry import ModelInfo
 
 
@@ -29,17 +30,8 @@ class Embedder:
     self._apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["embedding"])
 
   def embed_windows(self, windows: np.ndarray) -> np.ndarray:
-    windows = np.asarray(windows, np.float32)
-    n = windows.shape[0]
-    out = np.empty((n, self.info.embedding_dim), np.float32)
-    for start in range(0, n, self.batch_size):
-      chunk = windows[start:start + self.batch_size]
-      pad = self.batch_size - chunk.shape[0]
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)])
-      emb = self._apply(self._variables, jnp.asarray(chunk))
-      out[start:start + self.batch_size] = np.asarray(emb)[:self.batch_size - pad]
-    return out
+    return embed_in_batches(lambda x: self._apply(self._variables, jnp.asarray(x)), windows,
+                            self.batch_size, self.info.embedding_dim)
 
   def file_windows(self, path: str, hop_fraction: float = 0.5
                    ) -> tuple[np.ndarray, np.ndarray]:

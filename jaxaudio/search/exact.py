@@ -19,16 +19,17 @@ BLOCK = 16384      # index rows per matmul: bounds the [queries, windows, rows] 
 QUERY_BATCH = 64   # queries per program: bounds the [queries, rows] score matrix
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+  """The smallest power of two >= n (1 for n <= 1)."""
   return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
 
 
 def pad_queries(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """[B, W, D] windows and [B, W] mask from a list of [W_i, D]. B and W are rounded up to
   powers of two so that repeated searches reuse a handful of compiled programs."""
-  width = _pow2(max(len(q) for q in queries))
+  width = pow2(max(len(q) for q in queries))
   dim = queries[0].shape[1]
-  out = np.zeros((_pow2(len(queries)), width, dim), np.float32)
+  out = np.zeros((pow2(len(queries)), width, dim), np.float32)
   mask = np.zeros(out.shape[:2], bool)
   for i, q in enumerate(queries):
     out[i, :len(q)], mask[i, :len(q)] = q, True

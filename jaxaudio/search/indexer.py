@@ -65,11 +65,13 @@ class _Embedder:
   def __init__(self, model: exported.ExportedModel, batch_size: int):
     self.model, self.batch_size = model, batch_size
     self.pending: list[tuple[str, int, int, np.ndarray, np.ndarray, float]] = []
+    self.pending_windows = 0
     self.done: list[tuple[str, int, int, np.ndarray, np.ndarray, float]] = []
 
   def add(self, path, size, mtime_ns, windows, offsets, seconds):
     self.pending.append((path, size, mtime_ns, windows, offsets, seconds))
-    if sum(len(p[3]) for p in self.pending) >= EMBED_CHUNK:
+    self.pending_windows += len(windows)
+    if self.pending_windows >= EMBED_CHUNK:
       self.flush()
 
   def flush(self):
@@ -81,7 +83,7 @@ class _Embedder:
     for path, size, mtime, windows, offsets, seconds in self.pending:
       self.done.append((path, size, mtime, emb[pos:pos + len(windows)], offsets, seconds))
       pos += len(windows)
-    self.pending = []
+    self.pending, self.pending_windows = [], 0
 
 
 def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
@@ -92,7 +94,8 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
 
   with_ann: True builds the approximate index, False removes it, None keeps what the index
   had. hop: window hop as a fraction of a window (smaller = finer offsets, more rows); None
-  keeps the index's, or for a new index the model's training hop. Returns a summary (files added, updated, removed, skipped, rows, timings)."""
+  keeps the index's, or for a new index the model's training hop. Returns a summary (files
+  added, updated, removed, skipped, rows, timings)."""
   t0 = time.perf_counter()
   if not os.path.exists(audio):
     raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
@@ -134,17 +137,19 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
       removed += 1
     elif path not in scanned or scanned[path] == (e.size, e.mtime_ns):
       keep.append(e)
-  todo = [p for p in sorted(scanned) if p not in {e.path for e in keep}]
+  kept = {e.path for e in keep}
+  todo = [p for p in sorted(scanned) if p not in kept]
   updated = sum(p in previous for p in todo)
 
   settings = search_settings(model.meta, hop)
   embedder = _Embedder(model, batch_size)
   skipped = []
-  featurizer = Featurizer(workers or auto_workers())
+  featurizer = Featurizer(workers or auto_workers()) if todo else None
   try:
     tasks = ((i, p, None, 0) for i, p in enumerate(todo))
-    for res in featurizer.map(tasks, model.meta["frontend"], settings, total=len(todo),
-                              desc="index" if progress else None):
+    results = featurizer.map(tasks, model.meta["frontend"], settings, total=len(todo),
+                             desc="index" if progress else None) if todo else ()
+    for res in results:
       path = todo[res.index]
       if res.error:
         if strict:
@@ -155,7 +160,8 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
       embedder.add(path, *scanned[path], res.windows, res.offsets, res.seconds)
     embedder.flush()
   finally:
-    featurizer.close()
+    if featurizer is not None:
+      featurizer.close()
   t_embed = time.perf_counter() - t0
 
   segments = {} if old is None or rebuild else dict(old.segments)
@@ -169,13 +175,14 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
     for path, size, mtime, emb, offsets, seconds in embedder.done:
       entries.append(store.Entry(path, size, mtime, name, start, len(emb), float(seconds)))
       start += len(emb)
+  referenced = {e.segment for e in entries}
   manifest = store.Manifest(model=ident, files=sorted(entries, key=lambda e: e.path),
-                            segments={s: r for s, r in segments.items()
-                                      if any(e.segment == s for e in entries)},
+                            segments={s: r for s, r in segments.items() if s in referenced},
                             generation=generation)
-  if sum(manifest.segments.values()) - manifest.live_rows > (
-      store.COMPACT_DEAD_FRACTION * sum(manifest.segments.values())):
-    manifest = _compact(index_path, manifest)
+  stored = sum(manifest.segments.values())
+  rows = None   # the live rows, once loaded (compaction and the ANN build both need them)
+  if stored - manifest.live_rows > store.COMPACT_DEAD_FRACTION * stored:
+    manifest, rows = _compact(index_path, manifest)
   if not exists or rebuild or not os.path.isdir(os.path.join(index_path, "model")):
     store.install_model(index_path, export_dir)
 
@@ -184,7 +191,8 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
   if unchanged and old.ann and with_ann is not False:   # the graph still holds every row
     manifest.ann, ann_recall = old.ann, old.ann["recall_at_10"]
   elif with_ann or (with_ann is None and old is not None and old.ann and not rebuild):
-    rows = store.load_rows(index_path, manifest)
+    if rows is None:
+      rows = store.load_rows(index_path, manifest)
     t = time.perf_counter()
     graph = ann.build(rows.embeddings)
     file = f"ann-{generation:06d}.faiss"
@@ -208,8 +216,9 @@ def _exact_rows(rows: store.Rows):
   return lambda q, k: exact.search([w[None] for w in q], k, per_file=False)[1]
 
 
-def _compact(path: str, manifest: store.Manifest) -> store.Manifest:
-  """All live rows into one new segment, files in manifest order."""
+def _compact(path: str, manifest: store.Manifest) -> tuple[store.Manifest, store.Rows]:
+  """All live rows into one new segment, files in manifest order; returns the new manifest
+  and the rows."""
   rows = store.load_rows(path, manifest)
   name = store.segment_name(manifest.generation) + "c"
   store.write_segment(path, name, rows.embeddings, rows.offsets)
@@ -217,4 +226,5 @@ def _compact(path: str, manifest: store.Manifest) -> store.Manifest:
   for e in manifest.files:
     files.append(dataclasses.replace(e, segment=name, start=start))
     start += e.count
-  return dataclasses.replace(manifest, files=files, segments={name: rows.embeddings.shape[0]})
+  return (dataclasses.replace(manifest, files=files,
+                              segments={name: rows.embeddings.shape[0]}), rows)

@@ -17,7 +17,7 @@ from jaxaudio.audio.io import read_audio
 from jaxaudio.data.featurize import featurize
 from jaxaudio.errors import AudioError, SearchIndexError
 from jaxaudio.search import ann, store
-from jaxaudio.search.exact import ExactIndex
+from jaxaudio.search.exact import ExactIndex, pow2
 from jaxaudio.search.indexer import normalise, search_settings
 
 ANN_FANOUT = 8   # approximate search fetches this many rows per result and query window
@@ -46,7 +46,7 @@ class Searcher:
     if self.model.meta["weights_sha256"] != self.manifest.model["weights_sha256"]:
       raise SearchIndexError(f"{model_dir} is not the model this index was built with (weights "
                              "sha256 differs); rebuild the index with --rebuild.")
-    self.rows = store.load_rows(self.path, self.manifest)
+    self.rows = store.load_rows(self.path, self.manifest, embeddings=not use_ann)
     self.spec_dict = self.manifest.model["frontend"]
     self.settings = search_settings(self.manifest.model)
     self.window_seconds = (self.spec_dict["frames_per_window"] * self.spec_dict["hop_length"]
@@ -79,7 +79,7 @@ class Searcher:
     if res.error:
       raise AudioError(res.error.replace("example 0", path))
     # A query is a few windows: a batch of the next power of two, not the indexer's 64.
-    batch = min(64, 1 << int(np.ceil(np.log2(len(res.windows)))))
+    batch = min(64, pow2(len(res.windows)))
     return normalise(self.model.embeddings(res.windows, batch))
 
   def search(self, queries: list[np.ndarray], k: int = 10, per_file: bool = True

@@ -153,19 +153,21 @@ def _load_segment(path: str, name: str, rows: int, dim: int) -> tuple[np.ndarray
 class Rows:
   """The live rows of an index, file by file in manifest order."""
 
-  embeddings: np.ndarray    # float32 [N, D]
+  embeddings: np.ndarray | None   # float32 [N, D]; None when not asked for
   offsets: np.ndarray       # float32 [N]
   file_of_row: np.ndarray   # int32 [N], index into files
   files: list[Entry]
 
 
-def load_rows(path: str, manifest: Manifest) -> Rows:
-  """Gather every live row (one fancy-index per segment) in manifest file order."""
+def load_rows(path: str, manifest: Manifest, embeddings: bool = True) -> Rows:
+  """Gather every live row (one fancy-index per segment) in manifest file order; without
+  `embeddings` only offsets and file ids (approximate search keeps its own copy of the
+  vectors, so it need not read them)."""
   dim = int(manifest.model["embedding_dim"])
   segments = {name: _load_segment(path, name, rows, dim)
               for name, rows in manifest.segments.items()}
   n = manifest.live_rows
-  emb = np.empty((n, dim), np.float32)
+  emb = np.empty((n, dim), np.float32) if embeddings else None
   off = np.empty(n, np.float32)
   fid = np.repeat(np.arange(len(manifest.files), dtype=np.int32),
                   [e.count for e in manifest.files])
@@ -181,7 +183,9 @@ def load_rows(path: str, manifest: Manifest) -> Rows:
     pos += e.count
   for name, (dst, src) in by_segment.items():
     d, s = np.concatenate(dst), np.concatenate(src)
-    emb[d], off[d] = segments[name][0][s], segments[name][1][s]
+    off[d] = segments[name][1][s]
+    if emb is not None:
+      emb[d] = segments[name][0][s]
   return Rows(emb, off, fid, list(manifest.files))
 
 
