@@ -1,5 +1,6 @@
 """The training run end to end: report, bitwise resume after SIGKILL, divergence guard."""
 
+import asyncio
 import json
 import os
 import signal
@@ -101,6 +102,16 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
     return par
 
   monkeypatch.setattr(loop.parallel, "make", poisoned_make)
+  # A slow disk: the async save's final rename lags behind training, as it did on a loaded CI
+  # machine; the divergence error must still wait for the step-6 checkpoint to be complete.
+  from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
+  real_rename = async_path.rename
+
+  async def slow_rename(*a, **kw):
+    await asyncio.sleep(3)
+    return await real_rename(*a, **kw)
+
+  monkeypatch.setattr(async_path, "rename", slow_rename)
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
   cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
