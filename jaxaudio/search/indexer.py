@@ -11,6 +11,7 @@ drops files that no longer exist. Files that cannot be decoded are reported and 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any
@@ -23,6 +24,8 @@ from jaxaudio.data.prepare import Featurizer, auto_workers
 from jaxaudio.embedder import audio_files
 from jaxaudio.errors import SearchIndexError
 from jaxaudio.search import ann, store
+
+log = logging.getLogger("jaxaudio")
 
 EMBED_CHUNK = 512   # windows gathered across files before a forward pass
 
@@ -166,11 +169,13 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
 
   segments = {} if old is None or rebuild else dict(old.segments)
   entries = list(keep)
+  new_rows = None   # (segment, embeddings) of this update's rows
   if embedder.done:
     name = store.segment_name(generation)
-    store.write_segment(index_path, name, np.concatenate([d[3] for d in embedder.done]),
+    new_rows = (name, np.concatenate([d[3] for d in embedder.done]))
+    store.write_segment(index_path, name, new_rows[1],
                         np.concatenate([d[4] for d in embedder.done]))
-    segments[name] = sum(len(d[3]) for d in embedder.done)
+    segments[name] = len(new_rows[1])
     start = 0
     for path, size, mtime, emb, offsets, seconds in embedder.done:
       entries.append(store.Entry(path, size, mtime, name, start, len(emb), float(seconds)))
@@ -180,27 +185,15 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
                             segments={s: r for s, r in segments.items() if s in referenced},
                             generation=generation)
   stored = sum(manifest.segments.values())
-  rows = None   # the live rows, once loaded (compaction and the ANN build both need them)
+  rows = None   # the live rows, once loaded (compaction and the ANN upkeep both need them)
   if stored - manifest.live_rows > store.COMPACT_DEAD_FRACTION * stored:
     manifest, rows = _compact(index_path, manifest)
   if not exists or rebuild or not os.path.isdir(os.path.join(index_path, "model")):
     store.install_model(index_path, export_dir)
-
-  ann_recall = None
   unchanged = old is not None and not rebuild and not todo and not removed
-  if unchanged and old.ann and with_ann is not False:   # the graph still holds every row
-    manifest.ann, ann_recall = old.ann, old.ann["recall_at_10"]
-  elif with_ann or (with_ann is None and old is not None and old.ann and not rebuild):
-    if rows is None:
-      rows = store.load_rows(index_path, manifest)
-    t = time.perf_counter()
-    graph = ann.build(rows.embeddings)
-    file = f"ann-{generation:06d}.faiss"
-    ann.save(graph, os.path.join(index_path, file))
-    ann_recall = ann.recall_at_10(graph, rows.embeddings, _exact_rows(rows))
-    manifest.ann = {"file": file, "kind": f"faiss HNSW M={ann.M}", "rows": manifest.live_rows,
-                    "recall_at_10": ann_recall, "ef_search": ann.EF_SEARCH,
-                    "build_seconds": time.perf_counter() - t}
+  manifest.ann = _ann_upkeep(index_path, None if rebuild else old, manifest, rows, new_rows,
+                             with_ann, unchanged)
+  ann_recall = manifest.ann["recall_at_10"] if manifest.ann else None
   store.write_manifest(index_path, manifest)
   store.remove_unreferenced(index_path, manifest)
   return {"index": index_path, "files": len(manifest.files), "rows": manifest.live_rows,
@@ -208,6 +201,64 @@ def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, b
           "unchanged": len(keep), "skipped": skipped, "embed_seconds": t_embed,
           "files_per_second": len(todo) / t_embed if todo else 0.0,
           "ann_recall_at_10": ann_recall, "seconds": time.perf_counter() - t0}
+
+
+def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Manifest,
+                rows: store.Rows | None, new_rows: tuple[str, np.ndarray] | None,
+                with_ann: bool | None, unchanged: bool) -> dict[str, Any] | None:
+  """The manifest's approximate-index entry after this update (None: no graph).
+
+  with_ann None keeps a graph if the index had one. An intact graph is extended with the
+  update's new rows when it still holds every other live row and at most a quarter of it is
+  dead; otherwise (first build, compaction, damaged or missing file) it is built over the
+  live rows. Recall against exact search is measured again after any change."""
+  prev = old.ann if old is not None else None
+  if with_ann is False or not (with_ann or prev):
+    return None
+  t = time.perf_counter()
+  file = os.path.join(index_path, prev["file"]) if prev else ""
+  intact = bool(prev) and os.path.isfile(file) and os.path.getsize(file) == prev.get("bytes")
+  if unchanged and intact:
+    return prev
+  graph = None
+  if intact:
+    n_new = len(new_rows[1]) if new_rows else 0
+    spans = prev["spans"] + ([[new_rows[0], 0, n_new]] if new_rows else [])
+    to_live = ann.live_ids(spans, manifest)
+    if (np.sum(to_live >= 0) == manifest.live_rows   # not compacted, and not too many dead
+        and len(to_live) - manifest.live_rows <= store.COMPACT_DEAD_FRACTION * len(to_live)):
+      try:
+        graph = ann.load(file)
+      except SearchIndexError as err:
+        log.warning("%s; building a new approximate index", err)
+      if graph is not None and graph.ntotal != len(to_live) - n_new:
+        log.warning("%s holds %d rows, its manifest %d; building a new approximate index",
+                    file, graph.ntotal, len(to_live) - n_new)
+        graph = None
+  elif prev:
+    log.warning("%s is missing or not the file the manifest names; building a new approximate "
+                "index", file)
+  if rows is None:
+    rows = store.load_rows(index_path, manifest)
+  if graph is not None:
+    how = "extended" if new_rows else "kept"
+    if new_rows:
+      ann.add(graph, new_rows[1])
+  else:
+    how, (spans, to_live) = "built", ann.layout(manifest.files)
+    same = np.array_equal(to_live, np.arange(len(to_live)))   # no copy of the rows then
+    graph = ann.build(rows.embeddings if same else rows.embeddings[to_live])
+  name = prev["file"] if how == "kept" else f"ann-{manifest.generation:06d}.faiss"
+  if how != "kept":
+    ann.save(graph, os.path.join(index_path, name))
+  searchable = ann.Graph(graph, to_live, name)
+  recall = ann.recall_at_10(lambda q, k: searchable.search(q, k)[1], _exact_rows(rows),
+                            rows.embeddings)
+  return {"file": name, "bytes": os.path.getsize(os.path.join(index_path, name)),
+          "kind": f"faiss HNSW M={ann.M}", "rows": manifest.live_rows,
+          "graph_rows": len(to_live), "dead_rows": searchable.dead, "spans": spans,
+          "recall_at_10": recall, "ef_search": ann.EF_SEARCH, "last_update": how,
+          "seconds": time.perf_counter() - t}
 
 
 def _exact_rows(rows: store.Rows):

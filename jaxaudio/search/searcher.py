@@ -58,8 +58,13 @@ class Searcher:
       if not self.manifest.ann:
         raise SearchIndexError(f"{self.path} has no approximate index; build it with python -m "
                                "jaxaudio.search index --ann, or search without --ann.")
-      self._graph = ann.load(os.path.join(self.path, self.manifest.ann["file"]),
-                             self.manifest.live_rows)
+      file = os.path.join(self.path, self.manifest.ann["file"])
+      if "spans" not in self.manifest.ann:
+        raise SearchIndexError(f"{file} has no row layout in the manifest (an older jaxaudio "
+                               "wrote it); run python -m jaxaudio.search index --ann again to "
+                               "rebuild it.")
+      self._graph = ann.Graph(ann.load(file),
+                              ann.live_ids(self.manifest.ann["spans"], self.manifest), file)
     else:
       self._exact = ExactIndex(self.rows.embeddings, self.rows.file_of_row,
                                len(self.rows.files))
@@ -98,7 +103,7 @@ class Searcher:
 
   def _approximate(self, windows: np.ndarray, k: int, per_file: bool) -> list[Hit]:
     fetch = min(self.manifest.live_rows, max(k * ANN_FANOUT, 64))
-    scores, rows = ann.search(self._graph, windows, fetch, self.ef)
+    scores, rows = self._graph.search(windows, fetch, self.ef)
     best: dict[int, float] = {}
     for s, r in zip(scores.ravel(), rows.ravel()):
       if r >= 0 and s > best.get(int(r), -np.inf):

@@ -6,7 +6,8 @@ PATH/
   seg-NNNNNN.emb.npy  float32 [rows, D] L2-normalised window embeddings
   seg-NNNNNN.off.npy  float32 [rows] window start in seconds
   model/              the exported model (jaxaudio.exported), so queries need nothing else
-  ann-NNNNNN.faiss    optional approximate index over the live rows (jaxaudio.search.ann)
+  ann-NNNNNN.faiss    optional approximate index (jaxaudio.search.ann): graph ids are the
+                      segment rows its manifest entry's spans name, dead ones skipped
 
 Updates never rewrite what is still valid: new and changed files go into a new segment,
 rows of changed and deleted files are dropped from the manifest, and the segments are
