@@ -43,6 +43,12 @@ def test_exact_search_matches_numpy_per_file_and_per_window():
       np.testing.assert_allclose((emb[rw] @ q.T).max(axis=1), sc, atol=1e-5)
       if per_file:
         assert len(set(fid[rw])) == len(rw)
+    # One query at a time takes the one-pass matmul instead of the block loop: same answers.
+    assert exact.one_pass(8, n) and not exact.one_pass(64, n)
+    for q, sc, rw in zip(queries, scores, rows):
+      one_scores, one_rows = index.search([q], 10, per_file)
+      np.testing.assert_allclose(one_scores[0], sc, atol=1e-6)
+      assert np.array_equal(one_rows[0], rw)
   # More queries than one program takes, k larger than the number of files.
   many = [emb[i:i + 1] for i in range(exact.QUERY_BATCH + 3)]
   scores, rows = exact.ExactIndex(emb[:40], fid[:40] - fid[0], int(fid[39] - fid[0]) + 1).search(
