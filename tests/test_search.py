@@ -298,6 +298,13 @@ def test_approximate_index_is_extended_not_rebuilt_on_update(collection, export_
   m5 = store.read_manifest(index)
   assert m5.ann["last_update"] == "built" and m5.ann["graph_rows"] == m5.live_rows
   check_against_exact()
+  # Every file deleted: an empty graph that finds nothing, as exact search does.
+  query = Searcher(index).embed_audio(os.path.join(audio, "new.wav"))
+  shutil.rmtree(audio)
+  os.makedirs(audio)
+  indexer.update(index, audio, export_dir, workers=1, progress=False)
+  assert Searcher(index, use_ann=True).search([query], k=3) == [[]]
+  assert Searcher(index).search([query], k=3) == [[]]
 
 
 def test_search_cli_indexes_and_queries(cli, collection, export_dir, tmp_path):

@@ -103,6 +103,8 @@ class Searcher:
 
   def _approximate(self, windows: np.ndarray, k: int, per_file: bool) -> list[Hit]:
     fetch = min(self.manifest.live_rows, max(k * ANN_FANOUT, 64))
+    if fetch == 0:   # every file was deleted: nothing to find, as with exact search
+      return []
     scores, rows = self._graph.search(windows, fetch, self.ef)
     best: dict[int, float] = {}
     for s, r in zip(scores.ravel(), rows.ravel()):
