@@ -138,16 +138,9 @@ def load(path: str) -> ExportedModel:
   return ExportedModel(exported, weights, meta)
 
 
-def step_flag(value: str) -> int | str:
-  """A --step flag: best, latest, start, or a checkpoint number."""
-  if value in ("best", "latest", "start") or value.isdigit():
-    return value if not value.isdigit() else int(value)
-  from jaxaudio.errors import ConfigError  # pylint: disable=import-outside-toplevel
-  raise ConfigError(f"--step={value} is not best, latest, start or a checkpoint number.")
-
-
 def main(argv):  # pragma: no cover - thin CLI
   del argv
+  from jaxaudio.train.rundir import step_flag  # pylint: disable=import-outside-toplevel
   meta = export_run(_WORKDIR.value, _OUT.value, step_flag(_STEP.value))
   print(json.dumps({k: meta[k] for k in ("model", "step", "embedding_dim", "weights_sha256")}))
   print(f"exported: {os.path.abspath(_OUT.value)}")

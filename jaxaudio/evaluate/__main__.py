@@ -43,7 +43,8 @@ def main(argv):
   if _FOLDS.value:
     return _cross_validate()
   from jaxaudio.evaluate.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
-  step = _STEP.value if _STEP.value in ("best", "latest") else int(_STEP.value)
+  from jaxaudio.train.rundir import step_flag  # pylint: disable=import-outside-toplevel
+  step = step_flag(_STEP.value, start=False)
   result = evaluate_run(_WORKDIR.value, _SPLIT.value, step, _RETRIEVAL.value, _ROBUSTNESS.value,
                         _BOOTSTRAP.value)
   c = result["classification"]

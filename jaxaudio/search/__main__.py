@@ -48,11 +48,11 @@ def _index() -> int:
   # pylint: disable=import-outside-toplevel
   from jaxaudio import exported
   from jaxaudio.search.indexer import update
+  from jaxaudio.train.rundir import step_flag
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
-  export_dir = _MODEL.value or exported.for_run(_WORKDIR.value,
-                                                exported.step_flag(_STEP.value))
+  export_dir = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value))
   summary = update(_INDEX.value, _AUDIO.value, export_dir, rebuild=_REBUILD.value,
                    strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
                    hop=_HOP.value)

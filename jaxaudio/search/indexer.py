@@ -222,8 +222,7 @@ def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Man
     return prev
   graph = None
   if intact:
-    n_new = len(new_rows[1]) if new_rows else 0
-    spans = prev["spans"] + ([[new_rows[0], 0, n_new]] if new_rows else [])
+    spans = prev["spans"] + ([[new_rows[0], 0, len(new_rows[1])]] if new_rows else [])
     to_live = ann.live_ids(spans, manifest)
     if (np.sum(to_live >= 0) == manifest.live_rows   # not compacted, and not too many dead
         and len(to_live) - manifest.live_rows <= store.COMPACT_DEAD_FRACTION * len(to_live)):
@@ -231,9 +230,9 @@ def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Man
         graph = ann.load(file)
       except SearchIndexError as err:
         log.warning("%s; building a new approximate index", err)
-      if graph is not None and graph.ntotal != len(to_live) - n_new:
+      if graph is not None and graph.ntotal != prev["graph_rows"]:
         log.warning("%s holds %d rows, its manifest %d; building a new approximate index",
-                    file, graph.ntotal, len(to_live) - n_new)
+                    file, graph.ntotal, prev["graph_rows"])
         graph = None
   elif prev:
     log.warning("%s is missing or not the file the manifest names; building a new approximate "

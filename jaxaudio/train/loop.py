@@ -240,9 +240,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
       window = []
       means = {f"train_{k}": float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
       if not math.isfinite(means["train_loss"]):
-        mgr.wait_until_finished()   # the message promises the last save is complete on disk
+        mgr.close()   # waits for pending saves: the message promises the last one is on disk
         last = mgr.latest_step()
-        mgr.close()
         kept = (f"the last good checkpoint (step {last}) is intact" if last is not None
                 else "no checkpoint had been written yet")
         raise TrainingDiverged(

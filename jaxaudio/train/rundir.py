@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxaudio.errors import CheckpointError
+from jaxaudio.errors import CheckpointError, ConfigError
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.registry import ModelInfo, finetune_backbone, get_model
 from jaxaudio.train import checkpointing, factory, stages
@@ -69,6 +69,16 @@ def _resolve(mgr, workdir: str, step: int | str) -> int:
     raise CheckpointError(f"{workdir} has no checkpoint at step {step} (it keeps "
                           f"{sorted(mgr.all_steps())}).")
   return step
+
+
+def step_flag(value: str, start: bool = True) -> int | str:
+  """A --step flag: best, latest, a checkpoint number, or (where `start`) start."""
+  names = ("best", "latest", "start") if start else ("best", "latest")
+  if value.isdigit():
+    return int(value)
+  if value in names:
+    return value
+  raise ConfigError(f"--step={value} is not {', '.join(names)} or a checkpoint number.")
 
 
 def resolve_step(workdir: str, step: int | str = "best") -> int:
