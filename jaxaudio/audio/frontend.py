@@ -41,11 +41,17 @@ def _padded(waveform: np.ndarray, spec: FrontendSpec) -> np.ndarray:
 
 
 def compress(mel_power: np.ndarray, spec: FrontendSpec) -> np.ndarray:
-  """Apply the spec's log compression and min-max normalisation to mel power."""
+  """Apply the spec's log compression and min-max normalisation to mel power.
+
+  The logarithm runs in float64: numpy's float32 log10 differs by an ulp between CPUs
+  (AVX-512 SVML gives -100.00001 for 10 log10(1e-10)), float64 rounded to float32 does not,
+  so features, padding and golden comparisons are the same on every x86-64 machine.
+  """
+  power = np.asarray(mel_power, np.float64)
   if spec.compression == "log10_shift_scale":
-    out = np.log10(spec.log_scale * mel_power + spec.log_shift)
+    out = np.log10(spec.log_scale * power + spec.log_shift)
   else:
-    out = 10.0 * np.log10(np.maximum(mel_power, spec.db_amin))
+    out = 10.0 * np.log10(np.maximum(power, spec.db_amin))
     out -= 10.0 * np.log10(max(spec.db_amin, spec.db_ref))
   return ((out - spec.norm_min) / (spec.norm_max - spec.norm_min)).astype(np.float32)
 
