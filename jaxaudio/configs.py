@@ -28,6 +28,11 @@ def base_config() -> ml_collections.ConfigDict:
       "val_fraction": 0.15,       # carved from train (stratified, seeded) when a split is missing
       "test_fraction": 0.15,
       "split_seed": 0,
+      # Groups (speaker, session, room, instrument, source recording) make every carved split
+      # group-disjoint: "" (none; a CSV's `group` column is used if it has one),
+      # column:NAME (a CSV column) or regex:PATTERN (over paths relative to the source; the
+      # first capture group names the group).
+      "group": "",
       "validation_folds": (4,),   # csv sources with a `fold` column (ESC-50)
       "test_folds": (5,),
       # K-fold cross-validation (python -m jaxaudio.evaluate --folds=K sets these): clip folds

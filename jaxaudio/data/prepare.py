@@ -218,6 +218,20 @@ def _report_markdown(report: dict[str, Any]) -> str:
                                                   report["duration_histogram"]) if n),
             "", "Sample rates: " + ", ".join(f"{k} Hz: {v}" for k, v in
                                               sorted(report["sample_rates"].items()))]
+  if any(report["splits"][s].get("groups") for s in SPLITS):
+    lines += ["", "## Groups (data.group)", "", "| split | groups | clips per group (min-max) | "
+              "groups |", "|---|---|---|---|"]
+    for s in SPLITS:
+      g = report["splits"][s].get("groups", {})
+      names = ", ".join(list(g)[:12]) + (f" ... (+{len(g) - 12})" if len(g) > 12 else "")
+      lines.append(f"| {s} | {len(g)} | {min(g.values(), default=0)}-{max(g.values(), default=0)}"
+                   f" | {names} |")
+    for s in ("validation", "test"):
+      shared = sorted(set(report["splits"][s].get("groups", {}))
+                      & set(report["splits"]["train"].get("groups", {})))
+      lines += ["", f"**{len(shared)} group(s) of {s} also occur in train** "
+                f"({', '.join(shared[:6])}): its figures include groups the model has heard."
+                if shared else f"No group of {s} occurs in train."]
   if report["skipped"]:
     lines += ["", "## Skipped files", ""] + [f"- {s['reason']}" for s in report["skipped"]]
   if report["ignored"]:
@@ -256,7 +270,7 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   def generate(split):
     clips = listing.split(split)
     stats = {"clips": 0, "windows": 0, "skipped": 0, "class_clips": Counter(),
-             "clip_keys": []}
+             "clip_keys": [], "groups": Counter()}
     report["splits"][split] = stats
     tasks = _tasks(listing, split)
     for res in featurizer.map(tasks, spec_dict, settings, total=len(clips),
@@ -273,6 +287,8 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
       stats["clips"] += 1
       stats["clip_keys"].append(clip.key)
       stats["class_clips"].update(clip.labels)
+      if clip.group:
+        stats["groups"][clip.group] += 1
       report["durations"].append(res.seconds)
       report["sample_rates"][str(res.source_rate)] += 1
       if listing.multi_label:
@@ -309,6 +325,7 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   del report["durations"]
   for s in SPLITS:
     report["splits"][s]["class_clips"] = dict(report["splits"][s]["class_clips"])
+    report["splits"][s]["groups"] = dict(sorted(report["splits"][s]["groups"].items()))
   meta = {"format": FORMAT_VERSION, "key": key, "source": listing.source,
           "frontend_spec": spec_dict, "classes": classes, "multi_label": listing.multi_label,
           "settings": dataclasses.asdict(settings),

@@ -6,7 +6,10 @@
   tfds:NAME     a TFDS catalog dataset with an audio feature and a label
   demo          the built-in synthesised dataset (jaxaudio.data.demo)
 
-Missing splits are carved from train by a seeded split stratified by label. Problems that
+Missing splits are carved from train by a seeded split stratified by label; with groups
+(`data.group`: a speaker, session, room or instrument per clip, from a CSV column or a regular
+expression over paths) every carved split is group-disjoint, so validation measures new
+groups as the test does (scikit-learn's StratifiedGroupKFold). Problems that
 make training meaningless (an empty class, a split with no clips, a label in validation or
 test that train never shows) are DataErrors raised here, before any audio is decoded.
 """
@@ -16,10 +19,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
+import warnings
 from collections import Counter
 from typing import Any
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 from jaxaudio.audio.io import AUDIO_EXTENSIONS
 from jaxaudio.errors import DataError
@@ -40,6 +46,7 @@ class Clip:
   path: str | None = None      # audio file; None for TFDS examples
   tfds_index: int = -1         # position in its TFDS split
   fold: int = 0                # a CSV's `fold` column (ESC-50), 0 when there is none
+  group: str = ""              # speaker / session / source (data.group); "" = none
 
 
 @dataclasses.dataclass
@@ -66,15 +73,68 @@ class Listing:
           stat = (-1, -1)
       else:
         stat = (c.tfds_index, 0)
-      items.append((c.key, stat, c.labels, c.split))
+      items.append((c.key, stat, c.labels, c.split) + ((c.group,) if c.group else ()))
     return items
+
+  def groups(self, name: str) -> dict[str, int]:
+    """Clips per group in split `name` (empty without data.group)."""
+    return dict(sorted(Counter(c.group for c in self.split(name) if c.group).items()))
+
+
+def _label(c: Clip) -> str:
+  return c.labels[0] if c.labels else ""
+
+
+def _group_folds(clips: list[Clip], n_splits: int, seed: int) -> np.ndarray:
+  """Fold index per clip: groups never straddle folds, label shares kept close
+  (StratifiedGroupKFold; its warning about classes smaller than n_splits is expected here)."""
+  fold = np.zeros(len(clips), int)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for k, (_, idx) in enumerate(splitter.split(np.zeros(len(clips)), [_label(c) for c in clips],
+                                                [c.group for c in clips])):
+      fold[idx] = k
+  return fold
+
+
+def _group_split(clips: list[Clip], fractions: dict[str, float], seed: int) -> list[Clip]:
+  """Carve each split of `fractions` from train as whole groups (about that share of the
+  clips, stratified by label), so no group is in two splits. A class whose groups would all
+  leave train is tried again with other seeds, then refused."""
+  rest, out, total = sorted(clips, key=lambda c: c.key), [], len(clips)
+  for split, frac in fractions.items():
+    groups = sorted({c.group for c in rest})
+    n_splits = min(len(groups), max(2, int(round(len(rest) / max(frac * total, 1e-9)))))
+    if n_splits < 2:
+      raise DataError(f"data.group gives train a single group ({groups[0]!r}), so no "
+                      f"group-disjoint {split} split can be carved; add recordings of other "
+                      "groups, give the split as files, or set data.group=''.")
+    labels = {_label(c) for c in rest}
+    for attempt in range(20):
+      fold = _group_folds(rest, n_splits, seed + 1000 * attempt)
+      kept = {_label(c) for c, f in zip(rest, fold) if f != 0}
+      if kept == labels:
+        break
+    else:
+      lost = sorted(labels - kept)
+      owners = sorted({c.group for c in rest if _label(c) == lost[0]})
+      raise DataError(f"class {lost[0]!r} has its train clips in too few groups ({owners[:5]}) "
+                      f"to carve a group-disjoint {split} split and keep it in train; add "
+                      "recordings of that class from other groups, or give the split as files.")
+    out += [dataclasses.replace(c, split=split) for c, f in zip(rest, fold) if f == 0]
+    rest = [c for c, f in zip(rest, fold) if f != 0]
+  return out + rest
 
 
 def _stratified_split(clips: list[Clip], fractions: dict[str, float], seed: int) -> list[Clip]:
-  """Move `fractions[split]` of each label's train clips into that split (seeded)."""
+  """Move `fractions[split]` of each label's train clips into that split (seeded); whole
+  groups at a time when the clips have groups."""
+  if any(c.group for c in clips):
+    return _group_split(clips, fractions, seed)
   by_label: dict[str, list[Clip]] = {}
   for c in sorted(clips, key=lambda c: c.key):
-    by_label.setdefault(c.labels[0] if c.labels else "", []).append(c)
+    by_label.setdefault(_label(c), []).append(c)
   out = []
   rng = np.random.default_rng(seed)
   for label in sorted(by_label):
@@ -131,6 +191,7 @@ def _list_folder(root: str, cfg) -> Listing:
     raise DataError(f"class folder {empty[0]} holds no audio files"
                     f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; add clips "
                     "or remove the folder.")
+  clips = _with_groups(clips, cfg, f"folder:{root}")
   return _finish(f"folder:{root}", _fill_missing_splits(clips, cfg), ignored)
 
 
@@ -142,6 +203,56 @@ def _csv_base_dir(csv_path: str, rows: list[dict[str, str]], path_col: str, cfg)
     if any(os.path.isfile(os.path.join(base, r[path_col])) for r in rows[:50]):
       return os.path.normpath(base)
   return os.path.normpath(candidates[0])
+
+
+def _group_rule(cfg) -> tuple[str, str]:
+  """data.group as (kind, argument): ("", "") none, ("column", NAME), ("regex", PATTERN)."""
+  rule = str(cfg.get("group", "") or "")
+  kind, _, arg = rule.partition(":")
+  if not rule:
+    return "", ""
+  if kind not in ("column", "regex") or not arg:
+    raise DataError(f"data.group={rule!r} is not column:NAME or regex:PATTERN; e.g. "
+                    "regex:'^(spk\\d+)_' for a speaker id at the start of file names.")
+  return kind, arg
+
+
+def _csv_group(row: dict[str, str], header: list[str], cfg, where: str) -> str:
+  """A CSV row's group: data.group=column:NAME, else a column literally named `group`."""
+  kind, arg = _group_rule(cfg)
+  column = arg if kind == "column" else ("group" if not kind and "group" in header else "")
+  if not column:
+    return ""
+  if column not in header:
+    raise DataError(f"data.group names column {column!r}, which the CSV lacks (columns "
+                    f"{header}); fix data.group or the CSV.")
+  if not row.get(column):
+    raise DataError(f"{where}: the {column!r} column is empty; give every clip its group.")
+  return row[column]
+
+
+def _with_groups(clips: list[Clip], cfg, source: str) -> list[Clip]:
+  """Clips with their group from data.group=regex:PATTERN matched against the clip's path
+  relative to the source (the first capture group that matched, else the whole match)."""
+  kind, arg = _group_rule(cfg)
+  if kind == "column" and source.startswith("folder:"):
+    raise DataError(f"data.group={kind}:{arg} needs a CSV source; for a folder use "
+                    "regex:PATTERN over the file paths.")
+  if kind != "regex":
+    return clips
+  try:
+    pattern = re.compile(arg)
+  except re.error as err:
+    raise DataError(f"data.group regex {arg!r} is invalid ({err}); fix the pattern.") from err
+  out = []
+  for c in clips:
+    m = pattern.search(c.key)
+    if m is None:
+      raise DataError(f"data.group regex {arg!r} does not match {c.key!r} ({source}); every "
+                      "clip needs a group: fix the pattern or the file name.")
+    name = next((g for g in m.groups() if g is not None), m.group(0))
+    out.append(dataclasses.replace(c, group=name))
+  return out
 
 
 def _list_csv(path: str, cfg) -> Listing:
@@ -179,7 +290,8 @@ def _list_csv(path: str, cfg) -> Listing:
       split = "train"
     audio = os.path.join(base, r[path_col])
     fold = int(r["fold"]) if "fold" in header and r.get("fold") else 0
-    clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio, fold=fold))
+    clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio, fold=fold,
+                      group=_csv_group(r, header, cfg, f"{path}:{line}")))
   if "fold" in header and "split" not in header:
     folds = {int(r["fold"]) for r in rows if r.get("fold")}
     missing = sorted((val_folds | test_folds) - folds)
@@ -187,6 +299,7 @@ def _list_csv(path: str, cfg) -> Listing:
       raise DataError(f"{path}: folds {missing} chosen in data.validation_folds/test_folds do "
                       f"not occur (folds present: {sorted(folds)}); pick existing folds.")
     return _finish(f"csv:{path}", clips, ignored)
+  clips = _with_groups(clips, cfg, f"csv:{path}")
   return _finish(f"csv:{path}", _fill_missing_splits(clips, cfg), ignored)
 
 
@@ -265,6 +378,8 @@ def list_source(cfg) -> Listing:
   """cfg: the config's `data` section. Returns a validated Listing."""
   source = str(cfg.source)
   kind, _, arg = source.partition(":")
+  if kind in ("tfds", "demo") and _group_rule(cfg)[0]:
+    raise DataError(f"data.group is for folder and csv sources, not {kind}; set data.group=''.")
   if kind == "demo":
     from jaxaudio.data import demo  # pylint: disable=import-outside-toplevel
     from jaxaudio.weights.sources import cache_dir  # pylint: disable=import-outside-toplevel
@@ -295,7 +410,8 @@ def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> lis
   Folds are a CSV's `fold` column when every clip has one (ESC-50; keeps its recording
   groups apart), else every clip, whatever split it was in, is dealt round-robin into folds
   per label after a seeded shuffle (stratified K-fold). Grouped data (several clips of one
-  speaker or recording) should bring its folds in a CSV, or the folds leak."""
+  speaker or recording) needs data.group (whole groups per fold, StratifiedGroupKFold) or
+  its folds in a CSV, or the folds leak."""
   if not 1 <= fold <= folds or folds < 2:
     raise DataError(f"cross-validation fold {fold} of {folds} is out of range; use 2 or more "
                     "folds and a fold from 1 to their number.")
@@ -306,12 +422,19 @@ def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> lis
       raise DataError(f"{listing.source} defines {len(present)} folds {present} in its fold "
                       f"column, not {folds}; pass --folds={len(present)}.")
     of = {c.key: present.index(c.fold) + 1 for c in clips}
+  elif any(c.group for c in clips):
+    ordered = sorted(clips, key=lambda c: c.key)
+    if len({c.group for c in ordered}) < folds:
+      raise DataError(f"{listing.source} has {len({c.group for c in ordered})} groups, fewer "
+                      f"than the {folds} folds asked for; use fewer folds.")
+    of = {c.key: int(f) + 1 for c, f in zip(ordered, _group_folds(ordered, folds,
+                                                                  int(cfg.split_seed)))}
   else:
     of = {}
     rng = np.random.default_rng(int(cfg.split_seed))
     by_label: dict[str, list[Clip]] = {}
     for c in sorted(clips, key=lambda c: c.key):
-      by_label.setdefault(c.labels[0] if c.labels else "", []).append(c)
+      by_label.setdefault(_label(c), []).append(c)
     for label in sorted(by_label):
       group = by_label[label]
       start = int(rng.integers(folds))    # so small classes do not all start in fold 1
