@@ -65,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict({
       "seed": 0,
       "num_steps": 1350,          # 1200 probe + 150 fine-tuning: ~9 min cold on 2 CPU cores
+      "epochs": 0.0,              # > 0: num_steps = epochs x train windows / batch_size,
+                                  # set once the data is prepared
       "batch_size": 32,           # global batch, split over processes and devices
       "learning_rate": 3e-3,      # the head's; other groups scale it by group_lr_mult
       # Ordered (regex over parameter paths, group); first match wins, all must match.
@@ -94,6 +96,16 @@ def base_config() -> ml_collections.ConfigDict:
                                   # or mAP for multi-label; or accuracy, micro_f1
       "early_stop_patience": 0,   # validation passes without improvement; 0 = off
       "head_dropout": 0.2,
+      # BatchNorm of trainable blocks: batch (normalise with batch statistics and update the
+      # running averages, PyTorch's train()) or running (keep normalising with the pretrained
+      # running averages and leave them untouched, as transfer learning often does).
+      "bn": "batch",
+      "label_smoothing": 0.0,     # single-label targets (1 - a) one-hot + a / classes
+      # Imbalanced data: class_weights=balanced scales each window's loss by
+      # windows / (classes x windows of its class) over train; sampling=balanced draws every
+      # class equally often per epoch (rare windows repeat). Single-label tasks.
+      "class_weights": "none",    # none | balanced
+      "sampling": "uniform",      # uniform | balanced
       "logmel_images": 4,         # validation log-mel images in TensorBoard per evaluation
       "mixed_precision": False,   # bfloat16 compute, float32 params (GPU/TPU)
       "augment": ml_collections.ConfigDict({
@@ -152,6 +164,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "use auto or off")
   _check(0 <= t.logmel_images <= 16, "train.logmel_images", t.logmel_images,
          "use a count from 0 to 16")
+  _check(t.bn in ("batch", "running"), "train.bn", t.bn, "use batch or running")
+  _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing,
+         "use a value in [0, 1)")
+  _check(t.class_weights in ("none", "balanced"), "train.class_weights", t.class_weights,
+         "use none or balanced")
+  _check(t.sampling in ("uniform", "balanced"), "train.sampling", t.sampling,
+         "use uniform or balanced")
   _check(c.parallel in ("jit", "pmap"), "parallel", c.parallel, "use jit or pmap")
   _check(c.model.init in ("pretrained", "scratch") or os.path.exists(c.model.init),
          "model.init", c.model.init, "use pretrained, scratch or the path of a checkpoint")
@@ -160,8 +179,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
          c.model.checkpoint, "no such file; download the original .pth and pass its path")
   _check(not c.model.widths or c.model.init == "scratch", "model.widths", c.model.widths,
          "custom widths only work with model.init=scratch")
+  _check(t.epochs >= 0, "train.epochs", t.epochs, "use 0 (num_steps decides) or a positive count")
   from jaxaudio.train import stages  # pylint: disable=import-outside-toplevel
-  stages.plan(t)
+  if not t.epochs:   # with epochs, the plan is checked once num_steps is known
+    stages.plan(t)
   kind = str(d.source).partition(":")[0]
   _check(kind in ("folder", "csv", "tfds", "demo"), "data.source", d.source,
          "use folder:PATH, csv:PATH, tfds:NAME or demo")

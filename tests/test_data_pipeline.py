@@ -73,9 +73,13 @@ def test_eval_counts_every_window_exactly_once(prepared, processes):
   assert padded == sum(len(b) for b in per_process) * 3 - n
 
 
-def test_iterator_state_resumes_through_orbax(prepared, tmp_path):
+@pytest.mark.parametrize("balanced", [False, True])
+def test_iterator_state_resumes_through_orbax(prepared, tmp_path, balanced):
+  labels = pipeline.window_labels(prepared.data_source("train")) if balanced else None
+
   def loader():
-    return pipeline.train_loader(prepared, "train", global_batch=4, seed=5)
+    return pipeline.train_loader(prepared, "train", global_batch=4, seed=5,
+                                 balanced_labels=labels)
 
   it = iter(loader())
   for _ in range(7):

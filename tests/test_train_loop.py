@@ -169,3 +169,32 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   assert out["logits"].shape == (2, 3)
   with pytest.raises(CheckpointError, match="has no config.json; pass the --workdir"):
     rundir.open_run(str(tmp_path))
+
+
+def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
+  """epochs set num_steps from the prepared data; balanced sampling and class weights read
+  the train windows' labels; BatchNorm on running averages leaves the statistics as they
+  were initialised through fine-tuning."""
+  from jaxaudio import configs
+  from jaxaudio.train import loop
+  tmp, clips = dataset
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(epochs=3.0, eval_every=6, log_every=3, batch_size=8, warmup_steps=2,
+                   probe_steps=0, bn="running", label_smoothing=0.1, class_weights="balanced",
+                   sampling="balanced")
+  cfg.evaluate.at_end = False
+  wd = str(tmp_path / "wd")
+  with caplog.at_level("INFO", logger="jaxaudio"):
+    loop.train_and_evaluate(cfg, wd)
+  assert "train.epochs=3 over 18 training windows: 7 steps" in caplog.text
+  assert "train windows per class: high 6, low 6, mid 6" in caplog.text
+  assert json.load(open(os.path.join(wd, "config.json")))["train"]["num_steps"] == 7
+  import jax
+  from jaxaudio.models.registry import get_model
+  from jaxaudio.train import factory
+  fresh = factory.build(get_model("aisfx"), 3, cfg.train, widths=(4, 8, 8, 16)).state
+  saved = final_state(wd, 7)
+  assert all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(
+      jax.tree_util.tree_leaves(fresh.batch_stats), jax.tree_util.tree_leaves(saved["batch_stats"])))

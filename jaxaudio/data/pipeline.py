@@ -1,7 +1,8 @@
 """grain input pipeline over prepared data, shaped for the parallel wrappers.
 
-Training: seeded shuffle each epoch, endless repeat, batches with drop_remainder, records
-sharded by JAX process, optional worker processes for prefetch; the iterator's state goes
+Training: seeded shuffle each epoch (optionally class-balanced: BalancedSource), endless
+repeat, batches with drop_remainder, records sharded by JAX process, optional worker
+processes for prefetch; the iterator's state goes
 into orbax checkpoints (grain.checkpoint.CheckpointSave) so a resumed run sees the same
 batches. Evaluation: every window exactly once, the last batch padded and masked.
 """
@@ -32,6 +33,49 @@ class ToModelInput(grain.transforms.Map):
             "mask": np.float32(1.0)}
 
 
+def window_labels(source) -> np.ndarray:
+  """Integer label of every record of a single-label `source`, in order."""
+  return np.array([int(np.asarray(source[i]["label"])) for i in range(len(source))], np.int64)
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> tuple[float, ...]:
+  """windows / (classes x windows of the class), scikit-learn's "balanced" weights; a class
+  without windows gets weight 0 (it never reaches the loss)."""
+  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+  present = counts > 0
+  weights = np.zeros(num_classes)
+  weights[present] = len(labels) / (present.sum() * counts[present])
+  return tuple(float(w) for w in weights)
+
+
+class BalancedSource:
+  """A view of a single-label source in which every class has as many records as the
+  largest: each class's records in a seeded order, repeated (and the remainder drawn without
+  replacement) up to that count. The shuffling sampler over it then draws every class
+  equally often per epoch."""
+
+  def __init__(self, source, labels: np.ndarray, seed: int):
+    self._source = source
+    rng = np.random.default_rng(seed)
+    classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    most = max(len(c) for c in classes)
+    parts = []
+    for members in classes:
+      reps, extra = divmod(most, len(members))
+      parts += [np.tile(rng.permutation(members), reps), rng.choice(members, extra, replace=False)]
+    self._index = np.concatenate(parts).astype(np.int64)
+    self._repr = f"BalancedSource({source!r}, classes={len(classes)}, per_class={most}, seed={seed})"
+
+  def __repr__(self) -> str:   # grain compares it on restore
+    return self._repr
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._index[index])]
+
+
 def per_process_batch(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
     raise ValueError(f"batch size {global_batch} is not divisible by the {process_count} JAX "
@@ -41,10 +85,14 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
 
 def train_loader(prepared: Prepared, split: str, global_batch: int, seed: int,
                  worker_count: int = 0, shard: grain.sharding.ShardOptions | None = None,
-                 num_epochs: int | None = None) -> grain.DataLoader:
-  """Endless shuffled batches of this process's shard of `split`."""
+                 num_epochs: int | None = None, balanced_labels: np.ndarray | None = None
+                 ) -> grain.DataLoader:
+  """Endless shuffled batches of this process's shard of `split`; with `balanced_labels`
+  (the split's window labels) every class is drawn equally often."""
   shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
   source = prepared.data_source(split)
+  if balanced_labels is not None:
+    source = BalancedSource(source, balanced_labels, seed)
   sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard,
                                         shuffle=True, num_epochs=num_epochs, seed=seed)
   batch = per_process_batch(global_batch, shard.shard_count)

@@ -19,10 +19,13 @@ LAYER_GROUPS = ("block1", "block2", "block3", "block4")
 
 
 class AiSFX(nn.Module):
-  """aiSFX embedding network; `frozen` names blocks that run BN on running averages."""
+  """aiSFX embedding network; `frozen` names blocks that run BN on running averages and
+  pass no gradient back; `running_bn` names trainable blocks that still normalise with
+  (and keep) their running averages (train.bn=running)."""
 
   widths: Sequence[int] = (64, 128, 256, 512)
   frozen: Sequence[str] = ()
+  running_bn: Sequence[str] = ()
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None   # set to the pmap axis to synchronise BatchNorm
 
@@ -34,7 +37,8 @@ class AiSFX(nn.Module):
     for i, (name, width, pool) in enumerate(zip(LAYER_GROUPS, self.widths, pools)):
       block = ConvBlock(width, kernel=3, num_convs=2, pool=pool, pool_type="max",
                         dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=name)
-      x = block(x, use_running_average=not train or name in self.frozen)
+      x = block(x, use_running_average=not train or name in self.frozen
+                or name in self.running_bn)
       if i + 1 == stop_after:
         x = jax.lax.stop_gradient(x)
     x = jnp.mean(x.astype(jnp.float32), axis=2)  # mean over mel bands -> [B, T', C]

@@ -48,6 +48,7 @@ class Panns(nn.Module):
   widths: Sequence[int] | None = None
   audioset_head: bool = True
   frozen: Sequence[str] = ()
+  running_bn: Sequence[str] = ()    # trainable groups that keep BN on running averages
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None   # set to the pmap axis to synchronise BatchNorm
 
@@ -61,7 +62,8 @@ class Panns(nn.Module):
     def maybe_stop(i, h):
       return jax.lax.stop_gradient(h) if i + 1 == stop_after else h
 
-    x = batch_norm("bn0", not train or "bn0" in self.frozen,
+    running = set(self.frozen) | set(self.running_bn)
+    x = batch_norm("bn0", not train or "bn0" in running,
                    axis_name=self.bn_axis_name)(x.astype(jnp.float32))
     x = maybe_stop(0, x).astype(self.dtype)[..., None]  # [B, T, M, 1]
     for i, width in enumerate(widths, start=1):
@@ -71,7 +73,7 @@ class Panns(nn.Module):
       x = ConvBlock(width, kernel=spec.kernel, num_convs=spec.num_convs, pool=pool,
                     pool_type="avg", dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                     name=name)(
-                        x, use_running_average=not train or name in self.frozen)
+                        x, use_running_average=not train or name in running)
       x = nn.Dropout(0.2, deterministic=not train)(x)
       x = maybe_stop(i, x)
     x = jnp.mean(x.astype(jnp.float32), axis=2)        # over mel bands -> [B, T', C]

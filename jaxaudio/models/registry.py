@@ -59,15 +59,16 @@ class ModelInfo:
 
 def _panns(arch: str, default_audioset_head: bool = True):
   def build(frozen=(), dtype=jnp.float32, widths=None, audioset_head=default_audioset_head,
-            bn_axis_name=None):
+            bn_axis_name=None, running_bn=()):
     return panns.Panns(arch=arch, widths=widths, audioset_head=audioset_head,
-                       frozen=tuple(frozen), dtype=dtype, bn_axis_name=bn_axis_name)
+                       frozen=tuple(frozen), dtype=dtype, bn_axis_name=bn_axis_name,
+                       running_bn=tuple(running_bn))
   return build
 
 
-def _aisfx(frozen=(), dtype=jnp.float32, widths=None, bn_axis_name=None):
+def _aisfx(frozen=(), dtype=jnp.float32, widths=None, bn_axis_name=None, running_bn=()):
   return aisfx.AiSFX(widths=tuple(widths or (64, 128, 256, 512)), frozen=tuple(frozen),
-                     dtype=dtype, bn_axis_name=bn_axis_name)
+                     dtype=dtype, bn_axis_name=bn_axis_name, running_bn=tuple(running_bn))
 
 
 _PANNS_IGNORE = (r"^spectrogram_extractor\.", r"^logmel_extractor\.", r"num_batches_tracked$")

@@ -44,7 +44,8 @@ def _stage(info: ModelInfo, num_classes: int, train_cfg, params: Any, rules, gro
   frozen = optimizer.frozen_layer_groups(params, assignment, info.layer_groups)
   model = EmbeddingClassifier(
       finetune_backbone(info, widths=widths, frozen=frozen, dtype=dtype,
-                        bn_axis_name=bn_axis_name),
+                        bn_axis_name=bn_axis_name,
+                        running_bn=info.layer_groups if train_cfg.bn == "running" else ()),
       num_classes, dropout=float(train_cfg.head_dropout))
   return dict(model=model, tx=tx, trainable=optimizer.trainable_mask(params, assignment),
               assignment=assignment, schedules=schedules, frozen_groups=frozen,

@@ -120,6 +120,20 @@ class _Run:
     self.widths = tuple(cfg.model.widths) or None
     self.plan = stages.plan(cfg.train)
     self.cache = None   # head_only.EmbeddingCache while head-only stages train
+    t = cfg.train
+    self.train_labels = None      # window labels of train, for balancing
+    self.class_weights = None
+    if t.class_weights != "none" or t.sampling != "uniform":
+      if self.multi_label:
+        raise JaxAudioError("train.class_weights and train.sampling=balanced are for "
+                            "single-label data; this data set is multi-label: set them to "
+                            "none / uniform.")
+      self.train_labels = pipeline.window_labels(prepared.data_source("train"))
+      counts = np.bincount(self.train_labels, minlength=self.num_classes)
+      log.info("train windows per class: %s", ", ".join(
+          f"{c} {n}" for c, n in zip(prepared.classes, counts)))
+      if t.class_weights == "balanced":
+        self.class_weights = pipeline.balanced_class_weights(self.train_labels, self.num_classes)
 
   def build(self, pretrained, stage: int) -> factory.Setup:
     return factory.build(self.info, self.num_classes, self.cfg.train, pretrained=pretrained,
@@ -136,7 +150,8 @@ class _Run:
     step_cfg = steps.StepConfig(
         model=head_only_model or setup.model, tx=setup.tx, trainable=setup.trainable,
         num_classes=self.num_classes, multi_label=self.multi_label, augment=augment,
-        spec=self.info.spec, silence=silence_value(self.info.spec), axis_name=self.axis)
+        spec=self.info.spec, silence=silence_value(self.info.spec), axis_name=self.axis,
+        label_smoothing=float(self.cfg.train.label_smoothing), class_weights=self.class_weights)
     return parallel.make(self.cfg.parallel, step_cfg)
 
   def enter(self, setup: factory.Setup, stage: int, host_state) -> tuple[parallel.Parallel, Any]:
@@ -161,7 +176,8 @@ class _Run:
     cached = data is not self.prepared   # in-memory arrays: worker processes would only copy
     return iter(pipeline.train_loader(
         data, "train", int(self.cfg.train.batch_size), seed=int(self.cfg.data.shuffle_seed),
-        worker_count=0 if cached else int(self.cfg.data.loader_workers)))
+        worker_count=0 if cached else int(self.cfg.data.loader_workers),
+        balanced_labels=self.train_labels if self.cfg.train.sampling == "balanced" else None))
 
 
 def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
@@ -170,10 +186,15 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   info = get_model(cfg.model.name)
+  prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
+  if float(cfg.train.epochs) > 0:
+    cfg.train.num_steps = max(1, math.ceil(float(cfg.train.epochs) * prepared.num_windows("train")
+                                           / int(cfg.train.batch_size)))
+    log.info("train.epochs=%g over %d training windows: %d steps", float(cfg.train.epochs),
+             prepared.num_windows("train"), cfg.train.num_steps)
   if jax.process_index() == 0:   # what evaluation and search rebuild the model from
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
-  prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
   begin = time.perf_counter()
   classes, multi_label = prepared.classes, prepared.multi_label
   if jax.process_index() == 0:   # the label map a saved model's logits index into

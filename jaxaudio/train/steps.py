@@ -31,6 +31,8 @@ class StepConfig:
   spec: Any = None               # FrontendSpec (for gain and mask fill)
   silence: float = 0.0
   axis_name: str | None = None   # pmap axis: gradients and metrics are averaged over it
+  label_smoothing: float = 0.0   # single-label targets only
+  class_weights: tuple[float, ...] | None = None   # loss weight per class (single-label)
 
 
 def _targets(batch, cfg: StepConfig):
@@ -63,6 +65,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig
   targets = _targets(batch, cfg)
   if cfg.augment is not None and cfg.augment.enabled:
     x, targets = aug.augment(k_aug, x, targets, cfg.augment, cfg.spec, cfg.silence)
+  weight = mask
+  if cfg.class_weights is not None:   # mixed targets weigh their classes in proportion
+    weight = mask * (targets @ jnp.asarray(cfg.class_weights, jnp.float32))
+  if cfg.label_smoothing and not cfg.multi_label:
+    targets = optax.smooth_labels(targets, cfg.label_smoothing)
 
   def loss_fn(params):
     params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
@@ -72,7 +79,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig
     per_example = _per_example_loss(out["logits"], targets, cfg.multi_label)
     # Local masked mean; with pmap, averaging gradients over equal-size shards gives the
     # global-batch gradient.
-    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, (out["logits"], updates["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
