@@ -51,6 +51,9 @@ def run(main: Callable[[list[str]], int | None], commands: tuple[str, ...] = ())
   With `commands`, exactly one of them must come first (`python -m M index --flags`) and
   main gets it as argv[1]; otherwise no positional argument is accepted."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # TensorFlow only writes TFDS files and TensorBoard events here; its oneDNN notice (printed
+  # before its log level applies) says nothing a user can act on.
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)

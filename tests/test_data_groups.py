@@ -161,3 +161,13 @@ def test_report_lists_groups_per_split(tmp_path):
   report = open(os.path.join(prepared.root, "report.md")).read()
   assert "## Groups (data.group)" in report and "| train | 3 | 3-3 |" in report
   assert "| validation | 1 | 3-3 |" in report and "No group of validation occurs in train." in report
+
+
+def test_few_clips_per_class_still_carve_whole_groups(tmp_path):
+  # 2 clips per class and speaker, 7 folds wanted: StratifiedGroupKFold cannot stratify.
+  root = _touch_layout(str(tmp_path / "few"), {w: {f"spk{i}": 1 for i in range(4)}
+                                              for w in ("yes", "no", "up")})
+  listing = list_source(data_config(tmp_path, f"folder:{root}", val_fraction=0.15,
+                                    test_fraction=0.15, group="regex:__([^_]+)__"))
+  _assert_disjoint(listing)
+  assert all(listing.split(s) for s in SPLITS)

@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 import numpy as np
+from absl import logging as absl_logging
 
 from jaxaudio.audio.spec import FrontendSpec, check_same_spec
 from jaxaudio.data import featurize
@@ -304,13 +305,19 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
       raise DataError(f"{listing.source}: every file of the {split} split was unreadable (see "
                       "the skipped files above); fix or replace them.")
 
+  verbosity = absl_logging.get_verbosity()
   try:
-    adhoc_builder.store_as_tfds_dataset(
-        name=DATASET_NAME, version="1.0.0", features=features,
-        split_datasets={s: generate(s) for s in SPLITS}, data_dir=os.path.join(out, "tfds"),
-        file_format="array_record", disable_shuffling=True,
-        description=f"jaxaudio log-mel windows of {listing.source}")
+    # TFDS prints "Downloading and preparing dataset ..." to stdout and warns that the new
+    # folder has no dataset_info.json yet: notices about its internals, not for our users.
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+      adhoc_builder.store_as_tfds_dataset(
+          name=DATASET_NAME, version="1.0.0", features=features,
+          split_datasets={s: generate(s) for s in SPLITS}, data_dir=os.path.join(out, "tfds"),
+          file_format="array_record", disable_shuffling=True,
+          description=f"jaxaudio log-mel windows of {listing.source}")
   finally:
+    absl_logging.set_verbosity(verbosity)
     featurizer.close()
   elapsed = time.perf_counter() - start
   empty = [c for c in classes if report["splits"]["train"]["class_clips"].get(c, 0) == 0]

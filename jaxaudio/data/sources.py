@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from jaxaudio.audio.io import AUDIO_EXTENSIONS
 from jaxaudio.errors import DataError
@@ -89,10 +89,15 @@ def _group_folds(clips: list[Clip], n_splits: int, seed: int) -> np.ndarray:
   """Fold index per clip: groups never straddle folds, label shares kept close
   (StratifiedGroupKFold; its warning about classes smaller than n_splits is expected here)."""
   fold = np.zeros(len(clips), int)
+  labels = [_label(c) for c in clips]
+  # StratifiedGroupKFold refuses when every class is smaller than n_splits; whole groups
+  # then go round without stratification (GroupKFold).
+  stratify = max(Counter(labels).values()) >= n_splits
+  splitter = (StratifiedGroupKFold if stratify else GroupKFold)(
+      n_splits=n_splits, shuffle=True, random_state=seed)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for k, (_, idx) in enumerate(splitter.split(np.zeros(len(clips)), [_label(c) for c in clips],
+    for k, (_, idx) in enumerate(splitter.split(np.zeros(len(clips)), labels,
                                                 [c.group for c in clips])):
       fold[idx] = k
   return fold
