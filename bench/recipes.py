@@ -59,6 +59,11 @@ RECIPES: dict[str, list[str]] = {
     "lpft_v1_no_augment": LPFT_V1 + ["--config.train.augment.enabled=False"],
     "lpft_v1_bn_running_no_augment": LPFT_V1 + ["--config.train.bn=running",
                                                 "--config.train.augment.enabled=False"],
+    "plain_bn_running": ["--config=configs/plain_finetune.py", "--config.train.bn=running"],
+    "plain_augment": ["--config=configs/plain_finetune.py", "--config.train.augment.enabled=True"],
+    "lpft_plain": ["--config=configs/plain_finetune.py", "--config.train.probe_steps=600",
+                   "--config.train.learning_rate=1e-3", "--config.train.bn=running",
+                   "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.1}"],
     "probe_only_1200": [HEAD_ONLY, "--config.train.probe_steps=0",
                         "--config.train.num_steps=1200"],
 }

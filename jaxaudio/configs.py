@@ -65,8 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict({
       "seed": 0,
       "num_steps": 1350,          # 1200 probe + 150 fine-tuning: ~9 min cold on 2 CPU cores
-      "epochs": 0.0,              # > 0: num_steps = epochs x train windows / batch_size,
-                                  # set once the data is prepared
+      "epochs": 0.0,              # > 0: num_steps = probe_steps + epochs x train windows /
+                                  # batch_size, set once the data is prepared
       "batch_size": 32,           # global batch, split over processes and devices
       "learning_rate": 3e-3,      # the head's; other groups scale it by group_lr_mult
       # Ordered (regex over parameter paths, group); first match wins, all must match.
@@ -128,6 +128,23 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.parallel = "jit"              # jit (Mesh + NamedSharding) or pmap
   return c
+
+
+# Keys added after runs were already being saved, with the value that reproduces how such
+# a run trained (which may differ from today's default).
+_BEFORE_KEY_EXISTED = {("data", "group"): "", ("train", "epochs"): 0.0, ("train", "bn"): "batch",
+                       ("train", "label_smoothing"): 0.0, ("train", "class_weights"): "none",
+                       ("train", "sampling"): "uniform"}
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A run's config.json as a ConfigDict with every key today's code reads: keys the run
+  predates get the value that reproduces its behaviour, so older runs still open."""
+  cfg = ml_collections.ConfigDict(saved)
+  for (section, key), value in _BEFORE_KEY_EXISTED.items():
+    if section in cfg and key not in cfg[section]:
+      cfg[section][key] = value
+  return cfg
 
 
 def _check(ok: bool, key: str, value, fix: str) -> None:

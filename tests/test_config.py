@@ -32,3 +32,16 @@ def test_cli_config_errors_are_one_sentence(cli, arg, words):
   r = cli("jaxaudio.prepare", "--config=configs/finetune.py", arg)
   lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
   assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
+
+
+def test_a_run_saved_before_a_key_existed_still_opens():
+  from jaxaudio import configs
+  saved = configs.base_config().to_dict()
+  for section, key in (("train", "bn"), ("train", "epochs"), ("train", "sampling"),
+                       ("train", "class_weights"), ("train", "label_smoothing"), ("data", "group")):
+    del saved[section][key]
+  cfg = configs.from_saved(saved)
+  assert (cfg.train.bn, cfg.train.epochs, cfg.train.sampling, cfg.train.class_weights,
+          cfg.train.label_smoothing, cfg.data.group) == ("batch", 0.0, "uniform", "none", 0.0, "")
+  configs.validate(cfg)
+  assert configs.from_saved(configs.base_config().to_dict()) == configs.base_config()

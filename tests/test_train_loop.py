@@ -188,7 +188,7 @@ def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
   wd = str(tmp_path / "wd")
   with caplog.at_level("INFO", logger="jaxaudio"):
     loop.train_and_evaluate(cfg, wd)
-  assert "train.epochs=3 over 18 training windows: 7 steps" in caplog.text
+  assert "train.epochs=3 over 18 training windows: 7 steps (probe 0)" in caplog.text
   assert "train windows per class: high 6, low 6, mid 6" in caplog.text
   assert json.load(open(os.path.join(wd, "config.json")))["train"]["num_steps"] == 7
   import jax

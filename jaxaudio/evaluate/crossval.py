@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from jaxaudio import configs
 from jaxaudio.evaluate import report
 from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.errors import CheckpointError
@@ -122,7 +123,7 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
     raise CheckpointError(f"{workdir} has no config.json; pass the --workdir of a `python -m "
                           "jaxaudio.main` run, whose recipe the folds repeat.")
   with open(path) as f:
-    base = ml_collections.ConfigDict(json.load(f))
+    base = configs.from_saved(json.load(f))
   results = []
   for fold in range(1, folds + 1):
     fold_dir = os.path.join(workdir, "cv", f"fold_{fold}")

@@ -187,11 +187,12 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   info = get_model(cfg.model.name)
   prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
-  if float(cfg.train.epochs) > 0:
-    cfg.train.num_steps = max(1, math.ceil(float(cfg.train.epochs) * prepared.num_windows("train")
-                                           / int(cfg.train.batch_size)))
-    log.info("train.epochs=%g over %d training windows: %d steps", float(cfg.train.epochs),
-             prepared.num_windows("train"), cfg.train.num_steps)
+  if float(cfg.train.epochs) > 0:   # epochs of fine-tuning, after the probe
+    cfg.train.num_steps = int(cfg.train.probe_steps) + max(1, math.ceil(
+        float(cfg.train.epochs) * prepared.num_windows("train") / int(cfg.train.batch_size)))
+    log.info("train.epochs=%g over %d training windows: %d steps (probe %d)",
+             float(cfg.train.epochs), prepared.num_windows("train"), cfg.train.num_steps,
+             int(cfg.train.probe_steps))
   if jax.process_index() == 0:   # what evaluation and search rebuild the model from
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxaudio import configs
 from jaxaudio.errors import CheckpointError, ConfigError
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.registry import ModelInfo, finetune_backbone, get_model
@@ -84,7 +85,7 @@ def step_flag(value: str, start: bool = True) -> int | str:
 def resolve_step(workdir: str, step: int | str = "best") -> int:
   """The checkpoint step that "best", "latest" or a number names, without loading weights."""
   workdir = os.path.abspath(workdir)
-  cfg = ml_collections.ConfigDict(_read_json(workdir, "config.json"))
+  cfg = configs.from_saved(_read_json(workdir, "config.json"))
   mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
   try:
     return _resolve(mgr, workdir, step)
@@ -95,7 +96,7 @@ def resolve_step(workdir: str, step: int | str = "best") -> int:
 def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
   """The run in `workdir` at checkpoint `step` ("best" by validation, "latest", or a step)."""
   workdir = os.path.abspath(workdir)
-  cfg = ml_collections.ConfigDict(_read_json(workdir, "config.json"))
+  cfg = configs.from_saved(_read_json(workdir, "config.json"))
   labels = _read_json(workdir, "labels.json")
   info = get_model(cfg.model.name)
   mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
