@@ -41,7 +41,7 @@ def throughput(model: str, batch: int, steps: int, rules, mode: str, cached: boo
   from jaxaudio.train import factory, head_only, parallel
   from jaxaudio.train import steps as steps_lib
   cfg = configs.base_config().train
-  cfg.probe_steps = 0   # measure the given groups, not the probe stage
+  cfg.probe_steps, cfg.num_steps = 0, 1000   # measure the given groups, not the probe stage
   cfg.param_groups = rules
   info = get_model(model)
   setup = factory.build(info, 10, cfg, bn_axis_name=parallel.PMAP_AXIS if mode == "pmap" else None)

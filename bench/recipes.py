@@ -13,7 +13,7 @@ the others) against the pretrained one, wall time, rank; and the average rank ov
 
   python bench/make_shift_datasets.py --out=/tmp/shift
   python bench/recipes.py --data=/tmp/shift --out=/tmp/recipes --recipes=default,plain
-  python bench/recipes.py --out=/tmp/recipes --table        # the table from what is there
+  python bench/recipes.py --out=/tmp/recipes --table [--recipes=...]   # table of what is there
 """
 
 from __future__ import annotations
@@ -49,18 +49,32 @@ LPFT_V1 = ["--config.train.num_steps=1350", "--config.train.probe_steps=1200",
            "('^backbone/','backbone'),('^head/','head'))",
            "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.0333333}",
            "--config.train.learning_rate=3e-3", "--config.train.warmup_steps=40",
-           "--config.train.head_dropout=0.2", "--config.train.bn=batch",
-           "--config.train.augment.enabled=True", "--config.train.label_smoothing=0.0"]
+           "--config.train.final_lr_fraction=0.01", "--config.train.weight_decay=1e-4",
+           "--config.train.grad_clip_norm=1.0", "--config.train.head_dropout=0.2",
+           "--config.train.bn=batch", "--config.train.augment.enabled=True",
+           "--config.train.label_smoothing=0.0"]
+PLAIN = ["--config=configs/plain_finetune.py"]
 RECIPES: dict[str, list[str]] = {
     "default": [],
-    "plain": ["--config=configs/plain_finetune.py"],
+    "plain": PLAIN,
     "lpft_v1": LPFT_V1,
     "lpft_v1_bn_running": LPFT_V1 + ["--config.train.bn=running"],
     "lpft_v1_no_augment": LPFT_V1 + ["--config.train.augment.enabled=False"],
     "lpft_v1_bn_running_no_augment": LPFT_V1 + ["--config.train.bn=running",
                                                 "--config.train.augment.enabled=False"],
-    "plain_bn_running": ["--config=configs/plain_finetune.py", "--config.train.bn=running"],
-    "plain_augment": ["--config=configs/plain_finetune.py", "--config.train.augment.enabled=True"],
+    "plain_bn_running": PLAIN + ["--config.train.bn=running"],
+    "plain_augment": PLAIN + ["--config.train.augment.enabled=True"],
+    "plain_augment_12ep": PLAIN + ["--config.train.augment.enabled=True",
+                                   "--config.train.epochs=12"],
+    "plain_lr3e-4": PLAIN + ["--config.train.learning_rate=3e-4"],
+    "plain_blocks234": PLAIN + ["--config.train.param_groups=(('^backbone/(bn0|block1)/',"
+                                "'frozen'),('^backbone/','backbone'),('^head/','head'))"],
+    "plain_smooth": PLAIN + ["--config.train.label_smoothing=0.1"],
+    "joint_lr3e-4": PLAIN + ["--config.train.learning_rate=3e-4"],
+    "joint_lr3e-4_class_weights": PLAIN + ["--config.train.learning_rate=3e-4",
+                                           "--config.train.class_weights=balanced"],
+    "joint_lr3e-4_balanced_sampling": PLAIN + ["--config.train.learning_rate=3e-4",
+                                               "--config.train.sampling=balanced"],
     "lpft_plain": ["--config=configs/plain_finetune.py", "--config.train.probe_steps=600",
                    "--config.train.learning_rate=1e-3", "--config.train.bn=running",
                    "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.1}"],
@@ -119,7 +133,8 @@ def run_recipe(data_dir: str, name: str, recipe: str, seed: int, out: str) -> di
 
 def sklearn_probe(data_dir: str, name: str) -> dict:
   """StandardScaler + LogisticRegression on frozen pretrained clip embeddings (mean of the
-  clip's window embeddings), C by 5-fold group cross-validation on train."""
+  clip's window embeddings), C by 5-fold group cross-validation on train (fewer folds when
+  train has fewer groups)."""
   t0 = time.perf_counter()
   cfg = base_config()
   for o in dataset_overrides(os.path.join(data_dir, name)):
@@ -143,7 +158,7 @@ def sklearn_probe(data_dir: str, name: str) -> dict:
   x, y, g = feats["train"]
   search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
                         {"logisticregression__C": np.logspace(-4, 2, 7)},
-                        cv=GroupKFold(n_splits=5), n_jobs=1)
+                        cv=GroupKFold(n_splits=min(5, len(set(g)))), n_jobs=1)
   search.fit(x, y, groups=g)
   xt, yt, _ = feats["test"]
   proba = search.predict_proba(xt)
@@ -185,7 +200,8 @@ def table(rows: list[dict], rare: dict[str, list[str]]) -> str:
       v = here[rc]
       acc, acc_ci = _t95([r["accuracy"] for r in v])
       f1, f1_ci = _t95([r["macro_f1"] for r in v])
-      maps = [(r["map_start"], r["map_tuned"]) for r in v if r.get("map_tuned") is not None]
+      maps = [(r["map_start"], r["map_tuned"]) for r in v
+              if r.get("map_tuned") is not None and r.get("map_start") is not None]
       m = (f"{np.mean([a for a, _ in maps]):.3f} -> {np.mean([b for _, b in maps]):.3f}"
            if maps else "-")
       rec = "".join(f"| {np.mean([r['recall'][c] for r in v]):.2f} " for c in rare_cols)
@@ -225,7 +241,10 @@ def main() -> None:
           print(f"{name} {recipe} seed {seed}: accuracy {row['accuracy']:.3f}, macro-F1 "
                 f"{row['macro_f1']:.3f}, mAP {row['map_start']} -> {row['map_tuned']}, "
                 f"{row['wall']:.0f} s", flush=True)
-  print(table(load(args.out), rare))
+  wanted = args.recipes.split(",")
+  rows = [r for r in load(args.out) if r["recipe"] in wanted and
+          r["dataset"] in args.datasets.split(",")]
+  print(table(sorted(rows, key=lambda r: wanted.index(r["recipe"])), rare))
 
 
 if __name__ == "__main__":

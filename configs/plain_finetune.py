@@ -15,6 +15,7 @@ def get_config():
   c = base_config()
   t = c.train
   t.probe_steps = 0
+  t.num_steps = 0               # from epochs
   t.epochs = 6.0
   t.param_groups = (("^backbone/(bn0|block1|block2)/", "frozen"), ("^backbone/", "backbone"),
                     ("^head/", "head"))

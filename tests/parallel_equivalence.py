@@ -25,6 +25,7 @@ def main(num_steps=3):
   cfg.probe_steps = 0
   cfg.head_dropout = 0.0
   cfg.warmup_steps = 1
+  cfg.num_steps = 100
   info = get_model("aisfx")
   batches = [{k: np.asarray(v) for k, v in batch(n=8, seed=i).items()} for i in range(num_steps)]
   results = {}

@@ -18,7 +18,7 @@ UNFREEZE = ((2, "^backbone/block4/", "backbone"), (4, "^backbone/block3/", "back
 def train_cfg(**overrides):
   cfg = configs.base_config().train
   cfg.update(head_dropout=0.0, num_steps=8, warmup_steps=1, param_groups=HEAD_ONLY,
-             probe_steps=0)
+             probe_steps=0, learning_rate=3e-3)
   cfg.update(overrides)
   return cfg
 

@@ -187,7 +187,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   info = get_model(cfg.model.name)
   prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
-  if float(cfg.train.epochs) > 0:   # epochs of fine-tuning, after the probe
+  if not int(cfg.train.num_steps):   # epochs of fine-tuning, after the probe
     cfg.train.num_steps = int(cfg.train.probe_steps) + max(1, math.ceil(
         float(cfg.train.epochs) * prepared.num_windows("train") / int(cfg.train.batch_size)))
     log.info("train.epochs=%g over %d training windows: %d steps (probe %d)",
