@@ -70,6 +70,7 @@ RECIPES: dict[str, list[str]] = {
     "plain_blocks234": PLAIN + ["--config.train.param_groups=(('^backbone/(bn0|block1)/',"
                                 "'frozen'),('^backbone/','backbone'),('^head/','head'))"],
     "plain_smooth": PLAIN + ["--config.train.label_smoothing=0.1"],
+    "plain_head1e-3": PLAIN + ["--config.train.group_lr_mult={'head': 10.0, 'backbone': 1.0}"],
     "joint_lr3e-4": PLAIN + ["--config.train.learning_rate=3e-4"],
     "joint_lr3e-4_class_weights": PLAIN + ["--config.train.learning_rate=3e-4",
                                            "--config.train.class_weights=balanced"],
@@ -179,6 +180,11 @@ def load(out: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _wall(rows: list[dict]) -> str:
+  walls = [r["wall"] for r in rows if r.get("wall") is not None]
+  return f"{np.mean(walls):.0f}" if walls else "-"
+
+
 def table(rows: list[dict], rare: dict[str, list[str]]) -> str:
   datasets = sorted({r["dataset"] for r in rows})
   recipes = list(dict.fromkeys(r["recipe"] for r in rows))
@@ -206,7 +212,7 @@ def table(rows: list[dict], rare: dict[str, list[str]]) -> str:
            if maps else "-")
       rec = "".join(f"| {np.mean([r['recall'][c] for r in v]):.2f} " for c in rare_cols)
       lines.append(f"| {rc} | {len(v)} | {acc:.3f} ± {acc_ci:.3f} | {f1:.3f} ± {f1_ci:.3f} | {m} "
-                   f"{rec}| {np.mean([r['wall'] for r in v]):.0f} | {order.index(rc) + 1} |")
+                   f"{rec}| {_wall(v)} | {order.index(rc) + 1} |")
   lines += ["", "| recipe | average rank | data sets |", "|---|---:|---:|"]
   for rc in sorted(ranks, key=lambda rc: (np.mean(ranks[rc]) if ranks[rc] else 99)):
     if ranks[rc]:
@@ -223,9 +229,9 @@ def main() -> None:
   parser.add_argument("--out", default="/tmp/recipes")
   parser.add_argument("--table", action="store_true", help="print the table and stop")
   args = parser.parse_args()
-  os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
   rare = {"noise": ["left", "right"]}
   if not args.table:
+    os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
     done = {(r["dataset"], r["recipe"], r["seed"]) for r in load(args.out)}
     for name in args.datasets.split(","):
       for recipe in args.recipes.split(","):
