@@ -33,7 +33,7 @@ import tempfile
 import numpy as np
 import soundfile as sf
 
-from make_speech_dataset import ACCENTS, colored_noise, speak, variants
+from make_speech_dataset import ACCENTS, WORDS, clip, colored_noise, speak, variants
 
 SR = 22050
 SECONDS = 2.0
@@ -138,7 +138,6 @@ class Writer:
 
 
 def speakers(out: str, rng: np.random.Generator, tmp: str, scale: float) -> str:
-  from make_speech_dataset import WORDS, clip   # pylint: disable=import-outside-toplevel
   pool = list(rng.permutation(variants()))
   held = {"test": pool[:20], "train": pool[20:]}
   write = Writer(out)

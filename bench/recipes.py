@@ -93,10 +93,11 @@ def _t95(values: list[float]) -> tuple[float, float]:
   return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def dataset_overrides(path: str) -> list[str]:
+def dataset_settings(path: str) -> dict[str, str]:
+  """The data.* settings of a data set from make_shift_datasets.py: its folder and groups."""
   with open(os.path.join(path, "dataset.json")) as f:
     meta = json.load(f)
-  return [f"--config.data.source=folder:{path}", f"--config.data.group={meta['group_config']}"]
+  return {"source": f"folder:{path}", "group": meta["group_config"]}
 
 
 def run_recipe(data_dir: str, name: str, recipe: str, seed: int, out: str) -> dict:
@@ -106,7 +107,8 @@ def run_recipe(data_dir: str, name: str, recipe: str, seed: int, out: str) -> di
   overrides = RECIPES[recipe]
   config = next((o for o in overrides if o.startswith("--config=")), "--config=configs/finetune.py")
   cmd = ([sys.executable, "-m", "jaxaudio.main", config, f"--workdir={workdir}"]
-         + dataset_overrides(os.path.join(data_dir, name))
+         + [f"--config.data.{k}={v}"
+            for k, v in dataset_settings(os.path.join(data_dir, name)).items()]
          + [o for o in overrides if not o.startswith("--config=")]
          + [f"--config.train.seed={seed}", f"--config.data.shuffle_seed={seed}",
             "--config.evaluate.retrieval=True", "--config.evaluate.bootstrap=0",
@@ -138,9 +140,7 @@ def sklearn_probe(data_dir: str, name: str) -> dict:
   train has fewer groups)."""
   t0 = time.perf_counter()
   cfg = base_config()
-  for o in dataset_overrides(os.path.join(data_dir, name)):
-    key, _, value = o[len("--config."):].partition("=")
-    cfg.data[key.split(".", 1)[1]] = value
+  cfg.data.update(dataset_settings(os.path.join(data_dir, name)))
   info = get_model(cfg.model.name)
   prepared, _ = prepare(cfg.data, info.spec, progress=False)
   groups = {c.key: c.group for c in list_source(cfg.data).clips}

@@ -116,20 +116,14 @@ def test_group_errors_are_one_sentence(tmp_path):
   root = _touch_layout(str(tmp_path / "d"), {"a": {"g1": 3, "g2": 3}, "b": {"g3": 6}})
   cfg = data_config(tmp_path, f"folder:{root}", val_fraction=0.3, test_fraction=0.0,
                     group="regex:__([^_]+)__")
-  with pytest.raises(DataError, match="class 'b' has its train clips in too few groups"):
-    list_source(cfg)
-  cfg.group = "regex:speaker(\\d+)"
-  with pytest.raises(DataError, match="does not match 'a/a__g1__0.wav'"):
-    list_source(cfg)
-  cfg.group = "speaker"
-  with pytest.raises(DataError, match="is not column:NAME or regex:PATTERN"):
-    list_source(cfg)
-  cfg.group = "regex:(["
-  with pytest.raises(DataError, match="is invalid"):
-    list_source(cfg)
-  cfg.group = "column:speaker"
-  with pytest.raises(DataError, match="needs a CSV source"):
-    list_source(cfg)
+  for rule, message in (("regex:__([^_]+)__", "class 'b' has its train clips in too few groups"),
+                        ("regex:speaker(\\d+)", "does not match 'a/a__g1__0.wav'"),
+                        ("speaker", "is not column:NAME or regex:PATTERN"),
+                        ("regex:([", "is invalid"),
+                        ("column:speaker", "needs a CSV source")):
+    cfg.group = rule
+    with pytest.raises(DataError, match=message):
+      list_source(cfg)
   with pytest.raises(DataError, match="not demo"):
     list_source(data_config(tmp_path, "demo", group="regex:x"))
 

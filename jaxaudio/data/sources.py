@@ -222,18 +222,15 @@ def _group_rule(cfg) -> tuple[str, str]:
   return kind, arg
 
 
-def _csv_group(row: dict[str, str], header: list[str], cfg, where: str) -> str:
-  """A CSV row's group: data.group=column:NAME, else a column literally named `group`."""
+def _csv_group_column(header: list[str], cfg) -> str:
+  """The CSV column holding groups: data.group=column:NAME, else a column named `group`;
+  "" for none."""
   kind, arg = _group_rule(cfg)
   column = arg if kind == "column" else ("group" if not kind and "group" in header else "")
-  if not column:
-    return ""
-  if column not in header:
+  if column and column not in header:
     raise DataError(f"data.group names column {column!r}, which the CSV lacks (columns "
                     f"{header}); fix data.group or the CSV.")
-  if not row.get(column):
-    raise DataError(f"{where}: the {column!r} column is empty; give every clip its group.")
-  return row[column]
+  return column
 
 
 def _with_groups(clips: list[Clip], cfg, source: str) -> list[Clip]:
@@ -275,6 +272,7 @@ def _list_csv(path: str, cfg) -> Listing:
   if not rows:
     raise DataError(f"{path}: the CSV has a header but no rows; add one row per clip.")
   base = _csv_base_dir(path, rows, path_col, cfg)
+  group_col = _csv_group_column(header, cfg)
   val_folds = {int(x) for x in cfg.validation_folds}
   test_folds = {int(x) for x in cfg.test_folds}
   clips, ignored = [], []
@@ -295,8 +293,11 @@ def _list_csv(path: str, cfg) -> Listing:
       split = "train"
     audio = os.path.join(base, r[path_col])
     fold = int(r["fold"]) if "fold" in header and r.get("fold") else 0
+    if group_col and not r.get(group_col):
+      raise DataError(f"{path}:{line}: the {group_col!r} column is empty; give every clip its "
+                      "group.")
     clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio, fold=fold,
-                      group=_csv_group(r, header, cfg, f"{path}:{line}")))
+                      group=r[group_col] if group_col else ""))
   if "fold" in header and "split" not in header:
     folds = {int(r["fold"]) for r in rows if r.get("fold")}
     missing = sorted((val_folds | test_folds) - folds)
@@ -429,9 +430,10 @@ def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> lis
     of = {c.key: present.index(c.fold) + 1 for c in clips}
   elif any(c.group for c in clips):
     ordered = sorted(clips, key=lambda c: c.key)
-    if len({c.group for c in ordered}) < folds:
-      raise DataError(f"{listing.source} has {len({c.group for c in ordered})} groups, fewer "
-                      f"than the {folds} folds asked for; use fewer folds.")
+    groups = len({c.group for c in ordered})
+    if groups < folds:
+      raise DataError(f"{listing.source} has {groups} groups, fewer than the {folds} folds "
+                      "asked for; use fewer folds.")
     of = {c.key: int(f) + 1 for c, f in zip(ordered, _group_folds(ordered, folds,
                                                                   int(cfg.split_seed)))}
   else:
