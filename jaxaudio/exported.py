@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxaudio import inference
+
 FORMAT_VERSION = 1
 
 
@@ -36,6 +38,38 @@ class ExportedModel:
     """{"embedding": [B, D], "logits": [B, classes]} for normalised log-mel windows."""
     emb, logits = self.exported.call(self.weights, np.asarray(mel, np.float32))
     return {"embedding": np.asarray(emb), "logits": np.asarray(logits)}
+
+  def predictor(self, hop: float | None = None, batch_size: int = 64) -> inference.Predictor:
+    """An inference.Predictor of this model (files and waveforms cut as in training)."""
+    return inference.Predictor(self, self.meta, hop=hop, batch_size=batch_size)
+
+  def predict(self, audio: str | np.ndarray, sr: int | None = None, hop: float | None = None,
+              threshold: float | str | None = None) -> inference.Prediction:
+    """Class probabilities of an audio file (path) or a mono waveform (array with `sr`):
+    per window, per clip (their mean, as the evaluation aggregates) and, with `threshold`
+    (a number, or "validation" for the per-class thresholds stored in meta.json), the
+    events where a class stays at or above it."""
+    predictor = self.predictor(hop)
+    if isinstance(audio, str):
+      res, name = predictor.featurize(path=audio), audio
+    else:
+      if not sr:
+        raise ValueError("predict(waveform) needs its sample rate: predict(x, sr=16000).")
+      res, name = predictor.featurize(waveform=audio, rate=int(sr)), "<waveform>"
+    cuts = None
+    if threshold is not None:
+      cuts = inference.thresholds_array(predictor.classes, self.thresholds(threshold))
+    return predictor.predict(res, name, cuts)
+
+  def thresholds(self, threshold: float | str) -> float | dict[str, float]:
+    """A number as given, or for "validation" the per-class thresholds in meta.json."""
+    if threshold != "validation":
+      return float(threshold)
+    if "thresholds" not in self.meta:
+      raise ValueError("this exported model carries no validation thresholds; export it with "
+                       "python -m jaxaudio.exported from a run with a validation split, or "
+                       "pass a number.")
+    return dict(self.meta["thresholds"])
 
   def embeddings(self, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """[N, D] embeddings of [N, frames, mels] windows, in padded batches of `batch_size`."""
@@ -65,9 +99,12 @@ def _sha256(weights: list[np.ndarray]) -> str:
   return h.hexdigest()
 
 
-def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str, Any]:
+def export_run(workdir: str, out_dir: str, step: int | str = "best",
+               thresholds: dict[str, float] | None = None) -> dict[str, Any]:
   """Export the run's checkpoint `step` ("best", "latest", a number, or "start": the weights
-  the run started from, e.g. to compare search before and after fine-tuning); returns meta."""
+  the run started from, e.g. to compare search before and after fine-tuning); returns meta.
+  `thresholds` ({class: probability}, chosen on validation) go into meta.json for
+  predict(threshold="validation")."""
   # pylint: disable=import-outside-toplevel
   from jaxaudio.data.prepare import settings_from_config
   from jaxaudio.train.rundir import open_run, starting_variables
@@ -91,6 +128,8 @@ def export_run(workdir: str, out_dir: str, step: int | str = "best") -> dict[str
           "multi_label": run.multi_label, "frontend": spec.to_dict(), "settings": settings,
           "embedding_dim": int(exported.out_avals[0].shape[-1]),
           "weights_sha256": _sha256(weights), "source_workdir": run.workdir, "step": run.step}
+  if thresholds is not None:
+    meta["thresholds"] = dict(thresholds)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "model.jaxexport"), "wb") as f:
     f.write(exported.serialize())
@@ -140,8 +179,20 @@ def load(path: str) -> ExportedModel:
 
 def main(argv):  # pragma: no cover - thin CLI
   del argv
-  from jaxaudio.train.rundir import step_flag  # pylint: disable=import-outside-toplevel
-  meta = export_run(_WORKDIR.value, _OUT.value, step_flag(_STEP.value))
+  # The CLI may load the training code; `load` and ExportedModel must not (see above).
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.errors import DataError
+  from jaxaudio.evaluate import thresholds as validation_thresholds
+  from jaxaudio.train.rundir import step_flag
+  step = step_flag(_STEP.value)
+  cuts = None
+  if step != "start":
+    try:
+      cuts = validation_thresholds.as_mapping(validation_thresholds.for_run(_WORKDIR.value,
+                                                                            step))
+    except DataError as err:
+      print(f"note: {err}")
+  meta = export_run(_WORKDIR.value, _OUT.value, step, cuts)
   print(json.dumps({k: meta[k] for k in ("model", "step", "embedding_dim", "weights_sha256")}))
   print(f"exported: {os.path.abspath(_OUT.value)}")
   return 0

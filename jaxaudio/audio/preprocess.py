@@ -57,14 +57,22 @@ def spectral_gate(x: np.ndarray, sample_rate: int, strength: float = 1.0,
   return y[:len(x)].astype(np.float32)
 
 
-def trim_silence(x: np.ndarray, top_db: float = 60.0, frame: int = 2048,
-                 hop: int = 512) -> np.ndarray:
-  """Cut leading and trailing frames more than top_db below the loudest frame."""
+def trim_bounds(x: np.ndarray, top_db: float = 60.0, frame: int = 2048,
+                hop: int = 512) -> tuple[int, int]:
+  """[start, end) samples of x without leading and trailing frames more than top_db below
+  the loudest frame (the whole of x when it is too short or silent)."""
   if len(x) <= frame:
-    return x
+    return 0, len(x)
   frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop]
   rms_db = 10.0 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + _EPS)
   loud = np.flatnonzero(rms_db > rms_db.max() - top_db)
   if loud.size == 0:
-    return x
-  return x[loud[0] * hop: min(len(x), loud[-1] * hop + frame)]
+    return 0, len(x)
+  return int(loud[0] * hop), int(min(len(x), loud[-1] * hop + frame))
+
+
+def trim_silence(x: np.ndarray, top_db: float = 60.0, frame: int = 2048,
+                 hop: int = 512) -> np.ndarray:
+  """Cut leading and trailing frames more than top_db below the loudest frame."""
+  lo, hi = trim_bounds(x, top_db, frame, hop)
+  return x[lo:hi]

@@ -32,6 +32,7 @@ class Result:
   offsets: np.ndarray | None = None   # seconds, [N]
   seconds: float = 0.0                # duration as decoded
   source_rate: int = 0
+  trimmed: float = 0.0                # seconds of leading silence cut before the windows
   error: str | None = None
 
 
@@ -64,8 +65,10 @@ def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
         raise AudioError(f"example {index}: NaN or infinite samples; drop it from the dataset.")
     x = resample(x, rate, spec.sample_rate)
     seconds = len(x) / spec.sample_rate
+    lo = 0
     if settings.trim_db > 0:
-      x = preprocess.trim_silence(x, settings.trim_db)
+      lo, hi = preprocess.trim_bounds(x, settings.trim_db)
+      x = x[lo:hi]
     if len(x) / spec.sample_rate < settings.min_seconds:
       raise AudioError(f"{path or f'example {index}'}: {len(x) / spec.sample_rate:.3f} s is "
                        f"shorter than data.min_seconds={settings.min_seconds}; drop it or "
@@ -82,4 +85,4 @@ def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
     return Result(index=index, error=f"{path or f'example {index}'}: {err}")
   return Result(index=index, windows=windows.astype(np.float16),
                 offsets=(starts * spec.hop_length / spec.sample_rate).astype(np.float32),
-                seconds=seconds, source_rate=rate)
+                seconds=seconds, source_rate=rate, trimmed=lo / spec.sample_rate)

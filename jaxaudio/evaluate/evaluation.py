@@ -26,7 +26,7 @@ from jaxaudio.train.rundir import TrainedRun, open_run, starting_variables
 log = logging.getLogger("jaxaudio")
 
 
-def _apply_fn(run: TrainedRun, variables) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+def apply_fn(run: TrainedRun, variables) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
   fn = jax.jit(lambda v, x: run.model.apply(v, x, train=False))
   return lambda x: jax.device_get(fn(variables, x))
 
@@ -77,7 +77,7 @@ def retrieval_side_by_side(run: TrainedRun, prepared, split: str, tuned: dict[st
                            batch_size: int) -> dict[str, Any]:
   """Retrieval scores of the starting weights and of the fine-tuned ones on `split`."""
   name, base_vars = starting_variables(run)
-  base = window_outputs(_apply_fn(run, base_vars),
+  base = window_outputs(apply_fn(run, base_vars),
                         pipeline.eval_batches(prepared, split, batch_size, 0, 1))
   out = {}
   for label, windows in ((name, base), ("fine-tuned", tuned)):
@@ -209,7 +209,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
   """Evaluate and write DIR/report/evaluation.{json,md} and figures; returns the result."""
   run = open_run(workdir, step)
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
-  apply = _apply_fn(run, run.variables)
+  apply = apply_fn(run, run.variables)
   windows = window_outputs(apply, pipeline.eval_batches(prepared, split, batch_size, 0, 1))
   cls, curves = classification(windows, run.classes, run.multi_label, bootstrap)
   result: dict[str, Any] = {"workdir": run.workdir, "step": run.step, "split": split,

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jaxaudio import inference
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import Prepared
 
@@ -45,18 +46,8 @@ def collect(step: Callable, batches, keys: tuple[str, ...], pmap: bool = False
 
 def clip_level(windows: dict[str, np.ndarray], multi_label: bool) -> dict[str, np.ndarray]:
   """Average each clip's window probabilities; back to logits so metrics read them alike."""
-  clips, inverse = np.unique(windows["clip"], return_inverse=True)
-  logits = windows["logits"].astype(np.float64)
-  if multi_label:
-    probs = 1.0 / (1.0 + np.exp(-logits))
-  else:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    probs = e / e.sum(-1, keepdims=True)
-  summed = np.zeros((len(clips), probs.shape[-1]))
-  np.add.at(summed, inverse, probs)
-  mean = summed / np.bincount(inverse)[:, None]
-  first = np.zeros(len(clips), int)
-  first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+  clips, mean, first = inference.group_mean(
+      inference.probabilities(windows["logits"], multi_label), windows["clip"])
   eps = 1e-12
   agg = (np.log(mean + eps) - np.log1p(-mean + eps)) if multi_label else np.log(mean + eps)
   return {"logits": agg, "label": windows["label"][first], "clip": clips}

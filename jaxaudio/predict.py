@@ -1,0 +1,164 @@
+"""Label new recordings with a fine-tuned model.
+
+  python -m jaxaudio.predict --workdir=RUN --audio=FILE_OR_DIR --out=predictions.csv
+  python -m jaxaudio.predict --model=EXPORT --audio=long.wav --out=p.csv --windows \\
+      --threshold=validation
+  python -m jaxaudio.predict --workdir=RUN --audio=DIR --out=sel.txt --format=raven
+
+Every file is decoded and cut into windows exactly as the run's training data was, the
+windows go through the exported model (RUN/export/step_N, written on first use, or
+--model), and each file gets the mean of its windows' probabilities — what `evaluate`
+reports for a test clip. --windows adds a timeline per window and the events where a class
+stays at or above its threshold (--threshold: a probability, or `validation` for per-class
+thresholds chosen on the run's validation split). Files that cannot be decoded are reported
+and skipped (--strict stops at the first); rows are written as files finish.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from absl import flags
+
+from jaxaudio import cli, exported, inference, predictions
+from jaxaudio.data.prepare import Featurizer, auto_workers
+from jaxaudio.embedder import audio_files
+from jaxaudio.errors import AudioError, ConfigError, JaxAudioError
+from jaxaudio.evaluate import thresholds as validation_thresholds
+from jaxaudio.train.rundir import step_flag
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.")
+_MODEL = flags.DEFINE_string("model", None, "An exported model (jaxaudio.exported) instead "
+                             "of --workdir.")
+_STEP = flags.DEFINE_string("step", "best", "--workdir: checkpoint: best, latest or a number.")
+_AUDIO = flags.DEFINE_string("audio", None, "Audio file or folder.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output file (.csv, .json, or .txt for Raven).",
+                           required=True)
+_JSON = flags.DEFINE_bool("json", False, "Write JSON instead of CSV.")
+_FORMAT = flags.DEFINE_enum("format", "csv", ["csv", "raven"], "csv, or raven: a Raven "
+                            "selection table of the detected events (implies --windows).")
+_WINDOWS = flags.DEFINE_bool("windows", False, "Per-window timeline and detected events.")
+_TOP_K = flags.DEFINE_integer("top_k", 1, "Most probable labels listed per file.",
+                              lower_bound=1)
+_THRESHOLD = flags.DEFINE_string("threshold", None, "Event and multi-label threshold: a "
+                                 "probability (default 0.5) or `validation` (per class, best "
+                                 "F1 on the run's validation split).")
+_HOP = flags.DEFINE_float("hop", None, "Window hop as a fraction of a window (default: the "
+                          "training data's; smaller = finer event times).")
+_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first file that cannot be decoded.")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0 = auto).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Windows per forward pass.", lower_bound=1)
+
+
+def _model() -> exported.ExportedModel:
+  if bool(_WORKDIR.value) == bool(_MODEL.value):
+    raise JaxAudioError("predict needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
+                        "--model=EXPORT_DIR (a jaxaudio.exported model).")
+  path = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value, start=False))
+  try:
+    return exported.load(path)
+  except ValueError as err:
+    raise JaxAudioError(str(err)) from err
+
+
+def _thresholds(model: exported.ExportedModel) -> np.ndarray | None:
+  """Per-class thresholds from --threshold, or None when it is not given."""
+  value = _THRESHOLD.value
+  if value is None:
+    return None
+  if value == "validation":
+    if _WORKDIR.value:
+      mapping = validation_thresholds.as_mapping(validation_thresholds.for_run(
+          _WORKDIR.value, step_flag(_STEP.value, start=False)))
+    else:
+      try:
+        mapping = model.thresholds("validation")
+      except ValueError as err:
+        raise ConfigError(f"--threshold=validation: {err}") from err
+    return inference.thresholds_array(model.meta["classes"], mapping)
+  try:
+    cut = float(value)
+  except ValueError:
+    cut = -1.0
+  if not 0.0 <= cut <= 1.0:
+    raise ConfigError(f"--threshold={value} is neither a probability in [0, 1] nor "
+                      "`validation`; pass e.g. --threshold=0.5.")
+  return inference.thresholds_array(model.meta["classes"], cut)
+
+
+def _writer(model, windows: bool, thresholds):
+  classes = list(model.meta["classes"])
+  if _FORMAT.value == "raven":
+    return predictions.RavenWriter(_OUT.value, float(model.meta["frontend"]["fmax"]))
+  listed = thresholds if (thresholds is not None or not model.meta["multi_label"]) \
+      else inference.thresholds_array(classes, 0.5)
+  if _JSON.value:
+    return predictions.JsonWriter(_OUT.value, windows, _TOP_K.value if _TOP_K.value > 1 else 0,
+                                  listed)
+  return predictions.CsvWriter(_OUT.value, classes, windows, _TOP_K.value, listed)
+
+
+def main(argv):
+  del argv
+  if not os.path.exists(_AUDIO.value):
+    raise JaxAudioError(f"{_AUDIO.value}: no such audio file or folder; check --audio.")
+  files = audio_files(_AUDIO.value)
+  if not files:
+    raise JaxAudioError(f"{_AUDIO.value}: no audio files found (extensions: wav, flac, ogg, "
+                        "mp3, ...); check --audio.")
+  if _JSON.value and _FORMAT.value == "raven":
+    raise JaxAudioError("--json and --format=raven are two output formats; pass one.")
+  out_dir = os.path.dirname(os.path.abspath(_OUT.value))
+  if not os.path.isdir(out_dir):
+    raise JaxAudioError(f"{out_dir}: no such folder for --out; create it first.")
+  model = _model()
+  try:
+    predictor = model.predictor(_HOP.value, _BATCH.value)
+  except ValueError as err:
+    raise ConfigError(f"--hop: {err}") from err
+  windows = _WINDOWS.value or _FORMAT.value == "raven"
+  thresholds = _thresholds(model)
+  event_cuts = None
+  if windows:
+    event_cuts = (thresholds if thresholds is not None
+                  else inference.thresholds_array(predictor.classes, 0.5))
+  writer = _writer(model, windows, thresholds)
+  skipped, done, audio_seconds = [], 0, 0.0
+  t0 = time.perf_counter()
+  workers = _WORKERS.value or min(auto_workers(), max(1, len(files) // 8))
+  featurizer = Featurizer(workers)
+  try:
+    tasks = ((i, p, None, 0) for i, p in enumerate(files))
+    for res in featurizer.map(tasks, predictor.spec.to_dict(), predictor.settings,
+                              total=len(files), desc="predict"):
+      path = files[res.index]
+      if res.error:
+        if _STRICT.value:
+          raise AudioError(f"{res.error} (--strict stops at the first bad file; without it "
+                           "such files are reported and skipped)")
+        skipped.append(path)
+        print(f"skipped: {res.error}", file=sys.stderr)
+        continue
+      writer.add(predictor.predict(res, path, event_cuts))
+      done += 1
+      audio_seconds += res.seconds
+  finally:
+    featurizer.close()
+    writer.close()
+  wall = time.perf_counter() - t0
+  print(f"predicted {done} files ({audio_seconds:.1f} s of audio) in {wall:.1f} s: "
+        f"{done / wall:.1f} files/s, {audio_seconds / wall:.1f} s of audio per second; "
+        f"skipped {len(skipped)} unreadable files")
+  if not done:
+    raise AudioError(f"none of the {len(files)} files under {_AUDIO.value} could be decoded; "
+                     "see the skipped lines above.")
+  for path in writer.paths:
+    print(f"wrote {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)

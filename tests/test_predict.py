@@ -1,0 +1,231 @@
+"""`python -m jaxaudio.predict` and ExportedModel.predict: the evaluation's per-clip numbers
+on a test folder, events on a long recording, thresholds chosen on validation, bad files."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from sklearn.metrics import f1_score
+
+from datafixtures import SR, tone, write_class_folder
+
+TONES = {"low": 200.0, "mid": 500.0, "high": 1100.0}
+
+
+def _noise(seconds, seed, level=0.1):
+  rng = np.random.default_rng(seed)
+  return (level * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+  """A small scratch model trained on three tones and a `background` class of noise, and a
+  40 s recording of noise with the tones at known places."""
+  from jaxaudio import configs
+  from jaxaudio.train import loop
+  tmp = tmp_path_factory.mktemp("detector")
+  clips = tmp / "clips"
+  for c, f in TONES.items():
+    os.makedirs(clips / c)
+    for i in range(12):
+      x = tone(f * (1 + 0.02 * (i % 4)), 3.0, seed=i) + _noise(3.0, 50 + i, 0.01 * (i % 7))
+      sf.write(str(clips / c / f"{c}_{i}.wav"), x, SR)
+  os.makedirs(clips / "background")
+  for i in range(12):
+    sf.write(str(clips / "background" / f"bg_{i}.wav"), _noise(3.0, 100 + i, 0.05 + 0.02 * i), SR)
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", str(tmp / "prepared")
+  cfg.data.val_fraction, cfg.data.test_fraction = 0.25, 0.25
+  # Levels as recorded: a field recording is normalised as a whole, so its quiet stretches
+  # would not look like background clips normalised one by one.
+  cfg.data.loudness = "none"
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=120, eval_every=40, log_every=40, batch_size=8, probe_steps=0,
+                   param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
+                   group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2,
+                   epochs=0)
+  workdir = str(tmp / "run")
+  test = loop.train_and_evaluate(cfg, workdir)
+  assert test["accuracy"] == 1.0, test
+  # 40 s: noise, with low at 6-12 s, high at 18-23 s and mid at 30-35 s over it.
+  spans = [("low", 6.0, 12.0), ("high", 18.0, 23.0), ("mid", 30.0, 35.0)]
+  x = _noise(40.0, 7, 0.05)
+  for label, lo, hi in spans:
+    a, b = int(lo * SR), int(hi * SR)
+    x[a:b] += tone(TONES[label], hi - lo, seed=3)[: b - a]
+  long = str(tmp / "field" / "long.wav")
+  os.makedirs(os.path.dirname(long))
+  sf.write(long, x, SR)
+  return workdir, long, spans
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(trained, cli,
+                                                                                tmp_path):
+  from jaxaudio import exported, inference
+  from jaxaudio.data import pipeline
+  from jaxaudio.data.prepare import prepare
+  from jaxaudio.evaluate import evaluation, predict
+  from jaxaudio.train.rundir import open_run
+  workdir, test_report = trained
+  run = open_run(workdir)
+  prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
+  windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
+                                      pipeline.eval_batches(prepared, "test", 32, 0, 1))
+  clips = predict.clip_level(windows, run.multi_label)
+  want = inference.probabilities(clips["logits"], False)
+  want = want / want.sum(1, keepdims=True)
+  root = run.cfg.data.source.split(":", 1)[1]
+  keys = prepared.meta["splits"]["test"]["clip_keys"]
+  # The whole folder (train, validation and test files) goes through predict.
+  out = tmp_path / "p.csv"
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={root}", f"--out={out}",
+          "--top_k=2")
+  assert r.returncode == 0, r.stderr
+  assert "predicted 30 files" in r.stdout and "files/s" in r.stdout
+  rows = {os.path.relpath(row["file"], root): row for row in _read_csv(out)}
+  assert len(rows) == 30
+  assert list(_read_csv(out)[0]) == ["file", "label"] + run.classes + ["top_k"]
+  got = np.array([[float(rows[k][c]) for c in run.classes] for k in keys])
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  assert [rows[k]["label"] for k in keys] == [run.classes[i] for i in want.argmax(1)]
+  accuracy = np.mean([rows[k]["label"] == k.split(os.sep)[0] for k in keys])
+  assert accuracy == pytest.approx(test_report["accuracy"])
+  # The Python API: a path and the same file as a waveform give what the CLI wrote.
+  model = exported.load(exported.for_run(workdir))
+  path = os.path.join(root, keys[0])
+  p = model.predict(path)
+  np.testing.assert_allclose(p.probabilities, got[0], atol=2e-6)
+  x, sr = sf.read(path, dtype="float32")
+  np.testing.assert_allclose(model.predict(x, sr=sr).probabilities, p.probabilities, atol=1e-6)
+  with pytest.raises(ValueError, match="sample rate"):
+    model.predict(x)
+
+
+def test_events_on_a_long_recording_land_on_the_sounds(detector, cli, tmp_path):
+  workdir, long, spans = detector
+  out = tmp_path / "p.json"
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={long}", f"--out={out}",
+          "--json", "--windows", "--hop=0.25", "--threshold=0.5")
+  assert r.returncode == 0, r.stderr
+  (item,) = json.loads(out.read_text())
+  assert item["file"] == long and len(item["windows"]) >= 60
+  starts = [w["start"] for w in item["windows"]]
+  assert starts[0] == 0.0 and np.allclose(np.diff(starts), 25 * 1024 / SR, atol=1e-3)
+  tone_events = [e for e in item["events"] if e["label"] != "background"]
+  assert [e["label"] for e in tone_events] == [s[0] for s in spans], item["events"]
+  errors = []
+  for e, (_, lo, hi) in zip(tone_events, spans):
+    errors += [e["start"] - lo, e["end"] - hi]
+    assert 0.5 <= e["peak"] <= 1.0
+  # A window fires once enough of it holds the sound: each boundary lies within half a
+  # window plus half a hop (2.32 s windows, 0.58 s hop) of the truth.
+  assert np.max(np.abs(errors)) < (2.32 + 0.58) / 2, errors
+  print("onset/offset errors (s):", np.round(errors, 3))
+  # The per-window CSV and the event CSV say the same.
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={long}",
+          f"--out={tmp_path / 'p.csv'}", "--windows", "--hop=0.25", "--threshold=0.5")
+  assert r.returncode == 0, r.stderr
+  events = _read_csv(tmp_path / "p.events.csv")
+  assert [(e["label"], round(float(e["start"]), 3)) for e in events] == \
+      [(e["label"], round(e["start"], 3)) for e in item["events"]]
+  assert len(_read_csv(tmp_path / "p.windows.csv")) == len(item["windows"])
+
+
+def test_validation_thresholds_and_raven_selection_table(detector, cli, tmp_path):
+  from jaxaudio.evaluate import thresholds
+  workdir, long, spans = detector
+  out = tmp_path / "sel.txt"
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={long}", f"--out={out}",
+          "--format=raven", "--threshold=validation", "--hop=0.25")
+  assert r.returncode == 0, r.stderr
+  stored = thresholds.for_run(workdir)
+  assert stored["split"] == "validation" and stored["clips"] == 12
+  assert os.path.exists(thresholds.path_for(workdir, stored["step"]))
+  assert all(0.0 < v["threshold"] <= 1.0 for v in stored["classes"].values())
+  lines = out.read_text().splitlines()
+  header = lines[0].split("\t")
+  assert header[:7] == ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
+                        "Low Freq (Hz)", "High Freq (Hz)"]
+  rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+  tones = [row for row in rows if row["Label"] != "background"]
+  assert [row["Label"] for row in tones] == [s[0] for s in spans]
+  assert [row["Selection"] for row in rows] == [str(i + 1) for i in range(len(rows))]
+  for row, (_, lo, _) in zip(tones, spans):
+    assert abs(float(row["Begin Time (s)"]) - lo) < 1.0
+    assert row["Begin Path"] == long and float(row["High Freq (Hz)"]) == 22050.0
+
+
+def test_best_f1_thresholds_match_a_brute_force_search():
+  from jaxaudio.evaluate.thresholds import best_f1
+  rng = np.random.default_rng(0)
+  onehot = rng.random((200, 3)) < [0.1, 0.4, 0.0]
+  probs = np.clip(onehot * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
+  got = best_f1(probs, onehot, ["a", "b", "c"])
+  for j, c in enumerate("ab"):
+    scores = np.unique(probs[:, j])
+    f1s = {t: f1_score(onehot[:, j], probs[:, j] >= t) for t in scores}
+    best = max(f1s.values())
+    assert got[c]["f1"] == pytest.approx(best)
+    # The threshold sits in the middle of the gap below the lowest best cut.
+    t = got[c]["threshold"]
+    assert f1_score(onehot[:, j], probs[:, j] >= t) == pytest.approx(best)
+    cut = min(k for k, v in f1s.items() if v == pytest.approx(best))
+    lower = scores[scores < cut]
+    assert t == pytest.approx((cut + (lower.max() if lower.size else 0.0)) / 2)
+    assert got[c]["support"] == int(onehot[:, j].sum())
+  assert got["c"] == {"threshold": 0.5, "f1": None, "precision": None, "recall": None,
+                      "support": 0}
+
+
+def test_detect_events_merges_runs_and_gives_each_window_its_middle():
+  from jaxaudio.inference import detect_events
+  # Windows of 2 s every 0.5 s: window i stands for [i*0.5 + 0.75, i*0.5 + 1.25).
+  start = np.arange(10) * 0.5
+  probs = np.zeros((10, 2))
+  probs[3:6, 0] = [0.6, 0.9, 0.7]     # windows 3-5
+  probs[9, 1] = 0.8                   # the last window
+  probs[0, 1] = 0.55                  # the first window
+  events = detect_events(start, probs, ["a", "b"], np.array([0.5, 0.5]), 2.0, 0.5, 6.2)
+  assert [(e.label, e.start, e.end, e.peak) for e in events] == [
+      ("b", 0.0, 1.25, 0.55), ("a", 2.25, 3.75, 0.9), ("b", 5.25, 6.2, 0.8)]
+  assert detect_events(start, probs, ["a", "b"], np.array([0.95, 0.95]), 2.0, 0.5, 6.2) == []
+
+
+def test_bad_files_are_reported_and_skipped_and_bad_flags_are_one_sentence(trained, cli,
+                                                                          tmp_path):
+  workdir, _ = trained
+  folder = tmp_path / "new"
+  write_class_folder(str(folder), per_class=1)
+  (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+  (folder / "notes.txt").write_text("not audio")
+  out = tmp_path / "p.csv"
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={folder}", f"--out={out}")
+  assert r.returncode == 0, r.stderr
+  assert "skipped:" in r.stderr and "broken.wav" in r.stderr and "skipped 1 unreadable" in r.stdout
+  assert len(_read_csv(out)) == 3
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={folder}", f"--out={out}",
+          "--strict")
+  assert r.returncode == 2 and "broken.wav" in r.stderr and "--strict" in r.stderr
+  assert "Traceback" not in r.stderr
+  for flags, words in ((["--threshold=high"], "neither a probability"),
+                       (["--hop=2"], "--hop"),
+                       ([f"--model={tmp_path}"], "not an exported jaxaudio model"),
+                       ([f"--out={tmp_path}/missing/p.csv"], "no such folder"),
+                       (["--json", "--format=raven"], "two output formats")):
+    args = [f"--workdir={workdir}"] * (not any(f.startswith("--model") for f in flags))
+    r = cli("jaxaudio.predict", *args, f"--audio={folder}", f"--out={out}", *flags)
+    assert r.returncode == 2 and words in r.stderr, (flags, r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  only_bad = tmp_path / "bad"
+  only_bad.mkdir()
+  (only_bad / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={only_bad}", f"--out={out}")
+  assert r.returncode == 2 and "none of the 1 files" in r.stderr
