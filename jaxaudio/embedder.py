@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxaudio.audio import frontend
 from jaxaudio.audio.io import AUDIO_EXTENSIONS, load_audio
-from jaxaudio.exported import embed_in_batches
+from jaxaudio.inference import in_batches
 from jaxaudio.models.registry import ModelInfo
 
 
@@ -30,7 +30,7 @@ class Embedder:
     self._apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["embedding"])
 
   def embed_windows(self, windows: np.ndarray) -> np.ndarray:
-    return embed_in_batches(lambda x: self._apply(self._variables, jnp.asarray(x)), windows,
+    return in_batches(lambda x: self._apply(self._variables, jnp.asarray(x)), windows,
                             self.batch_size, self.info.embedding_dim)
 
   def file_windows(self, path: str, hop_fraction: float = 0.5

@@ -73,22 +73,8 @@ class ExportedModel:
 
   def embeddings(self, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """[N, D] embeddings of [N, frames, mels] windows, in padded batches of `batch_size`."""
-    return embed_in_batches(lambda x: self(x)["embedding"], windows, batch_size,
-                            int(self.meta["embedding_dim"]))
-
-
-def embed_in_batches(embed, windows: np.ndarray, batch_size: int, dim: int) -> np.ndarray:
-  """[N, dim] = embed(batch) over [N, frames, mels] windows in batches of exactly
-  `batch_size` (the last one zero-padded), so one compiled program serves any N."""
-  windows = np.asarray(windows, np.float32)
-  out = np.empty((len(windows), dim), np.float32)
-  for start in range(0, len(windows), batch_size):
-    chunk = windows[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
-    out[start:start + n] = np.asarray(embed(chunk))[:n]
-  return out
+    return inference.in_batches(lambda x: self(x)["embedding"], windows, batch_size,
+                                int(self.meta["embedding_dim"]))
 
 
 def _sha256(weights: list[np.ndarray]) -> str:

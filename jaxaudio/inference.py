@@ -26,6 +26,26 @@ from jaxaudio.data import featurize
 from jaxaudio.errors import AudioError
 
 
+def pow2(n: int) -> int:
+  """The smallest power of two >= n (1 for n <= 1)."""
+  return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
+
+
+def in_batches(fn: Callable[[np.ndarray], np.ndarray], windows: np.ndarray, batch_size: int,
+               dim: int) -> np.ndarray:
+  """[N, dim] = fn(batch) over [N, frames, mels] windows in batches of exactly `batch_size`
+  (the last one zero-padded), so one compiled program serves any N."""
+  windows = np.asarray(windows, np.float32)
+  out = np.empty((len(windows), dim), np.float32)
+  for start in range(0, len(windows), batch_size):
+    chunk = windows[start:start + batch_size]
+    n = len(chunk)
+    if n < batch_size:
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
+    out[start:start + n] = np.asarray(fn(chunk))[:n]
+  return out
+
+
 def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
   """Window probabilities (float64): sigmoid per class, or softmax over classes."""
   logits = np.asarray(logits, np.float64)
@@ -146,16 +166,8 @@ class Predictor:
 
   def window_logits(self, windows: np.ndarray) -> np.ndarray:
     """[N, classes] logits of [N, frames, mels] windows, in fixed-size padded batches."""
-    windows = np.asarray(windows, np.float32)
-    batch = min(self.batch_size, 1 << max(0, int(np.ceil(np.log2(max(len(windows), 1))))))
-    out = np.empty((len(windows), len(self.classes)), np.float32)
-    for lo in range(0, len(windows), batch):
-      chunk = windows[lo:lo + batch]
-      n = len(chunk)
-      if n < batch:
-        chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], np.float32)])
-      out[lo:lo + n] = np.asarray(self.model(chunk)["logits"])[:n]
-    return out
+    batch = min(self.batch_size, pow2(len(windows)))
+    return in_batches(lambda x: self.model(x)["logits"], windows, batch, len(self.classes))
 
   def featurize(self, path: str | None = None, waveform: np.ndarray | None = None,
                 rate: int = 0) -> featurize.Result:

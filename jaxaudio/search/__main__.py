@@ -2,11 +2,14 @@
 
   python -m jaxaudio.search index --workdir=RUN --audio=FOLDER --index=PATH [--ann]
   python -m jaxaudio.search query --index=PATH --audio=FILE [--start=S --end=E] [--k=10] [--json]
+  python -m jaxaudio.search serve --index=PATH [--host=127.0.0.1] [--port=8000] [--token=T]
 
 `index` embeds every audio file under FOLDER with the run's best checkpoint (exported to
 RUN/export/ on first use; or pass --model=EXPORT_DIR) and brings PATH up to date: only new
 or changed files are embedded, deleted ones are dropped. `query` prints the best-matching
 files with the offset of their best window; --audio may be a folder (one query per file).
+`serve` answers queries over HTTP (JSON API and a page to listen to the matches; see
+jaxaudio/search/service.py) with the model and index kept loaded.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ from jaxaudio import cli
 from jaxaudio.errors import JaxAudioError
 
 _INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=True)
-_AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.",
-                             required=True)
+_AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "index: run directory of jaxaudio.main.")
 _STEP = flags.DEFINE_string("step", "best", "index: checkpoint: best, latest, a number, or "
                             "start (the weights the run started from, to compare with).")
@@ -42,6 +44,19 @@ _PER_FILE = flags.DEFINE_bool("per_file", True, "query: one hit per file (its be
                               "--noper_file ranks windows.")
 _EF = flags.DEFINE_integer("ef", 128, "query --ann: HNSW search breadth (recall vs speed).")
 _JSON = flags.DEFINE_bool("json", False, "query: print JSON instead of a table.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: address to bind (127.0.0.1 = this "
+                            "machine only; 0.0.0.0 = every interface).")
+_PORT = flags.DEFINE_integer("port", 8000, "serve: TCP port.", lower_bound=0, upper_bound=65535)
+_TOKEN = flags.DEFINE_string("token", None, "serve: every API call must carry this token "
+                             "(Authorization: Bearer TOKEN, or ?token=TOKEN).")
+_MAX_UPLOAD = flags.DEFINE_float("max_upload_mb", 50.0, "serve: largest upload accepted, MB.",
+                                 lower_bound=0.001)
+
+
+def _need_audio(command: str) -> str:
+  if not _AUDIO.value:
+    raise JaxAudioError(f"{command} needs --audio=FILE_OR_FOLDER.")
+  return _AUDIO.value
 
 
 def _index() -> int:
@@ -52,8 +67,9 @@ def _index() -> int:
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
+  audio = _need_audio("index")
   export_dir = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value))
-  summary = update(_INDEX.value, _AUDIO.value, export_dir, rebuild=_REBUILD.value,
+  summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
                    strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
                    hop=_HOP.value)
   for s in summary["skipped"]:
@@ -72,7 +88,7 @@ def _query() -> int:
   # pylint: disable=import-outside-toplevel
   from jaxaudio.embedder import audio_files
   from jaxaudio.search.searcher import Searcher
-  if not os.path.exists(_AUDIO.value):
+  if not os.path.exists(_need_audio("query")):
     raise JaxAudioError(f"{_AUDIO.value}: no such audio file or folder; check --audio.")
   searcher = Searcher(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value)
   paths = audio_files(_AUDIO.value)
@@ -92,9 +108,28 @@ def _query() -> int:
   return 0
 
 
+def _serve() -> int:
+  # pylint: disable=import-outside-toplevel
+  import uvicorn
+  from jaxaudio.search.service import create_app
+  app = create_app(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value, token=_TOKEN.value,
+                   max_upload_mb=_MAX_UPLOAD.value)
+  info = app.state.service.current()
+  where = f"http://{_HOST.value}:{_PORT.value}/"
+  print(f"serving {app.state.service.path}: {len(info.files)} files, "
+        f"{info.exact.manifest.live_rows} windows, model {info.exact.manifest.model['model']}")
+  print(f"page {where}{'?token=...' if _TOKEN.value else ''}   API docs {where}docs   "
+        "(Ctrl-C stops)")
+  if _HOST.value not in ("127.0.0.1", "localhost", "::1") and not _TOKEN.value:
+    print(f"note: bound to {_HOST.value} without --token: anyone who reaches this port can "
+          "query the index and listen to its files.")
+  uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning")
+  return 0
+
+
 def main(argv):
-  return _index() if argv[1] == "index" else _query()
+  return {"index": _index, "query": _query, "serve": _serve}[argv[1]]()
 
 
 if __name__ == "__main__":
-  cli.run(main, commands=("index", "query"))
+  cli.run(main, commands=("index", "query", "serve"))

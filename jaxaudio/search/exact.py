@@ -18,15 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxaudio.inference import pow2
+
 BLOCK = 16384      # index rows per matmul: bounds the [queries, windows, rows] intermediate
 MEMORY_BOUND_WINDOWS = 8          # up to this many query windows a call is memory-bound
 ONE_PASS_SCORE_BYTES = 256 << 20  # bound on the [windows, rows] scores of a one-pass call
 QUERY_BATCH = 64   # queries per program: bounds the [queries, rows] score matrix
-
-
-def pow2(n: int) -> int:
-  """The smallest power of two >= n (1 for n <= 1)."""
-  return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
 
 
 def pad_queries(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

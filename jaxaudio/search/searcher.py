@@ -16,8 +16,9 @@ from jaxaudio import exported
 from jaxaudio.audio.io import read_audio
 from jaxaudio.data.featurize import featurize
 from jaxaudio.errors import AudioError, SearchIndexError
+from jaxaudio.inference import pow2
 from jaxaudio.search import ann, store
-from jaxaudio.search.exact import ExactIndex, pow2
+from jaxaudio.search.exact import ExactIndex
 from jaxaudio.search.indexer import normalise, search_settings
 
 ANN_FANOUT = 8   # approximate search fetches this many rows per result and query window
@@ -73,6 +74,12 @@ class Searcher:
                   ) -> np.ndarray:
     """L2-normalised window embeddings [W, D] of a file (or its [start, end) seconds), cut
     and featurised exactly as the index's files were."""
+    return self.embed_windows(self.query_windows(path, start, end))
+
+  def query_windows(self, path: str, start: float | None = None, end: float | None = None
+                    ) -> np.ndarray:
+    """Log-mel windows of a file (or its [start, end) seconds) as the index's files were cut:
+    the decoding half of embed_audio, which needs no model (a server runs it in parallel)."""
     x, rate = read_audio(path)
     seconds = len(x) / rate
     lo, hi = start or 0.0, seconds if end is None else end
@@ -83,9 +90,13 @@ class Searcher:
                     rate=rate)
     if res.error:
       raise AudioError(res.error.replace("example 0", path))
+    return res.windows
+
+  def embed_windows(self, windows: np.ndarray) -> np.ndarray:
+    """L2-normalised embeddings of query windows."""
     # A query is a few windows: a batch of the next power of two, not the indexer's 64.
-    batch = min(64, pow2(len(res.windows)))
-    return normalise(self.model.embeddings(res.windows, batch))
+    batch = min(64, pow2(len(windows)))
+    return normalise(self.model.embeddings(windows, batch))
 
   def search(self, queries: list[np.ndarray], k: int = 10, per_file: bool = True
              ) -> list[list[Hit]]:
