@@ -76,6 +76,8 @@ RECIPES: dict[str, list[str]] = {
                                            "--config.train.class_weights=balanced"],
     "joint_lr3e-4_balanced_sampling": PLAIN + ["--config.train.learning_rate=3e-4",
                                                "--config.train.sampling=balanced"],
+    "joint_lr3e-4_ema": PLAIN + ["--config.train.learning_rate=3e-4",
+                                 "--config.train.ema_decay=0.99"],
     "lpft_plain": ["--config=configs/plain_finetune.py", "--config.train.probe_steps=600",
                    "--config.train.learning_rate=1e-3", "--config.train.bn=running",
                    "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.1}"],

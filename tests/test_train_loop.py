@@ -34,7 +34,9 @@ def args(tmp, clips, workdir, steps=24):
           # checkpoint the kill waits for, then block 4 on log-mels, then block 3 from step 18:
           # the resume crosses both kinds of stage.
           "--config.train.probe_steps=12",
-          "--config.train.unfreeze=((18, '^backbone/block3/', 'backbone'),)"]
+          "--config.train.unfreeze=((18, '^backbone/block3/', 'backbone'),)",
+          # The weight average lives in the optimizer state: it must cross stages and resume.
+          "--config.train.ema_decay=0.8"]
 
 
 def final_state(workdir, step):
@@ -79,6 +81,13 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
     assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
   assert json.load(open(f"{tmp}/killed/report/test_metrics.json"))["macro_f1"] == \
       report["macro_f1"]
+  # Evaluation, export and search read the average, not the raw weights.
+  from jaxaudio.train.rundir import open_run
+  run = open_run(f"{tmp}/whole", 24)
+  saved = final_state(f"{tmp}/whole", 24)
+  ema, raw = leaves(saved["opt_state"]["ema"]), leaves(saved["params"])
+  assert [x.tobytes() for x in leaves(run.variables["params"])] == [x.tobytes() for x in ema]
+  assert any(x.tobytes() != y.tobytes() for x, y in zip(ema, raw))
 
 
 def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):

@@ -1,5 +1,5 @@
-"""Recipe options: BatchNorm on running averages, label smoothing, class-weighted loss and
-class-balanced sampling."""
+"""Recipe options: BatchNorm on running averages, label smoothing, class-weighted loss,
+class-balanced sampling and weight averaging (EMA)."""
 
 import collections
 
@@ -14,7 +14,7 @@ from jaxaudio import configs
 from jaxaudio.data import pipeline
 from jaxaudio.errors import ConfigError
 from jaxaudio.models.registry import AISFX_SPEC
-from jaxaudio.train import steps
+from jaxaudio.train import optimizer, steps
 from test_train_core import batch, tiny_setup
 
 TRAIN_ALL = (("^backbone/", "backbone"), ("^head/", "head"))
@@ -82,9 +82,43 @@ def test_balanced_weights_equal_sklearn_and_balanced_sampling_draws_classes_equa
   assert repr(again) == repr(view)
 
 
+def test_params_ema_follows_the_updated_weights_and_leaves_frozen_ones_alone():
+  params = {"a": jnp.array([1.0, -2.0]), "frozen": jnp.array([-0.0, 3.0])}
+  trainable = {"a": True, "frozen": False}
+  tx = optimizer.with_params_ema(optax.sgd(0.1), 0.9, trainable)
+  state = tx.init(params)
+  ema = np.array([1.0, -2.0])
+  p = params
+  for t in range(30):
+    grads = {"a": jnp.array([1.0 + t, -0.5]), "frozen": jnp.zeros(2)}
+    updates, state = tx.update(grads, state, p)
+    updates = {"a": updates["a"], "frozen": jnp.zeros(2)}
+    p = optax.apply_updates(p, updates)
+    d = min(0.9, (1 + t) / (10 + t))
+    ema = d * ema + (1 - d) * np.asarray(p["a"], np.float64)
+  np.testing.assert_allclose(np.asarray(state.ema["a"]), ema, rtol=1e-5)
+  assert np.asarray(state.ema["frozen"]).tobytes() == np.asarray(params["frozen"]).tobytes()
+  assert int(state.count) == 30
+  # Evaluation reads the average; training keeps the raw weights.
+  setup, _ = tiny_setup(rules=TRAIN_ALL, warmup_steps=1, ema_decay=0.5)
+  st = setup.state
+  for i in range(3):
+    st, _ = _step(setup, None)(st, batch(seed=i))
+  assert isinstance(st.opt_state, optimizer.ParamsEma)
+  sc = steps.StepConfig(model=setup.model, tx=setup.tx, trainable=setup.trainable,
+                        num_classes=3, multi_label=False, spec=AISFX_SPEC)
+  got = steps.eval_step(st, batch(), sc)["logits"]
+  want = setup.model.apply({"params": st.opt_state.ema, "batch_stats": st.batch_stats},
+                           batch()["mel"])["logits"]
+  raw = setup.model.apply({"params": st.params, "batch_stats": st.batch_stats},
+                          batch()["mel"])["logits"]
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert np.abs(np.asarray(raw - want)).max() > 1e-4
+
+
 def test_recipe_keys_are_validated():
   for key, value in (("bn", "frozen"), ("label_smoothing", 1.0), ("class_weights", "inverse"),
-                     ("sampling", "oversample")):
+                     ("sampling", "oversample"), ("ema_decay", 1.0)):
     c = configs.base_config()
     c.train[key] = value
     with pytest.raises(ConfigError, match=f"train.{key}"):

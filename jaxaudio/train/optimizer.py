@@ -4,15 +4,18 @@ Config: an ordered list of (regex over "/"-joined parameter paths, group); the f
 wins and every parameter must match. Group "frozen" gets optax.set_to_zero() (stateless, so
 frozen leaves carry no optimizer state); every other group gets AdamW with its own learning
 rate (a multiplier of train.learning_rate, warmup + cosine), weight decay on kernels only.
-Gradient clipping sees trainable leaves only.
+Gradient clipping sees trainable leaves only. With train.ema_decay > 0 the optimizer state
+also carries an exponential moving average of the weights (`ParamsEma`), so it is
+checkpointed and resumed with everything else; evaluation reads it (`evaluation_params`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxaudio.errors import ConfigError
@@ -106,6 +109,45 @@ def schedules(cfg, groups, starts: dict[str, int] | None = None) -> dict[str, op
   return out
 
 
+class ParamsEma(NamedTuple):
+  """Optimizer state with an exponential moving average of the weights after each update."""
+
+  inner: optax.OptState
+  ema: Any          # like params
+  count: jax.Array  # updates averaged so far
+
+
+def with_params_ema(inner: optax.GradientTransformation, decay: float, trainable: Any
+                    ) -> optax.GradientTransformation:
+  """`inner`, plus an EMA of the updated weights: ema <- d ema + (1 - d) (params + updates)
+  with d = min(decay, (1 + t) / (10 + t)) at update t, so early averages are not dominated
+  by the starting weights. Frozen leaves are copied, never averaged (bitwise equal)."""
+
+  def init(params):
+    return ParamsEma(inner.init(params), jax.tree_util.tree_map(jnp.asarray, params),
+                     jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    updates, inner_state = inner.update(updates, state.inner, params)
+    t = state.count.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+    def average(ema, p, u, train):
+      if not train:
+        return ema
+      return (d * ema.astype(jnp.float32) + (1.0 - d) * (p + u).astype(jnp.float32)
+              ).astype(ema.dtype)
+    ema = jax.tree_util.tree_map(average, state.ema, params, updates, trainable)
+    return updates, ParamsEma(inner_state, ema, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def evaluation_params(params: Any, opt_state: Any) -> Any:
+  """The weights a run evaluates, selects, tests and exports: the EMA when it keeps one."""
+  return opt_state.ema if isinstance(opt_state, ParamsEma) else params
+
+
 def make_optimizer(params: Any, cfg, rules=None, starts: dict[str, int] | None = None
                    ) -> tuple[optax.GradientTransformation, dict[str, str],
                               dict[str, optax.Schedule]]:
@@ -124,4 +166,7 @@ def make_optimizer(params: Any, cfg, rules=None, starts: dict[str, int] | None =
                               trainable_mask(params, assignment)))
   # set_to_zero acts last for frozen leaves: nothing upstream can give them an update.
   chain.append(optax.multi_transform(transforms, labels_like(params, assignment)))
-  return optax.chain(*chain), assignment, scheds
+  tx = optax.chain(*chain)
+  if float(cfg.get("ema_decay", 0.0)) > 0:
+    tx = with_params_ema(tx, float(cfg.ema_decay), trainable_mask(params, assignment))
+  return tx, assignment, scheds

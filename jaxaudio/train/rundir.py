@@ -22,7 +22,7 @@ from jaxaudio import configs
 from jaxaudio.errors import CheckpointError, ConfigError
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.registry import ModelInfo, finetune_backbone, get_model
-from jaxaudio.train import checkpointing, factory, stages
+from jaxaudio.train import checkpointing, factory, optimizer, stages
 
 
 @dataclasses.dataclass
@@ -110,7 +110,9 @@ def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
   model = EmbeddingClassifier(finetune_backbone(info, widths=widths), len(labels["classes"]))
   return TrainedRun(workdir=workdir, cfg=cfg, info=info, classes=list(labels["classes"]),
                     multi_label=bool(labels["multi_label"]), step=step, model=model,
-                    variables={"params": state.params, "batch_stats": state.batch_stats})
+                    variables={"params": optimizer.evaluation_params(state.params,
+                                                                     state.opt_state),
+                               "batch_stats": state.batch_stats})
 
 
 def starting_variables(run: TrainedRun) -> tuple[str, Any]:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxaudio.train import augment as aug
+from jaxaudio.train.optimizer import evaluation_params
 from jaxaudio.train.state import TrainState
 
 
@@ -103,8 +104,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig
               ) -> dict[str, jax.Array]:
-  """Per-example logits and loss (masked rows included; the caller drops them)."""
-  out = cfg.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+  """Per-example logits and loss (masked rows included; the caller drops them), with the
+  weights the run evaluates (their moving average when train.ema_decay > 0)."""
+  params = evaluation_params(state.params, state.opt_state)
+  out = cfg.model.apply({"params": params, "batch_stats": state.batch_stats},
                         batch["mel"], train=False)
   per_example = _per_example_loss(out["logits"], _targets(batch, cfg), cfg.multi_label)
   return {"logits": out["logits"].astype(jnp.float32), "loss": per_example,
