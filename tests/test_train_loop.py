@@ -103,7 +103,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
     def step(state, batch):
       state, metrics = real_step(state, batch)
       calls["n"] += 1
-      if calls["n"] > 8:   # after the step-6 checkpoint, the loss "explodes"
+      if calls["n"] > 142:   # after the step-140 console line, the loss "explodes"
         metrics = dict(metrics, loss=metrics["loss"] * np.nan)
       return state, metrics
 
@@ -124,13 +124,15 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
   cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
-  cfg.train.update(num_steps=24, eval_every=6, log_every=6, batch_size=8, warmup_steps=3,
-                   probe_steps=0)
-  with pytest.raises(loop.TrainingDiverged,
-                     match=r"became nan by step 12; the last good checkpoint \(step 6\) is intact"):
+  # The default intervals (a console line every 20 steps, a checkpoint every 50): step 150
+  # is saved between two console lines, so its poisoned state must be caught before saving.
+  assert (cfg.train.log_every, cfg.train.eval_every) == (20, 50)
+  cfg.train.update(num_steps=160, batch_size=8, warmup_steps=3, probe_steps=0, epochs=0)
+  with pytest.raises(loop.TrainingDiverged, match=r"became nan by step 150; the last good "
+                                                  r"checkpoint \(step 100\) is intact"):
     loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
-  assert sorted(os.listdir(tmp_path / "wd" / "checkpoints")) == ["6"]
-  assert len(leaves(final_state(str(tmp_path / "wd"), 6))) > 20
+  assert sorted(os.listdir(tmp_path / "wd" / "checkpoints"), key=int) == ["50", "100"]
+  assert len(leaves(final_state(str(tmp_path / "wd"), 100))) > 20
 
 
 def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):

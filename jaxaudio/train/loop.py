@@ -180,6 +180,24 @@ class _Run:
         balanced_labels=self.train_labels if self.cfg.train.sampling == "balanced" else None))
 
 
+def _stop_if_diverged(metrics: list[dict[str, Any]], step: int, mgr) -> None:
+  """TrainingDiverged when a step's loss or gradient norm in `metrics` (host copies) is not
+  finite; called for every step before a checkpoint of its state can be written."""
+  bad = next((m for m in metrics if not (np.all(np.isfinite(m["loss"]))
+                                         and np.all(np.isfinite(m["grad_norm"])))), None)
+  if bad is None:
+    return
+  mgr.close()   # waits for pending saves: the message promises the last one is on disk
+  last = mgr.latest_step()
+  kept = (f"the last good checkpoint (step {last}) is intact" if last is not None
+          else "no checkpoint had been written yet")
+  what = "loss" if not np.all(np.isfinite(bad["loss"])) else "gradient norm"
+  value = float(np.mean(bad["loss"] if what == "loss" else bad["grad_norm"]))
+  raise TrainingDiverged(
+      f"the training {what} became {value} by step {step}; {kept}; lower "
+      "train.learning_rate or train.grad_clip_norm and run the same command again.")
+
+
 def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   """Run (or continue) the configured fine-tuning in `workdir`; returns the test report."""
   configs.validate(cfg)
@@ -261,14 +279,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
       host = jax.device_get(window)
       window = []
       means = {f"train_{k}": float(np.mean([np.mean(m[k]) for m in host])) for k in host[0]}
-      if not math.isfinite(means["train_loss"]):
-        mgr.close()   # waits for pending saves: the message promises the last one is on disk
-        last = mgr.latest_step()
-        kept = (f"the last good checkpoint (step {last}) is intact" if last is not None
-                else "no checkpoint had been written yet")
-        raise TrainingDiverged(
-            f"the training loss became {means['train_loss']} by step {step}; {kept}; lower "
-            "train.learning_rate or train.grad_clip_norm and run the same command again.")
+      _stop_if_diverged(host, step, mgr)
       means.update({f"lr_{g}": lr for g, lr in setup.learning_rates(step - 1).items()})
       writer.write_scalars(step, means)
       now = time.perf_counter()   # rate over this log interval: stages differ in speed
@@ -277,6 +288,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
                (step - logged[0]) / max(now - logged[1], 1e-9))
       logged = (step, now)
     if step % int(cfg.train.eval_every) == 0 or step == num_steps:
+      # Every step since the last console line is checked before its state can be saved.
+      _stop_if_diverged(jax.device_get(window), step, mgr)
       pred = predict.predict_windows(par.eval_step, state, data, "validation", batch_size,
                                      cfg.parallel, par.mesh)
       scores = _scores(pred, len(classes), multi_label)
