@@ -58,3 +58,35 @@ def trained(tmp_path_factory):
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2)
   workdir = str(tmp / "run")
   return workdir, loop.train_and_evaluate(cfg, workdir)
+
+
+@pytest.fixture(scope="session")
+def multilabel_trained(tmp_path_factory):
+  """A tiny multi-label run (3 tone classes, half of the clips also `tonal`) whose learning
+  rate is too small to change the validation mAP, so early stopping (patience 1) ends it at
+  step 10 of 40: (workdir, clip folder)."""
+  import csv
+  from datafixtures import write_class_folder
+  from jaxaudio import configs
+  from jaxaudio.train import loop
+  tmp = tmp_path_factory.mktemp("multilabel")
+  clips = write_class_folder(str(tmp / "clips"), per_class=8, seconds=1.5)
+  with open(os.path.join(clips, "labels.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "label"])
+    for cls in ("low", "mid", "high"):
+      for i in range(8):
+        w.writerow([f"{cls}/{cls}_{i}.wav", f"{cls};tonal" if i % 2 else cls])
+  cfg = configs.base_config()
+  cfg.data.source = f"csv:{os.path.join(clips, 'labels.csv')}"
+  cfg.data.prepared_dir = str(tmp / "prepared")
+  cfg.data.val_fraction, cfg.data.test_fraction = 0.25, 0.25
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=40, epochs=0, eval_every=5, log_every=5, batch_size=8,
+                   probe_steps=0, learning_rate=1e-9, early_stop_patience=1,
+                   param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
+                   group_lr_mult={"head": 1.0, "backbone": 1.0})
+  cfg.evaluate.at_end = False
+  workdir = str(tmp / "run")
+  loop.train_and_evaluate(cfg, workdir)
+  return workdir, clips

@@ -35,3 +35,21 @@ def test_cross_validation_trains_each_fold_once_and_summarises_them(trained, cli
   assert os.path.getmtime(os.path.join(workdir, "cv", "fold_1", "labels.json")) == stamp
   r = cli("jaxaudio.evaluate", f"--workdir={workdir}", "--folds=1")
   assert r.returncode == 2 and "use 2 or more folds" in r.stderr
+
+
+def test_multi_label_folds_report_map_and_early_stopped_folds_are_not_trained_again(
+    multilabel_trained, cli):
+  workdir, _ = multilabel_trained
+  r = cli("jaxaudio.evaluate", f"--workdir={workdir}", "--folds=2", "--bootstrap=0")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "mAP:" in r.stdout and "accuracy" not in r.stdout
+  assert "fold 1/2: mAP" in r.stderr
+  for i in (1, 2):   # each fold stopped early, long before its 40 steps
+    ckpts = os.listdir(os.path.join(workdir, "cv", f"fold_{i}", "checkpoints"))
+    assert max(int(c) for c in ckpts if c.isdigit()) == 10
+  stamps = [os.path.getmtime(os.path.join(workdir, "cv", f"fold_{i}", "labels.json"))
+            for i in (1, 2)]
+  r = cli("jaxaudio.evaluate", f"--workdir={workdir}", "--folds=2", "--bootstrap=0")
+  assert r.returncode == 0 and "training in" not in r.stderr, r.stderr[-2000:]
+  assert [os.path.getmtime(os.path.join(workdir, "cv", f"fold_{i}", "labels.json"))
+          for i in (1, 2)] == stamps

@@ -229,3 +229,35 @@ def test_bad_files_are_reported_and_skipped_and_bad_flags_are_one_sentence(train
   (only_bad / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
   r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={only_bad}", f"--out={out}")
   assert r.returncode == 2 and "none of the 1 files" in r.stderr
+
+
+def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multilabel_trained,
+                                                                           cli, tmp_path):
+  from jaxaudio import inference
+  from jaxaudio.data import pipeline
+  from jaxaudio.data.prepare import prepare
+  from jaxaudio.evaluate import evaluation, predict
+  from jaxaudio.train.rundir import open_run
+  workdir, clips = multilabel_trained
+  run = open_run(workdir)
+  assert run.multi_label and run.classes == ["high", "low", "mid", "tonal"]
+  prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
+  windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
+                                      pipeline.eval_batches(prepared, "test", 32, 0, 1))
+  want = inference.probabilities(predict.clip_level(windows, True)["logits"], True)
+  keys = prepared.meta["splits"]["test"]["clip_keys"]
+  out = tmp_path / "p.json"
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={clips}", f"--out={out}",
+          "--json", "--threshold=0.5")
+  assert r.returncode == 0, r.stderr
+  items = {os.path.relpath(i["file"], clips): i for i in json.loads(out.read_text())}
+  got = np.array([[items[k]["probabilities"][c] for c in run.classes] for k in keys])
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  for k in keys:   # sigmoid scores: independent per class, each label at or above 0.5
+    p = items[k]["probabilities"]
+    assert items[k]["labels"] == sorted((c for c in p if p[c] >= 0.5), key=lambda c: -p[c])
+  # Without --threshold the CSV of a multi-label run still lists labels at 0.5.
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={clips}",
+          f"--out={tmp_path / 'p.csv'}")
+  rows = _read_csv(tmp_path / "p.csv")
+  assert list(rows[0])[-1] == "labels" and len(rows) == 24

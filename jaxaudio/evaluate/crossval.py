@@ -2,8 +2,9 @@
 
 The recipe is DIR/config.json. Fold i trains in DIR/cv/fold_i with fold i as its test split
 (data.cv_folds / data.cv_fold; see jaxaudio.data.sources.cross_validation_splits), then is
-evaluated like any run. A fold whose run is complete is not trained again, so an
-interrupted cross-validation continues where it stopped. The summary - mean and sample
+evaluated like any run. A fold whose run is complete (its test report written, whether it
+ran all its steps or stopped early) is not trained again, so an interrupted
+cross-validation continues where it stopped. The summary - mean and sample
 standard deviation (ddof=1) over folds of every metric - goes to
 DIR/report/cross_validation.{json,md,png} and TensorBoard.
 """
@@ -116,7 +117,6 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
                    with_robustness: bool = False, bootstrap: int = 1000) -> dict[str, Any]:
   # pylint: disable=import-outside-toplevel
   from jaxaudio.train.loop import summary_writer, train_and_evaluate
-  from jaxaudio.train.rundir import resolve_step
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
@@ -128,18 +128,16 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
   for fold in range(1, folds + 1):
     fold_dir = os.path.join(workdir, "cv", f"fold_{fold}")
     cfg = fold_config(base, folds, fold)
-    try:
-      done = resolve_step(fold_dir, "latest") >= int(cfg.train.num_steps)
-    except CheckpointError:
-      done = False
-    if not done:
+    # A finished fold has its test report, also when it stopped early.
+    if not os.path.isfile(os.path.join(fold_dir, "report", "test_metrics.json")):
       _say(f"cross-validation fold {fold}/{folds}: training in {fold_dir}")
       train_and_evaluate(cfg, fold_dir)
     results.append(evaluate_run(fold_dir, "test", "best", with_retrieval, with_robustness,
                                 bootstrap))
     c = results[-1]["classification"]
-    _say(f"cross-validation fold {fold}/{folds}: accuracy {c['accuracy']:.4f}, macro-F1 "
-         f"{c['macro_f1']:.4f} on {c['num_examples']} test clips")
+    scores = ", ".join(f"{k} {c[k]:.4f}" for k in ("accuracy", "macro_f1", "mAP", "micro_f1")
+                       if k in c)
+    _say(f"cross-validation fold {fold}/{folds}: {scores} on {c['num_examples']} test clips")
   summary = summarise(results)
   summary["workdir"] = workdir
   out = os.path.join(workdir, "report")
