@@ -17,12 +17,6 @@ from typing import Callable
 import numpy as np
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=-1, keepdims=True))
-  return z / z.sum(axis=-1, keepdims=True)
-
-
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15
                                ) -> dict[str, np.ndarray | float]:
   """ECE and the reliability diagram's per-bin confidence, accuracy and count."""

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jaxaudio import inference
 from jaxaudio.data import pipeline
 from jaxaudio.data.featurize import featurize
 from jaxaudio.data.prepare import prepare, settings_from_config
@@ -45,13 +46,12 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
   clips = predict.clip_level(windows, multi_label)
   rep = report.classification_report(clips, classes, multi_label)
   labels = np.asarray(clips["label"])
+  probs = inference.probabilities(clips["logits"], multi_label)
   if multi_label:
-    probs = 1.0 / (1.0 + np.exp(-clips["logits"]))
     key = "mAP"
     metric = lambda i: report.classification_report(
         {"logits": clips["logits"][i], "label": labels[i]}, classes, True)["mAP"]
   else:
-    probs = calibration.softmax(clips["logits"])
     ece = calibration.expected_calibration_error(probs, labels)
     rep["ece"] = ece["ece"]
     rep["reliability"] = {k: np.asarray(v).tolist() for k, v in ece.items() if k != "ece"}

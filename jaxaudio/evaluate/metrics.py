@@ -13,6 +13,9 @@ from typing import Any
 import flax.struct
 import numpy as np
 from clu import metrics as clu_metrics
+from sklearn.metrics import average_precision_score
+
+from jaxaudio import inference
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -64,24 +67,17 @@ class ConfusionMatrix(clu_metrics.Metric):
 
 
 def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
-  """sklearn.metrics.average_precision_score for one class (step-wise, ties grouped)."""
-  order = np.argsort(-scores, kind="mergesort")
-  s, t = scores[order], targets[order].astype(np.float64)
-  distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-  tps = np.cumsum(t)[distinct]
-  fps = (distinct + 1) - tps
-  positives = t.sum()
-  if positives == 0:
+  """scikit-learn's average precision of one class; NaN when it has no positive example
+  (sklearn would warn and return a number that means nothing)."""
+  targets = np.asarray(targets).astype(bool)
+  if not targets.any():
     return float("nan")
-  precision = tps / (tps + fps)
-  recall = tps / positives
-  recall_prev = np.r_[0.0, recall[:-1]]
-  return float(np.sum((recall - recall_prev) * precision))
+  return float(average_precision_score(targets, scores))
 
 
 def multilabel_scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
   targets = np.asarray(targets) > 0.5
-  scores = 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+  scores = inference.probabilities(logits, multi_label=True)
   per_class = np.array([average_precision(targets[:, j], scores[:, j])
                         for j in range(targets.shape[1])])
   pred = scores >= 0.5

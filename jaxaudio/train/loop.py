@@ -19,12 +19,12 @@ import logging
 import jax
 import numpy as np
 
-from jaxaudio import configs
+from jaxaudio import configs, inference
 from jaxaudio.audio.frontend import silence_value
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import JaxAudioError
-from jaxaudio.evaluate import calibration, predict, report
+from jaxaudio.evaluate import predict, report
 from jaxaudio.evaluate.metrics import ConfusionMatrix, MultiLabelScores
 from jaxaudio.models.registry import get_model
 from jaxaudio.train import checkpointing, factory, head_only, optimizer, parallel, stages, steps
@@ -99,7 +99,7 @@ def _logmel_images(prepared, indices: list[int], pred: dict[str, np.ndarray], cl
   mels, titles = [], []
   for i in indices:
     logits = pred["logits"][i].astype(np.float64)
-    probs = 1 / (1 + np.exp(-logits)) if multi_label else calibration.softmax(logits)
+    probs = inference.probabilities(logits, multi_label)
     top = int(np.argmax(probs))
     mels.append(np.asarray(source[i]["mel"], np.float32))
     titles.append(f"true {_label_text(source[i]['label'], classes)}\n"
