@@ -179,8 +179,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(d.workers >= 0 and d.loader_workers >= 0, "data.workers", d.workers,
          "use 0 (all cores) or a positive count")
   t = c.train
-  _check(t.num_steps >= 0 and t.batch_size > 0, "train.num_steps", t.num_steps,
-         "use a positive num_steps (or 0 with train.epochs) and batch_size")
+  _check(t.num_steps >= 0, "train.num_steps", t.num_steps,
+         "use a positive step count, or 0 to count steps from train.epochs")
+  _check(t.batch_size > 0, "train.batch_size", t.batch_size,
+         "use a positive global batch size such as 32")
   _check(t.epochs > 0 or t.num_steps > 0, "train.epochs", t.epochs,
          "give train.epochs > 0 or train.num_steps > 0")
   _check(t.eval_every > 0 and t.log_every > 0, "train.eval_every", t.eval_every,

@@ -17,6 +17,12 @@ def test_defaults_validate_and_bad_values_name_the_key():
     bad.data[key] = value
     with pytest.raises(ConfigError, match=words):
       configs.validate(bad)
+  for key, value, words in (("batch_size", 0, "train.batch_size=0 is invalid"),
+                            ("num_steps", -1, "train.num_steps=-1 is invalid")):
+    bad = configs.base_config()
+    bad.train[key] = value
+    with pytest.raises(ConfigError, match=words):
+      configs.validate(bad)
   bad = configs.base_config()
   bad.model.name = "resnet"
   with pytest.raises(UnknownModelError):
