@@ -12,6 +12,9 @@ from absl import flags
 
 from jaxaudio import cli
 from jaxaudio.errors import JaxAudioError
+from jaxaudio.evaluate.crossval import cross_validate
+from jaxaudio.evaluate.evaluation import evaluate_run
+from jaxaudio.train.rundir import step_flag
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.",
                                required=True)
@@ -24,7 +27,6 @@ _FOLDS = flags.DEFINE_integer("folds", 0, "K-fold cross-validation of the run's 
 
 
 def _cross_validate() -> int:
-  from jaxaudio.evaluate.crossval import cross_validate  # pylint: disable=import-outside-toplevel
   if _FOLDS.value < 2:
     raise JaxAudioError(f"--folds={_FOLDS.value} cannot cross-validate; use 2 or more folds "
                         "(5 for ESC-50).")
@@ -42,8 +44,6 @@ def main(argv):
   del argv
   if _FOLDS.value:
     return _cross_validate()
-  from jaxaudio.evaluate.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
-  from jaxaudio.train.rundir import step_flag  # pylint: disable=import-outside-toplevel
   step = step_flag(_STEP.value, start=False)
   result = evaluate_run(_WORKDIR.value, _SPLIT.value, step, _RETRIEVAL.value, _ROBUSTNESS.value,
                         _BOOTSTRAP.value)

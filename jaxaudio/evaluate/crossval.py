@@ -23,6 +23,7 @@ from jaxaudio import configs
 from jaxaudio.evaluate import report
 from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.errors import CheckpointError
+from jaxaudio.train.loop import train_and_evaluate
 
 CLASSIFICATION_KEYS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "mAP",
                        "micro_f1", "ece")
@@ -115,8 +116,6 @@ def _say(line: str) -> None:
 
 def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
                    with_robustness: bool = False, bootstrap: int = 1000) -> dict[str, Any]:
-  # pylint: disable=import-outside-toplevel
-  from jaxaudio.train.loop import summary_writer, train_and_evaluate
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
@@ -148,7 +147,7 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
     f.write(markdown(summary, workdir))
   fig = figure(summary)
   fig.savefig(os.path.join(out, "cross_validation.png"))
-  writer = summary_writer(workdir)
+  writer = report.summary_writer(workdir)
   scalars = {}
   for key, s in summary["classification"].items():
     if key != "num_examples":

@@ -238,8 +238,7 @@ def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
 
 
 def _to_tensorboard(run: TrainedRun, result: dict[str, Any], images) -> None:
-  from jaxaudio.train.loop import summary_writer  # pylint: disable=import-outside-toplevel
-  writer = summary_writer(run.workdir)
+  writer = report.summary_writer(run.workdir)
   scalars = {f"evaluate_{k}": float(v) for k, v in result["classification"].items()
              if isinstance(v, float)}
   for model, scores in result.get("retrieval", {}).items():

@@ -1,4 +1,5 @@
-"""The end-of-run test report: DIR/report/test_metrics.json and confusion_matrix.png."""
+"""What a run reports: DIR/report/test_metrics.json, confusion_matrix.png, the figures, and
+the TensorBoard writer every command that reports on a run shares."""
 
 from __future__ import annotations
 
@@ -6,9 +7,20 @@ import json
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxaudio.evaluate import metrics
+
+
+def summary_writer(workdir: str):
+  """clu writer into WORKDIR/tensorboard (process 0 writes; the others only log); TF is
+  imported here, at the edge."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+  return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
+                                              just_logging=jax.process_index() > 0)
 
 
 def classification_report(predictions: dict[str, np.ndarray], classes: list[str],

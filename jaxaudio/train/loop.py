@@ -25,10 +25,11 @@ from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import JaxAudioError
 from jaxaudio.evaluate import predict, report
+from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.evaluate.metrics import ConfusionMatrix, MultiLabelScores
 from jaxaudio.models.registry import get_model
 from jaxaudio.train import checkpointing, factory, head_only, optimizer, parallel, stages, steps
-from jaxaudio.weights.pretrained import pretrained_variables
+from jaxaudio.weights import pretrained
 
 
 log = logging.getLogger("jaxaudio")
@@ -36,15 +37,6 @@ log = logging.getLogger("jaxaudio")
 
 class TrainingDiverged(JaxAudioError):
   """The loss became NaN or infinite."""
-
-
-def summary_writer(workdir: str):
-  """clu writer (TensorBoard on process 0 only); TF is imported here, at the edge."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  tf.config.set_visible_devices([], "GPU")  # TF must not take accelerator memory from JAX
-  from clu import metric_writers  # pylint: disable=import-outside-toplevel
-  return metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
-                                              just_logging=jax.process_index() > 0)
 
 
 def _score_name(cfg, multi_label: bool) -> str:
@@ -58,17 +50,6 @@ def _scores(pred: dict[str, np.ndarray], num_classes: int, multi_label: bool) ->
     return MultiLabelScores.from_model_output(logits=pred["logits"], labels=pred["label"]).compute()
   return ConfusionMatrix.empty(num_classes).merge(ConfusionMatrix.from_model_output(
       logits=pred["logits"], labels=pred["label"])).compute()
-
-
-def initial_variables(cfg, info, has_checkpoint: bool):
-  """Pretrained (or given) starting weights, or None for scratch or a run with checkpoints."""
-  if has_checkpoint or cfg.model.init == "scratch":
-    return None  # a checkpoint of our own always wins over pretrained weights
-  source = cfg.model.checkpoint or None if cfg.model.init == "pretrained" else cfg.model.init
-  variables, meta = pretrained_variables(info, source)
-  log.info("initialised the backbone from %s (sha256 %s)", meta.get("source"),
-               str(meta.get("source_sha256"))[:12])
-  return variables
 
 
 def _example_windows(prepared, split: str, count: int, scan: int = 2000) -> list[int]:
@@ -226,7 +207,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   run = _Run(cfg, info, prepared)
   # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
   stage = run.plan.index(max(latest - 1, 0)) if latest else 0
-  setup = run.build(initial_variables(cfg, info, latest is not None), stage)
+  setup = run.build(pretrained.initial_variables(cfg, info, latest is not None), stage)
   never_trained = optimizer.frozen_layer_groups(
       setup.state.params, optimizer.assign_groups(setup.state.params, run.plan.rules[-1]),
       info.layer_groups)
@@ -250,7 +231,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   num_steps = int(cfg.train.num_steps)
   score_name = _score_name(cfg, multi_label)
   image_windows = _example_windows(prepared, "validation", int(cfg.train.logmel_images))
-  writer = summary_writer(workdir)
+  writer = report.summary_writer(workdir)
   if latest is None:
     writer.write_hparams({k: str(v) for k, v in _flatten(cfg.to_dict()).items()})
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
@@ -343,7 +324,6 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   mgr.close()
   ev = cfg.get("evaluate") or {}
   if ev.get("at_end", False) and jax.process_index() == 0:
-    from jaxaudio.evaluate.evaluation import evaluate_run  # pylint: disable=import-outside-toplevel
     log.info("evaluating the best checkpoint (step %d) on the test split", meta["best_step"])
     result = evaluate_run(workdir, "test", meta["best_step"], bool(ev.get("retrieval")),
                           bool(ev.get("robustness")), int(ev.get("bootstrap", 1000)), batch_size)

@@ -23,6 +23,7 @@ from jaxaudio.errors import CheckpointError, ConfigError
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.registry import ModelInfo, finetune_backbone, get_model
 from jaxaudio.train import checkpointing, factory, optimizer, stages
+from jaxaudio.weights.pretrained import initial_variables
 
 
 @dataclasses.dataclass
@@ -117,7 +118,6 @@ def open_run(workdir: str, step: int | str = "best") -> TrainedRun:
 
 def starting_variables(run: TrainedRun) -> tuple[str, Any]:
   """The weights the run started from: its pretrained backbone (or seeded scratch init)."""
-  from jaxaudio.train.loop import initial_variables  # pylint: disable=import-outside-toplevel
   pretrained = initial_variables(run.cfg, run.info, has_checkpoint=False)
   plan = stages.plan(run.cfg.train)
   setup = factory.build(run.info, len(run.classes), run.cfg.train, pretrained=pretrained,

@@ -6,6 +6,7 @@ conversion. The trainer and `embed` both come through here.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -14,6 +15,8 @@ from typing import Any
 
 from jaxaudio.models.registry import ModelInfo
 from jaxaudio.weights import convert, pth, sources, store
+
+log = logging.getLogger("jaxaudio")
 
 
 def convert_file(info: ModelInfo, path: str) -> dict[str, Any]:
@@ -51,3 +54,16 @@ def pretrained_variables(info: ModelInfo, checkpoint: str | None = None
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   return store.load_converted(cached)
+
+
+def initial_variables(cfg, info: ModelInfo, has_checkpoint: bool) -> dict[str, Any] | None:
+  """The starting weights a run's config asks for (model.init: pretrained, with an optional
+  model.checkpoint, or a path), or None for scratch and for a run that has checkpoints of
+  its own (they always win over pretrained weights)."""
+  if has_checkpoint or cfg.model.init == "scratch":
+    return None
+  source = cfg.model.checkpoint or None if cfg.model.init == "pretrained" else cfg.model.init
+  variables, meta = pretrained_variables(info, source)
+  log.info("initialised the backbone from %s (sha256 %s)", meta.get("source"),
+           str(meta.get("source_sha256"))[:12])
+  return variables
