@@ -126,6 +126,7 @@ def test_mixup_on_embeddings():
   assert xm.shape == (4, 3) and np.all(lam >= 0.5)
   np.testing.assert_allclose(ym.sum(1), 1.0, rtol=1e-6)
   partner = np.argmax(ym - np.eye(4) * lam[:, None], axis=1)
+  assert partner.tolist() == [3, 0, 1, 2]   # the batch rolled by one
   np.testing.assert_allclose(xm, lam[:, None] * x + (1 - lam[:, None]) * x[partner], rtol=1e-5)
 
 

@@ -61,16 +61,18 @@ def random_gain(key, x, spec: FrontendSpec, max_db: float):
 
 
 def mixup(key, x, y_onehot, alpha: float):
-  """Convex mix of each example with a shuffled partner; labels mixed the same way."""
+  """Convex mix of each example with its neighbour in the batch (the batch rolled by one, as
+  big_vision does; batches are shuffled, so the pairs are random); labels mixed the same
+  way. A roll moves one row across each shard boundary, where a random permutation of a
+  data-sharded batch is an all-gather of the whole batch on every step."""
   if alpha <= 0:
     return x, y_onehot
-  k1, k2 = jax.random.split(key)
-  lam = jax.random.beta(k1, alpha, alpha, (x.shape[0],))
+  lam = jax.random.beta(key, alpha, alpha, (x.shape[0],))
   lam = jnp.maximum(lam, 1.0 - lam)   # keep the original example dominant
-  perm = jax.random.permutation(k2, x.shape[0])
   lx = lam.reshape((-1,) + (1,) * (x.ndim - 1))   # [B, T, M] windows or [B, D] embeddings
   ly = lam[:, None]
-  return lx * x + (1 - lx) * x[perm], ly * y_onehot + (1 - ly) * y_onehot[perm]
+  return (lx * x + (1 - lx) * jnp.roll(x, 1, axis=0),
+          ly * y_onehot + (1 - ly) * jnp.roll(y_onehot, 1, axis=0))
 
 
 def augment(key, x, y_onehot, cfg, spec: FrontendSpec, silence: float):
