@@ -115,6 +115,50 @@ def test_interrupted_prepare_leaves_nothing_complete(tmp_path, monkeypatch):
   assert built and prep.is_complete(prepared.root)
 
 
+def test_a_finished_build_is_never_deleted_by_a_host_that_finishes_at_the_same_time(
+    tmp_path, monkeypatch):
+  """Two hosts building the same data on shared storage finish together: this one looks for
+  a complete build, finds none, and just then the other host renames its build into place.
+  Both builds must survive that (readers may hold the other one open already)."""
+  root = write_class_folder(str(tmp_path / "clips"), per_class=3)
+  cfg = data_config(tmp_path, f"folder:{root}", val_fraction=0.34, test_fraction=0.34)
+  first, _ = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  other = str(tmp_path / "other_host_build")
+  os.rename(first.root, other)
+  with open(os.path.join(other, "sentinel"), "w") as f:
+    f.write("the other host's build")
+  real_build, real_complete = prep._build, prep.is_complete
+  state = {"built": False, "raced": False}
+
+  def build(*args, **kwargs):
+    real_build(*args, **kwargs)
+    state["built"] = True
+
+  def complete(path):
+    answer = real_complete(path)
+    if state["built"] and not state["raced"]:
+      state["raced"] = True
+      try:
+        os.rename(other, first.root)   # the other host finishes right after this check
+      except OSError:
+        pass                           # this host's build was there first: it stays
+    return answer
+
+  monkeypatch.setattr(prep, "_build", build)
+  monkeypatch.setattr(prep, "is_complete", complete)
+  prepared, built = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert built and real_complete(prepared.root) and prepared.root == first.root
+  survivors = [d for d in (other, first.root) if os.path.isfile(os.path.join(d, "sentinel"))]
+  assert survivors and real_complete(survivors[0])
+  assert not [d for d in os.listdir(tmp_path / "prepared") if ".tmp-" in d]
+  # A folder in the build's place that is no build: one sentence, nothing deleted.
+  monkeypatch.setattr(prep, "_build", real_build)
+  monkeypatch.setattr(prep, "is_complete", lambda path: False)
+  with pytest.raises(DataError, match="holds no complete build"):
+    prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert real_complete(first.root)
+
+
 def test_spec_mismatch_is_refused(tmp_path, folder):
   cfg = data_config(tmp_path, f"folder:{folder}", val_fraction=0.2, test_fraction=0.2)
   prepared, _ = prep.prepare(cfg, AISFX_SPEC, progress=False)

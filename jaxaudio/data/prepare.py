@@ -416,13 +416,15 @@ def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, b
   workers = int(cfg.workers) or auto_workers()
   try:
     _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key)
-    if not is_complete(root):   # another host or process may have finished the same build
-      shutil.rmtree(root, ignore_errors=True)   # a stale incomplete copy
-      try:
-        os.replace(tmp, root)
-      except OSError:
-        if not is_complete(root):
-          raise
+    # Another host or process may have finished the same build meanwhile: the rename is
+    # atomic and fails onto an existing build, so the first finished build wins and no one
+    # deletes a build that is complete (others may be reading it already).
+    try:
+      os.rename(tmp, root)
+    except OSError as err:
+      if not is_complete(root):
+        raise DataError(f"{root} exists but holds no complete build (left by another "
+                        f"program?); delete it and run again ({err}).") from err
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return open_prepared(root, spec), True
