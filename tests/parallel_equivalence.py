@@ -43,6 +43,9 @@ def main(num_steps=3):
                     axis_name=parallel.PMAP_AXIS if mode == "pmap" else None)
     par = parallel.make(mode, scfg)
     state = par.put_state(setup.state)
+    # On the devices once, not host arrays copied at every step.
+    assert all(isinstance(x, jax.Array) and len(x.sharding.device_set) == jax.device_count()
+               for x in jax.tree_util.tree_leaves(state))
     for b in batches:
       state, metrics = par.train_step(state, device_batch(b, mode, par.mesh))
     host = par.get_state(state)

@@ -39,10 +39,16 @@ class Parallel:
   eval_step: Callable
 
   def put_state(self, state: Any) -> Any:
+    """The state on the devices, where it stays between train and evaluation steps: for
+    pmap one copy per local device along a leading axis (numpy arrays would be copied to
+    the devices again at every call), for jit replicated over the mesh."""
     if self.mode == "pmap":
-      n = jax.local_device_count()
-      return jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
-                                    state)
+      devices = jax.local_devices()
+      per_device = NamedSharding(jax.sharding.Mesh(np.array(devices), ("replica",)),
+                                 P("replica"))
+      return jax.tree_util.tree_map(
+          lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),)
+                                                   + np.shape(x)), per_device), state)
     return jax.device_put(state, NamedSharding(self.mesh, P()))
 
   def get_state(self, state: Any) -> Any:
