@@ -78,6 +78,9 @@ RECIPES: dict[str, list[str]] = {
                                                "--config.train.sampling=balanced"],
     "joint_lr3e-4_ema": PLAIN + ["--config.train.learning_rate=3e-4",
                                  "--config.train.ema_decay=0.99"],
+    "joint_lr3e-4_blocks234": PLAIN + ["--config.train.learning_rate=3e-4",
+                                       "--config.train.param_groups=(('^backbone/(bn0|block1)/',"
+                                       "'frozen'),('^backbone/','backbone'),('^head/','head'))"],
     "lpft_plain": ["--config=configs/plain_finetune.py", "--config.train.probe_steps=600",
                    "--config.train.learning_rate=1e-3", "--config.train.bn=running",
                    "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.1}"],
