@@ -250,21 +250,51 @@ def test_concurrent_clients_each_get_their_own_answer(served, server):
       assert list(pool.map(ask, paths)) == paths
 
 
-def test_page_in_a_real_browser_finds_the_query_and_plays_from_the_match(served, server,
-                                                                         tmp_path):
+def _chromium():
+  """Headless Chromium through its WebDriver; its fake microphone plays a beep."""
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service as ChromeService
+  options = webdriver.ChromeOptions()
+  options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+              "--autoplay-policy=no-user-gesture-required", "--window-size=1200,1400",
+              "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
+    options.add_argument(arg)
+  return webdriver.Chrome(options=options, service=ChromeService(
+      shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+
+
+def test_page_records_from_the_microphone_and_searches_with_the_recording(server):
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions as ec
+  from selenium.webdriver.support.ui import WebDriverWait
+  driver = _chromium()
+  try:
+    wait = WebDriverWait(driver, 60)
+    driver.get(server + "/")
+    wait.until(lambda d: "files" in d.find_element(By.ID, "index-info").text)
+    record = driver.find_element(By.ID, "record")
+    record.click()
+    wait.until(lambda d: record.get_attribute("aria-pressed") == "true")
+    time.sleep(3.0)
+    record.click()   # stop: the recording becomes a WAV upload and is searched
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for"))
+    assert driver.find_element(By.ID, "query-name").text == "recording.wav"
+    seconds = float(driver.find_element(By.ID, "query-seconds").text.split()[0])
+    assert 2.0 < seconds < 5.0
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#results li")) == 10
+    assert record.get_attribute("aria-pressed") == "false"
+  finally:
+    driver.quit()
+
+
+def test_page_in_a_real_browser_finds_the_query_and_plays_from_the_match(served, server,
+                                                                         tmp_path):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support import expected_conditions as ec
   from selenium.webdriver.support.ui import WebDriverWait
   _, audio, _ = served
-  options = webdriver.ChromeOptions()
-  options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-              "--autoplay-policy=no-user-gesture-required", "--window-size=1200,1400"):
-    options.add_argument(arg)
-  driver = webdriver.Chrome(options=options, service=ChromeService(
-      shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+  driver = _chromium()
   try:
     wait = WebDriverWait(driver, 60)
     driver.get(server + "/")
