@@ -30,6 +30,8 @@ from jaxaudio.errors import AudioError, ConfigError, JaxAudioError
 from jaxaudio.evaluate import thresholds as validation_thresholds
 from jaxaudio.train.rundir import step_flag
 
+DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.")
 _MODEL = flags.DEFINE_string("model", None, "An exported model (jaxaudio.exported) instead "
                              "of --workdir.")
@@ -90,11 +92,15 @@ def _thresholds(model: exported.ExportedModel) -> np.ndarray | None:
 
 
 def _writer(model, windows: bool, thresholds):
+  """The output writer of --format / --json. The `labels` column lists the classes at or
+  above their threshold: when --threshold is given, and always for multi-label models
+  (at 0.5 by default), whose top label alone says too little."""
   classes = list(model.meta["classes"])
   if _FORMAT.value == "raven":
     return predictions.RavenWriter(_OUT.value, float(model.meta["frontend"]["fmax"]))
-  listed = thresholds if (thresholds is not None or not model.meta["multi_label"]) \
-      else inference.thresholds_array(classes, 0.5)
+  listed = thresholds
+  if listed is None and model.meta["multi_label"]:
+    listed = inference.thresholds_array(classes, DEFAULT_THRESHOLD)
   if _JSON.value:
     return predictions.JsonWriter(_OUT.value, windows, _TOP_K.value if _TOP_K.value > 1 else 0,
                                   listed)
@@ -124,7 +130,7 @@ def main(argv):
   event_cuts = None
   if windows:
     event_cuts = (thresholds if thresholds is not None
-                  else inference.thresholds_array(predictor.classes, 0.5))
+                  else inference.thresholds_array(predictor.classes, DEFAULT_THRESHOLD))
   writer = _writer(model, windows, thresholds)
   skipped, done, audio_seconds = [], 0, 0.0
   t0 = time.perf_counter()
