@@ -65,14 +65,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict({
       "seed": 0,
       # The default recipe (bench/recipes.py, README "Does fine-tuning earn its cost?"): the
-      # last two blocks and a fresh head trained together from the start, Adam at a constant
+      # last three blocks and a fresh head trained together from the start, Adam at a constant
       # learning rate, six epochs, no augmentation, no probe.
       "num_steps": 0,             # 0: probe_steps + epochs x train windows / batch_size
       "epochs": 6.0,              # used when num_steps is 0, once the data is prepared
       "batch_size": 32,           # global batch, split over processes and devices
       "learning_rate": 3e-4,      # times group_lr_mult per group
       # Ordered (regex over parameter paths, group); first match wins, all must match.
-      "param_groups": (("^backbone/(bn0|block1|block2)/", "frozen"),
+      "param_groups": (("^backbone/(bn0|block1)/", "frozen"),
                        ("^backbone/", "backbone"),
                        ("^head/", "head")),
       "group_lr_mult": {"head": 1.0, "backbone": 1.0},
