@@ -14,21 +14,26 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import cli
+from jaxaudio import cli, hosts
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Run directory (checkpoints, logs, report).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() (multi-host TPU/GPU).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process job: jax.distributed.initialize(), from the "
+    "cluster's environment (TPU pod, SLURM) or from the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None,
+                                   "HOST:PORT of process 0's coordinator (with --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
 
 
 def main(argv):
   del argv
   cfg = cli.load_config(_CONFIG)
-  if _DISTRIBUTED.value:
-    import jax  # pylint: disable=import-outside-toplevel
-    jax.distributed.initialize()
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DISTRIBUTED.value or any(v is not None for v in explicit):
+    hosts.initialize(*explicit)
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
   log = logging.getLogger("jaxaudio")

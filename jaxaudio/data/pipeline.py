@@ -1,10 +1,9 @@
 """grain input pipeline over prepared data, shaped for the parallel wrappers.
 
 Training: seeded shuffle each epoch (optionally class-balanced: BalancedSource), endless
-repeat, batches with drop_remainder, records sharded by JAX process, optional worker
-processes for prefetch; the iterator's state goes
-into orbax checkpoints (grain.checkpoint.CheckpointSave) so a resumed run sees the same
-batches. Evaluation: every window exactly once, the last batch padded and masked.
+repeat, global batches of which each JAX process reads its slice, optional worker processes
+for prefetch; the iterator's state goes into orbax checkpoints
+(grain.checkpoint.CheckpointSave) so a resumed run sees the same batches. Evaluation: every window exactly once, the last batch padded and masked.
 """
 
 from __future__ import annotations
@@ -83,24 +82,46 @@ def per_process_batch(global_batch: int, process_count: int) -> int:
   return global_batch // process_count
 
 
+class ReadBlock(grain.transforms.Map):
+  """Window indices -> the model-input batch of those records of `source`."""
+
+  def __init__(self, source, multi_label: bool):
+    self.source, self.to_input = source, ToModelInput(multi_label)
+
+  def map(self, element: np.ndarray) -> dict[str, np.ndarray]:
+    records = [self.to_input.map(self.source[int(i)]) for i in element]
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
 def train_loader(prepared: Prepared, split: str, global_batch: int, seed: int,
-                 worker_count: int = 0, shard: grain.sharding.ShardOptions | None = None,
-                 num_epochs: int | None = None, balanced_labels: np.ndarray | None = None
-                 ) -> grain.DataLoader:
-  """Endless shuffled batches of this process's shard of `split`; with `balanced_labels`
-  (the split's window labels) every class is drawn equally often."""
-  shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+                 worker_count: int = 0, num_epochs: int | None = None,
+                 balanced_labels: np.ndarray | None = None, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
+  """Shuffled batches of `split` (endless, or `num_epochs` whole global batches), this
+  process's slice of each; with `balanced_labels` (the split's window labels) every class is
+  drawn equally often.
+
+  One seeded order of the split, reshuffled each epoch, is cut into global batches, and
+  process p reads the p-th slice of each, as eval_batches does: the batches a step trains on
+  do not depend on how many processes share them, so one process with two devices and two
+  processes with one each train alike. The iterator's position goes into checkpoints
+  (grain.checkpoint.CheckpointSave).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
   source = prepared.data_source(split)
   if balanced_labels is not None:
     source = BalancedSource(source, balanced_labels, seed)
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard,
-                                        shuffle=True, num_epochs=num_epochs, seed=seed)
-  batch = per_process_batch(global_batch, shard.shard_count)
-  return grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[ToModelInput(prepared.multi_label),
-                  grain.transforms.Batch(batch_size=batch, drop_remainder=True)],
-      worker_count=worker_count, worker_buffer_size=2)
+  per_process = per_process_batch(global_batch, process_count)
+  order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
+  slices = order.batch(per_process, drop_remainder=True)
+  if num_epochs is not None:   # whole global batches only
+    slices = slices[:len(slices) // process_count * process_count]
+  batches = slices[process_index::process_count].map(ReadBlock(source, prepared.multi_label))
+  loader = batches.to_iter_dataset()
+  if worker_count:
+    loader = loader.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return loader
 
 
 def eval_batches(prepared: Prepared, split: str, global_batch: int,
@@ -108,8 +129,10 @@ def eval_batches(prepared: Prepared, split: str, global_batch: int,
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Every window of `split` exactly once across processes, in order, with a `mask`.
 
-  Each process takes a contiguous block; all processes yield the same number of batches
-  (collectives need that), padding with masked copies of a real record.
+  Global batch b holds windows [b * global_batch, (b + 1) * global_batch); process p takes
+  the p-th slice of it, so the processes' slices gathered in process order are the split in
+  order. All processes yield the same number of batches (collectives need that), padding
+  with masked copies of a real record.
   """
   return padded_batches(prepared.data_source(split), prepared.multi_label, global_batch,
                         process_index, process_count)
@@ -122,14 +145,11 @@ def padded_batches(source, multi_label: bool, global_batch: int,
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   to_input = ToModelInput(multi_label)
-  blocks = np.array_split(np.arange(len(source)), process_count)
-  mine = blocks[process_index]
   batch = per_process_batch(global_batch, process_count)
-  num_batches = -(-max(len(b) for b in blocks) // batch)
   filler = None
-  for b in range(num_batches):
-    idx = mine[b * batch:(b + 1) * batch]
-    records = [to_input.map(source[int(i)]) for i in idx]
+  for start in range(0, len(source), global_batch):
+    first = start + process_index * batch
+    records = [to_input.map(source[i]) for i in range(first, min(first + batch, len(source)))]
     if filler is None:
       filler = dict(records[0] if records else to_input.map(source[0]))
       filler["mask"] = np.float32(0.0)

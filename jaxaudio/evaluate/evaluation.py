@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxaudio import inference
+from jaxaudio import hosts, inference
 from jaxaudio.data import pipeline
 from jaxaudio.data.featurize import featurize
 from jaxaudio.data.prepare import prepare, settings_from_config
@@ -78,7 +78,7 @@ def retrieval_side_by_side(run: TrainedRun, prepared, split: str, tuned: dict[st
   """Retrieval scores of the starting weights and of the fine-tuned ones on `split`."""
   name, base_vars = starting_variables(run)
   base = window_outputs(apply_fn(run, base_vars),
-                        pipeline.eval_batches(prepared, split, batch_size, 0, 1))
+                        pipeline.eval_batches(prepared, split, batch_size))
   out = {}
   for label, windows in ((name, base), ("fine-tuned", tuned)):
     _, emb = retrieval.clip_embeddings(windows["embedding"], windows["clip"])
@@ -112,7 +112,7 @@ def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
       label = (np.isin(listing.classes, clip.labels).astype(np.uint8) if listing.multi_label
                else index[clip.labels[0]])
       records += [{"mel": w, "label": label, "clip": i} for w in res.windows]
-    batches = pipeline.padded_batches(records, listing.multi_label, batch_size, 0, 1)
+    batches = pipeline.padded_batches(records, listing.multi_label, batch_size)
     rep, _ = classification(window_outputs(apply, batches), run.classes, run.multi_label,
                             bootstrap=0)
     results[name] = {k: float(v) for k, v in rep.items()
@@ -206,16 +206,17 @@ def markdown(result: dict[str, Any]) -> str:
 def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
                  with_retrieval: bool = False, with_robustness: bool = False,
                  bootstrap: int = 1000, batch_size: int = 32) -> dict[str, Any]:
-  """Evaluate and write DIR/report/evaluation.{json,md} and figures; returns the result."""
+  """Evaluate and write DIR/report/evaluation.{json,md} and figures; returns the result.
+
+  In a multi-process job every process calls it: each runs the model on its slice of every
+  batch, all get the gathered result, and process 0 writes the report."""
   run = open_run(workdir, step)
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
   apply = apply_fn(run, run.variables)
-  windows = window_outputs(apply, pipeline.eval_batches(prepared, split, batch_size, 0, 1))
+  windows = window_outputs(apply, pipeline.eval_batches(prepared, split, batch_size))
   cls, curves = classification(windows, run.classes, run.multi_label, bootstrap)
   result: dict[str, Any] = {"workdir": run.workdir, "step": run.step, "split": split,
                             "classification": cls}
-  out_dir = os.path.join(run.workdir, "report")
-  os.makedirs(out_dir, exist_ok=True)
   figures = {"pr_curves": pr_figure(curves, run.classes)}
   if not run.multi_label:
     figures["reliability"] = reliability_figure(cls["reliability"], cls["ece"])
@@ -225,6 +226,15 @@ def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
     result["robustness"] = robustness(run, split, apply, batch_size)
     metric = "mAP" if run.multi_label else "accuracy"
     figures["robustness"] = robustness_figure(result["robustness"], metric)
+  if hosts.is_primary():
+    _write(run, result, figures)
+  return result
+
+
+def _write(run: TrainedRun, result: dict[str, Any], figures) -> None:
+  """DIR/report/evaluation.{json,md}, the figures as PNG, and all of it in TensorBoard."""
+  out_dir = os.path.join(run.workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
   images = {}
   for name, fig in figures.items():
     fig.savefig(os.path.join(out_dir, f"{name}.png"))
@@ -234,7 +244,6 @@ def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
   with open(os.path.join(out_dir, "evaluation.md"), "w") as f:
     f.write(markdown(result))
   _to_tensorboard(run, result, images)
-  return result
 
 
 def _to_tensorboard(run: TrainedRun, result: dict[str, Any], images) -> None:

@@ -6,16 +6,19 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxaudio import inference
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import Prepared
 
 
-def _to_host(x) -> np.ndarray:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+def _process_rows(x) -> np.ndarray:
+  """This process's rows of a step output as numpy, in global order: the addressable shards
+  of a global jax.Array sharded along its first axis, else the whole array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shards = {s.index[0].start or 0: s for s in x.addressable_shards}   # replicas once
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
   return np.asarray(x)
 
 
@@ -31,16 +34,24 @@ def predict_windows(eval_step: Callable, state: Any, prepared: Prepared, split: 
 
 def collect(step: Callable, batches, keys: tuple[str, ...], pmap: bool = False
             ) -> dict[str, np.ndarray]:
-  """`keys` of step(batch), label and clip of every unmasked row of `batches`."""
+  """`keys` of step(batch), label and clip of every unmasked row of `batches`.
+
+  With several processes each holds its slice of every global batch (pipeline.padded_batches);
+  the slices are gathered to every process, so all of them return the whole split, in order.
+  """
   out = {k: [] for k in keys + ("label", "clip")}
   for batch in batches:
     res = step(batch)
-    keep = batch["mask"] > 0
-    for k in keys:
-      v = _to_host(res[k])
-      out[k].append(v.reshape((-1,) + v.shape[2:] if pmap else v.shape)[keep])
-    out["label"].append(batch["label"][keep])
-    out["clip"].append(batch["clip"][keep])
+    rows = {k: _process_rows(res[k]) for k in keys}
+    if pmap:   # [local devices, per device, ...] -> rows
+      rows = {k: v.reshape((-1,) + v.shape[2:]) for k, v in rows.items()}
+    rows.update(label=batch["label"], clip=batch["clip"], mask=batch["mask"])
+    if jax.process_count() > 1:
+      rows = jax.tree_util.tree_map(np.asarray,
+                                    multihost_utils.process_allgather(rows, tiled=True))
+    keep = rows["mask"] > 0
+    for k in out:
+      out[k].append(rows[k][keep])
   return {k: np.concatenate(v) for k, v in out.items()}
 
 

@@ -323,7 +323,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   writer.flush()
   mgr.close()
   ev = cfg.get("evaluate") or {}
-  if ev.get("at_end", False) and jax.process_index() == 0:
+  if ev.get("at_end", False):   # every process: the restore and the gathers are collective
     log.info("evaluating the best checkpoint (step %d) on the test split", meta["best_step"])
     result = evaluate_run(workdir, "test", meta["best_step"], bool(ev.get("retrieval")),
                           bool(ev.get("robustness")), int(ev.get("bootstrap", 1000)), batch_size)
