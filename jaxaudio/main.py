@@ -42,9 +42,10 @@ def main(argv):
   log.propagate = False  # absl stays at WARNING: orbax and TF are chatty at INFO
   from jaxaudio.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
   test = train_and_evaluate(cfg, _WORKDIR.value)
-  summary = {k: v for k, v in test.items() if k != "per_class" and k != "confusion_matrix"}
-  print(json.dumps(summary))
-  print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'report')}")
+  if hosts.is_primary():   # every process holds the same report; one prints it
+    summary = {k: v for k, v in test.items() if k != "per_class" and k != "confusion_matrix"}
+    print(json.dumps(summary))
+    print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'report')}")
   return 0
 
 

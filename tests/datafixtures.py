@@ -2,7 +2,9 @@
 
 import os
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import soundfile as sf
 
 from jaxaudio.configs import base_config
@@ -40,3 +42,13 @@ def data_config(tmp_path, source, **overrides):
   for k, v in overrides.items():
     cfg[k] = v
   return cfg
+
+
+def saved_state(workdir, step):
+  """The TrainState tree of a run's checkpoint `step` as numpy arrays, whatever the number
+  of processes and devices that wrote it (its saved shardings are not restored)."""
+  ckptr = ocp.StandardCheckpointer()
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  meta = ckptr.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  return ckptr.restore(path, jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), meta))

@@ -65,3 +65,29 @@ def test_gpu_script_single_host_and_slurm():
   slurm = dry_run("gpu.sh", "/runs/a", SLURM_NTASKS="4").split()
   assert slurm[:2] == ["srun", "--kill-on-bad-exit=1"] and "--distributed" in slurm
   assert slurm.index("--distributed") > slurm.index("jaxaudio.main")
+
+
+def test_local_script_runs_n_processes_of_one_job():
+  out = dry_run("local.sh", "3", "/runs/pod", "--config.train.num_steps=5", PORT="4567").split("\n")
+  cmds = [line.split() for line in out if line]
+  assert len(cmds) == 3
+  for i, cmd in enumerate(cmds):
+    assert cmd[:4] == ["python", "-m", "jaxaudio.main", "--config=configs/finetune.py"]
+    assert cmd[4:] == ["--workdir=/runs/pod", "--coordinator=127.0.0.1:4567",
+                       "--num_processes=3", f"--process_id={i}", "--config.train.num_steps=5"]
+  bad = subprocess.run(["bash", "launch/local.sh", "two", "/runs/pod"], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: N=two is not a positive number")
+
+
+def test_explicit_process_flags_are_checked_before_any_work(cli):
+  partial = cli("jaxaudio.main", "--coordinator=127.0.0.1:1", "--num_processes=2")
+  assert partial.returncode == 2
+  assert partial.stderr.strip().endswith("--coordinator, --num_processes and --process_id go "
+                                         "together; give all three, or none to detect the "
+                                         "cluster (TPU pod, SLURM).")
+  outside = cli("jaxaudio.main", "--coordinator=127.0.0.1:1", "--num_processes=2",
+                "--process_id=2")
+  assert outside.returncode == 2
+  assert outside.stderr.strip().endswith("--process_id=2 is not in 0..1; number the processes "
+                                         "from 0.")

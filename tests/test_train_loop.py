@@ -9,10 +9,9 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from datafixtures import write_class_folder
+from datafixtures import saved_state, write_class_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,11 +36,6 @@ def args(tmp, clips, workdir, steps=24):
           "--config.train.unfreeze=((18, '^backbone/block3/', 'backbone'),)",
           # The weight average lives in the optimizer state: it must cross stages and resume.
           "--config.train.ema_decay=0.8"]
-
-
-def final_state(workdir, step):
-  ckptr = ocp.StandardCheckpointer()
-  return ckptr.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
 def leaves(tree):
@@ -75,7 +69,7 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
                          cwd=ROOT, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from step" in again.stderr
-  a, b = leaves(final_state(f"{tmp}/whole", 24)), leaves(final_state(f"{tmp}/killed", 24))
+  a, b = leaves(saved_state(f"{tmp}/whole", 24)), leaves(saved_state(f"{tmp}/killed", 24))
   assert len(a) == len(b) > 20
   for x, y in zip(a, b):
     assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
@@ -84,7 +78,7 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
   # Evaluation, export and search read the average, not the raw weights.
   from jaxaudio.train.rundir import open_run
   run = open_run(f"{tmp}/whole", 24)
-  saved = final_state(f"{tmp}/whole", 24)
+  saved = saved_state(f"{tmp}/whole", 24)
   ema, raw = leaves(saved["opt_state"]["ema"]), leaves(saved["params"])
   assert [x.tobytes() for x in leaves(run.variables["params"])] == [x.tobytes() for x in ema]
   assert any(x.tobytes() != y.tobytes() for x, y in zip(ema, raw))
@@ -132,7 +126,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
                                                   r"checkpoint \(step 100\) is intact"):
     loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints"), key=int) == ["50", "100"]
-  assert len(leaves(final_state(str(tmp_path / "wd"), 100))) > 20
+  assert len(leaves(saved_state(str(tmp_path / "wd"), 100))) > 20
 
 
 def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
@@ -154,7 +148,7 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   assert report["num_examples"] == 3
   fresh = factory.build(get_model("aisfx"), 3, cfg.train, widths=(4, 8, 8, 16)).state
   import jax
-  saved = final_state(wd, 12)
+  saved = saved_state(wd, 12)
   flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v)
                     for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
   a, b = flat(fresh.params["backbone"]), flat(saved["params"]["backbone"])
@@ -171,7 +165,7 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   run = rundir.open_run(wd)
   assert run.classes == ["high", "low", "mid"] and not run.multi_label
   assert run.step == report["best_step"]
-  best = flat(final_state(wd, run.step)["params"])
+  best = flat(saved_state(wd, run.step)["params"])
   opened = flat(run.variables["params"])
   assert best.keys() == opened.keys() and all(best[k].tobytes() == opened[k].tobytes()
                                               for k in best)
@@ -206,6 +200,6 @@ def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
   from jaxaudio.models.registry import get_model
   from jaxaudio.train import factory
   fresh = factory.build(get_model("aisfx"), 3, cfg.train, widths=(4, 8, 8, 16)).state
-  saved = final_state(wd, 7)
+  saved = saved_state(wd, 7)
   assert all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(
       jax.tree_util.tree_leaves(fresh.batch_stats), jax.tree_util.tree_leaves(saved["batch_stats"])))

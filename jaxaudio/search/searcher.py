@@ -32,22 +32,34 @@ class Hit:
   score: float      # cosine similarity, best over the query's windows
 
 
+def _load_model(path: str, manifest) -> exported.ExportedModel:
+  """The exported model stored in the index, checked to be the one that embedded it."""
+  model_dir = os.path.join(path, "model")
+  try:
+    model = exported.load(model_dir)
+  except (ValueError, OSError) as err:
+    raise SearchIndexError(f"{path}: the model stored in the index is unusable ({err}); "
+                           "rebuild the index with --rebuild.") from err
+  if model.meta["weights_sha256"] != manifest.model["weights_sha256"]:
+    raise SearchIndexError(f"{model_dir} is not the model this index was built with (weights "
+                           "sha256 differs); rebuild the index with --rebuild.")
+  return model
+
+
 class Searcher:
   """An opened index. use_ann=True searches the FAISS graph built with `index --ann`."""
 
-  def __init__(self, index_path: str, use_ann: bool = False, ef: int = ann.EF_SEARCH):
+  def __init__(self, index_path: str, use_ann: bool = False, ef: int = ann.EF_SEARCH,
+               share: Searcher | None = None):
+    """`share`: an exact Searcher of the same index whose manifest, model and rows this one
+    reuses instead of reading them again (a server holds both kinds)."""
     self.path = os.path.abspath(index_path)
-    self.manifest = store.read_manifest(self.path)
-    model_dir = os.path.join(self.path, "model")
-    try:
-      self.model = exported.load(model_dir)
-    except (ValueError, OSError) as err:
-      raise SearchIndexError(f"{self.path}: the model stored in the index is unusable ({err}); "
-                             "rebuild the index with --rebuild.") from err
-    if self.model.meta["weights_sha256"] != self.manifest.model["weights_sha256"]:
-      raise SearchIndexError(f"{model_dir} is not the model this index was built with (weights "
-                             "sha256 differs); rebuild the index with --rebuild.")
-    self.rows = store.load_rows(self.path, self.manifest, embeddings=not use_ann)
+    if share is not None:
+      self.manifest, self.model, self.rows = share.manifest, share.model, share.rows
+    else:
+      self.manifest = store.read_manifest(self.path)
+      self.model = _load_model(self.path, self.manifest)
+      self.rows = store.load_rows(self.path, self.manifest, embeddings=not use_ann)
     self.spec_dict = self.manifest.model["frontend"]
     self.settings = search_settings(self.manifest.model)
     self.window_seconds = (self.spec_dict["frames_per_window"] * self.spec_dict["hop_length"]

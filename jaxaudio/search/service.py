@@ -93,7 +93,7 @@ def _stamp(path: str) -> tuple:
 def _load(path: str, ef: int) -> Loaded:
   stamp = _stamp(path)
   exact = Searcher(path)
-  approx = Searcher(path, use_ann=True, ef=ef) if exact.manifest.ann else None
+  approx = Searcher(path, use_ann=True, ef=ef, share=exact) if exact.manifest.ann else None
   files = {file_id(e.path): e for e in exact.rows.files}
   return Loaded(stamp, exact, approx, exact.model.predictor(), files, time.time())
 

@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from jaxaudio.errors import CheckpointError
+from jaxaudio.train import parallel
 
 
 def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -35,13 +36,17 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def to_host(tree: Any) -> Any:
-  """numpy copy of a pytree (also the restore template: device buffers get donated)."""
-  return jax.tree_util.tree_map(np.asarray, tree)
+  """numpy copy of a replicated pytree (also the restore template: device buffers get
+  donated)."""
+  return parallel.host_copy(tree)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, iterator, meta: dict[str, Any],
          score: float) -> None:
-  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(to_host(state)),
+  """Checkpoint `step`: `state` as replicated global jax.Arrays (Parallel.global_state), so
+  every process takes part and orbax writes each array once; the call returns once the
+  arrays are copied off the devices and writes in the background."""
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                          data=grain.checkpoint.CheckpointSave(iterator),
                                          meta=ocp.args.JsonSave(meta)),
            metrics={"score": float(score)})
@@ -56,9 +61,14 @@ def _restore(mgr: ocp.CheckpointManager, step: int, **args):
                           "--workdir.") from err
 
 
-def restore(mgr: ocp.CheckpointManager, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
-  """(state shaped like `template`, meta) of checkpoint `step`."""
-  restored = _restore(mgr, step, state=ocp.args.StandardRestore(to_host(template)),
+def restore(mgr: ocp.CheckpointManager, step: int, template: Any,
+            sharding: jax.sharding.Sharding | None = None) -> tuple[Any, dict[str, Any]]:
+  """(state shaped like `template`, meta) of checkpoint `step`: numpy arrays, or global
+  jax.Arrays placed with `sharding` (parallel.replicated()) straight from the files."""
+  host = to_host(template)
+  target = host if sharding is None else jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), host)
+  restored = _restore(mgr, step, state=ocp.args.StandardRestore(target),
                       meta=ocp.args.JsonRestore())
   return restored["state"], dict(restored["meta"])
 

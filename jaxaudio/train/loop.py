@@ -18,6 +18,7 @@ import logging
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxaudio import configs, inference
 from jaxaudio.audio.frontend import silence_value
@@ -219,21 +220,24 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
            optimizer.describe(setup.assignment, setup.state.params))
   host_state = checkpointing.to_host(setup.state)  # device buffers are donated to the step
   meta = {"best_score": -math.inf, "best_step": -1, "evals_without_improvement": 0}
+  resumed = None   # global arrays on the mesh, read by every process
   if latest is not None:
-    host_state, meta = checkpointing.restore(mgr, latest, host_state)
+    resumed, meta = checkpointing.restore(mgr, latest, host_state, parallel.replicated())
+    host_state = checkpointing.to_host(resumed)
     log.info("resumed from step %d in %s", latest, workdir)
   par, data = run.enter(setup, stage, host_state)
   iterator = run.loader(data)
   if latest is not None:
     checkpointing.restore_data(mgr, latest, iterator)
-  state = par.put_state(host_state)
+  state = par.put_state(host_state if resumed is None else resumed)
   step = int(np.asarray(host_state.step))
   num_steps = int(cfg.train.num_steps)
   score_name = _score_name(cfg, multi_label)
   image_windows = _example_windows(prepared, "validation", int(cfg.train.logmel_images))
   writer = report.summary_writer(workdir)
   if latest is None:
-    writer.write_hparams({k: str(v) for k, v in _flatten(cfg.to_dict()).items()})
+    writer.write_hparams({k: str(v) for k, v in
+                          traverse_util.flatten_dict(cfg.to_dict(), sep=".").items()})
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_secs=60)
@@ -295,7 +299,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
       if score >= meta["best_score"]:
         meta.update(best_score=score, best_step=step)
       meta["evals_without_improvement"] = 0 if improved else meta["evals_without_improvement"] + 1
-      checkpointing.save(mgr, step, par.get_state(state), iterator, meta, score)
+      checkpointing.save(mgr, step, par.global_state(state), iterator, meta, score)
       log.info("validation at step %d: %s=%.4f (best %.4f at step %d)", step, score_name,
                score, meta["best_score"], meta["best_step"])
       patience = int(cfg.train.early_stop_patience)
@@ -306,7 +310,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   # The best checkpoint may come from an earlier stage: restore into that stage's layout.
   _, template = run.restage(setup, run.plan.index(max(meta["best_step"] - 1, 0)),
                             par.get_state(state))
-  best, _ = checkpointing.restore(mgr, meta["best_step"], template)
+  best, _ = checkpointing.restore(mgr, meta["best_step"], template, parallel.replicated())
   if not head_only.applies(cfg.train, best.params, run.plan):
     # The backbone trained at some stage: the test split goes through the full model.
     par, data = run.compile(setup), prepared
@@ -332,13 +336,3 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
              result["classification"].get("ece"), os.path.join(workdir, "report",
                                                                "evaluation.md"))
   return test
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out

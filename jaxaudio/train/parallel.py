@@ -29,6 +29,21 @@ def make_mesh() -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def host_copy(tree: Any) -> Any:
+  """numpy copy of a replicated pytree: of each jax.Array, its first addressable copy (a
+  global array that spans other processes cannot be read whole, and need not be)."""
+  def copy(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(x)
+  return jax.tree_util.tree_map(copy, tree)
+
+
+def replicated(mesh: jax.sharding.Mesh | None = None) -> NamedSharding:
+  """Every device of every process holds the whole array: how the state is checkpointed."""
+  return NamedSharding(mesh or make_mesh(), P())
+
+
 @dataclasses.dataclass
 class Parallel:
   """The chosen wrapper: how state and batches are placed and how steps are compiled."""
@@ -38,18 +53,36 @@ class Parallel:
   train_step: Callable
   eval_step: Callable
 
+  def _per_device(self) -> tuple[list, NamedSharding]:
+    devices = jax.local_devices()
+    return devices, NamedSharding(jax.sharding.Mesh(np.array(devices), ("replica",)),
+                                  P("replica"))
+
   def put_state(self, state: Any) -> Any:
     """The state on the devices, where it stays between train and evaluation steps: for
     pmap one copy per local device along a leading axis (numpy arrays would be copied to
-    the devices again at every call), for jit replicated over the mesh."""
+    the devices again at every call), for jit replicated over the mesh. `state` is host
+    arrays or a replicated global state (global_state, a restored checkpoint)."""
     if self.mode == "pmap":
-      devices = jax.local_devices()
-      per_device = NamedSharding(jax.sharding.Mesh(np.array(devices), ("replica",)),
-                                 P("replica"))
+      devices, per_device = self._per_device()
       return jax.tree_util.tree_map(
-          lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices),)
-                                                   + np.shape(x)), per_device), state)
-    return jax.device_put(state, NamedSharding(self.mesh, P()))
+          lambda x: jax.device_put(np.broadcast_to(x, (len(devices),) + np.shape(x)),
+                                   per_device), host_copy(state))
+    return jax.device_put(state, replicated(self.mesh))
+
+  def global_state(self, state: Any) -> Any:
+    """`state` as global jax.Arrays replicated over every device of every process, what
+    orbax saves with all processes taking part; no copy in jit mode, device-side in pmap."""
+    if self.mode != "pmap":
+      return state
+    sharding = replicated()
+    devices = sharding.mesh.local_devices
+
+    def merge(x):
+      on = {s.device: s.data for s in x.addressable_shards}
+      return jax.make_array_from_single_device_arrays(
+          x.shape[1:], sharding, [on[d].reshape(x.shape[1:]) for d in devices])
+    return jax.tree_util.tree_map(merge, state)
 
   def get_state(self, state: Any) -> Any:
     """Host copy of the (replicated) state, from the first local replica."""

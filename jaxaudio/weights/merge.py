@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxaudio.errors import CheckpointError
 from jaxaudio.models.registry import ModelInfo
-
-
-def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
-  return {tuple(k.key for k in kp): v
-          for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflat(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[path[-1]] = v
-  return out
 
 
 def merge_pretrained(fresh: dict[str, Any], pretrained: dict[str, Any], info: ModelInfo,
@@ -33,8 +18,9 @@ def merge_pretrained(fresh: dict[str, Any], pretrained: dict[str, Any], info: Mo
   Subtrees in info.pretrained_only (the original AudioSet head, say) may be dropped; any other
   missing, unexpected or wrongly shaped tensor is a CheckpointError listing its names.
   """
-  fresh_flat = _flat(fresh)
-  pre_flat = {(k[0], prefix) + k[1:]: v for k, v in _flat(pretrained).items()}
+  fresh_flat = traverse_util.flatten_dict(fresh)
+  pre_flat = {(k[0], prefix) + k[1:]: v
+              for k, v in traverse_util.flatten_dict(pretrained).items()}
   target = {k for k in fresh_flat if len(k) > 1 and k[1] == prefix}
   missing = sorted("/".join(k) for k in target - pre_flat.keys())
   unexpected = sorted("/".join(k) for k in pre_flat.keys() - target
@@ -52,4 +38,4 @@ def merge_pretrained(fresh: dict[str, Any], pretrained: dict[str, Any], info: Mo
   merged = dict(fresh_flat)
   for k in target:
     merged[k] = np.asarray(pre_flat[k], dtype=np.asarray(fresh_flat[k]).dtype)
-  return _unflat(merged)
+  return traverse_util.unflatten_dict(merged)

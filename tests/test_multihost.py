@@ -1,0 +1,160 @@
+"""A pod on one machine: launch/local.sh runs 2 JAX processes (one CPU device each, gloo
+collectives over loopback), the same program a TPU pod or a GPU cluster runs per host.
+
+Against a 1-process run on 2 devices with the same config, crossing the probe -> fine-tune
+boundary: bitwise equal final parameters and equal reports (the global batches do not
+depend on the number of processes); both processes SIGKILLed and relaunched end bitwise
+equal to an uninterrupted run; one process killed alone takes the other down."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from datafixtures import saved_state, write_class_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 18
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("pod")
+  return str(tmp), write_class_folder(str(tmp / "clips"), per_class=10, seconds=1.5)
+
+
+def config(tmp, clips, mode, steps=STEPS):
+  return [f"--config.data.source=folder:{clips}", f"--config.data.prepared_dir={tmp}/prepared",
+          "--config.data.val_fraction=0.2", "--config.data.test_fraction=0.3",  # 3 clips a class
+          "--config.model.init=scratch", "--config.model.widths=(4,8,8,16)",
+          f"--config.train.num_steps={steps}", "--config.train.eval_every=6",
+          "--config.train.log_every=6", "--config.train.batch_size=8",
+          "--config.train.warmup_steps=3", "--config.train.learning_rate=0.01",
+          # a probe on cached embeddings (each process embeds its slice), then blocks 2-4
+          "--config.train.probe_steps=6", f"--config.parallel={mode}",
+          "--config.evaluate.retrieval=True", "--config.evaluate.robustness=True",
+          "--config.evaluate.bootstrap=50"]
+
+
+def env(devices=1):
+  return dict(os.environ, PYTHON=sys.executable,
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def local_sh(workdir, cfg, **kwargs):
+  return subprocess.Popen(["bash", "launch/local.sh", "2", workdir, *cfg], cwd=ROOT,
+                          env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True, **kwargs)
+
+
+def one_process(workdir, cfg):
+  return subprocess.run([sys.executable, "-m", "jaxaudio.main", f"--workdir={workdir}", *cfg],
+                        cwd=ROOT, env=env(2), capture_output=True, text=True, timeout=600)
+
+
+def bitwise_equal(a, b):
+  import jax
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(la) == len(lb) > 20
+  return all(x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(la, lb))
+
+
+def report(workdir):
+  test = json.load(open(f"{workdir}/report/test_metrics.json"))
+  test.pop("train_seconds")
+  evaluation = json.load(open(f"{workdir}/report/evaluation.json"))
+  evaluation.pop("workdir")
+  return test, evaluation
+
+
+@pytest.fixture(scope="module")
+def pod_runs(dataset):
+  """mode -> workdir of an uninterrupted 2-process run (made on first need, then shared)."""
+  tmp, clips = dataset
+  runs = {}
+
+  def get(mode):
+    if mode not in runs:
+      workdir = f"{tmp}/pod_{mode}"
+      proc = local_sh(workdir, config(tmp, clips, mode))
+      out, _ = proc.communicate(timeout=600)
+      assert proc.returncode == 0, out[-4000:]
+      lines = out.splitlines()
+      assert any(l.startswith("[0] ") for l in lines) and any(l.startswith("[1] ") for l in lines)
+      # Only process 0 prints the summary; both trained every step.
+      assert sum('"accuracy"' in l for l in lines) == 1
+      assert any(l.startswith("[1] ") and f"step {STEPS}/{STEPS}" in l for l in lines)
+      runs[mode] = workdir
+    return runs[mode]
+  return get
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_two_processes_equal_one_process_on_two_devices(pod_runs, dataset, mode):
+  pod = pod_runs(mode)
+  tmp, clips = dataset
+  single = f"{tmp}/single_{mode}"
+  run = one_process(single, config(tmp, clips, mode))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert bitwise_equal(saved_state(pod, STEPS), saved_state(single, STEPS))
+  pod_test, pod_eval = report(pod)
+  single_test, single_eval = report(single)
+  # Continuous scores (ECE, per-class AP, retrieval, robustness) equal to the last digit,
+  # and training moved the embeddings: not two runs that both learned nothing.
+  assert pod_test == single_test and pod_eval == single_eval
+  assert set(pod_eval) >= {"classification", "retrieval", "robustness"}
+  start, tuned = pod_eval["retrieval"].values()
+  assert start != tuned
+
+
+def test_killed_pod_resumes_bitwise(pod_runs, dataset):
+  """pmap here; jit's resume is test_train_loop's (1 process) and the same checkpoint code."""
+  mode = "pmap"
+  pod = pod_runs(mode)
+  tmp, clips = dataset
+  killed = f"{tmp}/killed_{mode}"
+  proc = local_sh(killed, config(tmp, clips, mode))
+  deadline = time.time() + 300
+  while not os.path.isdir(f"{killed}/checkpoints/12") and time.time() < deadline:
+    time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGKILL)    # the script and both processes at once
+  proc.communicate()
+  kept = sorted(int(d) for d in os.listdir(f"{killed}/checkpoints") if d.isdigit())
+  assert 12 in kept and STEPS not in kept
+  again = local_sh(killed, config(tmp, clips, mode))
+  out, _ = again.communicate(timeout=600)
+  assert again.returncode == 0, out[-4000:]
+  assert "[0] " in out and "resumed from step 12" in out
+  assert bitwise_equal(saved_state(pod, STEPS), saved_state(killed, STEPS))
+  assert report(killed) == report(pod)
+
+
+def test_a_dead_process_stops_the_other(dataset):
+  tmp, clips = dataset
+  workdir = f"{tmp}/dead"
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "jaxaudio.main", f"--workdir={workdir}",
+       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+       *config(tmp, clips, "jit", steps=400)], cwd=ROOT, env=env(),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  deadline = time.time() + 300
+  while not os.path.isdir(f"{workdir}/checkpoints/6") and time.time() < deadline:
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  try:
+    _, err = procs[0].communicate(timeout=60)
+  finally:
+    procs[0].kill()
+  assert time.time() - killed_at < 60
+  assert procs[0].returncode != 0
+  assert "another task died" in err or "heartbeat" in err, err[-2000:]
