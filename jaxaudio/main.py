@@ -40,8 +40,9 @@ def main(argv):
   log.addHandler(handler)
   log.setLevel(logging.INFO)
   log.propagate = False  # absl stays at WARNING: orbax and TF are chatty at INFO
-  from jaxaudio.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
-  test = train_and_evaluate(cfg, _WORKDIR.value)
+  # Imported after jax.distributed.initialize(): nothing may touch a JAX backend before it.
+  from jaxaudio import experiment  # pylint: disable=import-outside-toplevel
+  test = experiment.run(cfg, _WORKDIR.value)
   if hosts.is_primary():   # every process holds the same report; one prints it
     summary = {k: v for k, v in test.items() if k != "per_class" and k != "confusion_matrix"}
     print(json.dumps(summary))

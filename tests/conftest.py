@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
   Shared by the evaluation, export and search tests."""
   from datafixtures import write_class_folder
   from jaxaudio import configs
-  from jaxaudio.train import loop
+  from jaxaudio import experiment
   tmp = tmp_path_factory.mktemp("trained")
   clips = write_class_folder(str(tmp / "clips"), per_class=10, seconds=1.5)
   cfg = configs.base_config()
@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
                    probe_steps=10, param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2)
   workdir = str(tmp / "run")
-  return workdir, loop.train_and_evaluate(cfg, workdir)
+  return workdir, experiment.run(cfg, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ def multilabel_trained(tmp_path_factory):
   import csv
   from datafixtures import write_class_folder
   from jaxaudio import configs
-  from jaxaudio.train import loop
+  from jaxaudio import experiment
   tmp = tmp_path_factory.mktemp("multilabel")
   clips = write_class_folder(str(tmp / "clips"), per_class=8, seconds=1.5)
   with open(os.path.join(clips, "labels.csv"), "w", newline="") as f:
@@ -88,5 +88,5 @@ def multilabel_trained(tmp_path_factory):
                    group_lr_mult={"head": 1.0, "backbone": 1.0})
   cfg.evaluate.at_end = False
   workdir = str(tmp / "run")
-  loop.train_and_evaluate(cfg, workdir)
+  experiment.run(cfg, workdir)
   return workdir, clips

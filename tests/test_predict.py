@@ -25,7 +25,7 @@ def detector(tmp_path_factory):
   """A small scratch model trained on three tones and a `background` class of noise, and a
   40 s recording of noise with the tones at known places."""
   from jaxaudio import configs
-  from jaxaudio.train import loop
+  from jaxaudio import experiment
   tmp = tmp_path_factory.mktemp("detector")
   clips = tmp / "clips"
   for c, f in TONES.items():
@@ -48,7 +48,7 @@ def detector(tmp_path_factory):
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2,
                    epochs=0)
   workdir = str(tmp / "run")
-  test = loop.train_and_evaluate(cfg, workdir)
+  test = experiment.run(cfg, workdir)
   assert test["accuracy"] == 1.0, test
   # 40 s: noise, with low at 6-12 s, high at 18-23 s and mid at 30-35 s over it.
   spans = [("low", 6.0, 12.0), ("high", 18.0, 23.0), ("mid", 30.0, 35.0)]
@@ -72,14 +72,15 @@ def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(t
   from jaxaudio import exported, inference
   from jaxaudio.data import pipeline
   from jaxaudio.data.prepare import prepare
-  from jaxaudio.evaluate import evaluation, predict
+  from jaxaudio import forward
+  from jaxaudio.evaluate import evaluation
   from jaxaudio.train.rundir import open_run
   workdir, test_report = trained
   run = open_run(workdir)
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
   windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "test", 32, 0, 1))
-  clips = predict.clip_level(windows, run.multi_label)
+  clips = forward.clip_level(windows, run.multi_label)
   want = inference.probabilities(clips["logits"], False)
   want = want / want.sum(1, keepdims=True)
   root = run.cfg.data.source.split(":", 1)[1]
@@ -236,7 +237,8 @@ def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multi
   from jaxaudio import inference
   from jaxaudio.data import pipeline
   from jaxaudio.data.prepare import prepare
-  from jaxaudio.evaluate import evaluation, predict
+  from jaxaudio import forward
+  from jaxaudio.evaluate import evaluation
   from jaxaudio.train.rundir import open_run
   workdir, clips = multilabel_trained
   run = open_run(workdir)
@@ -244,7 +246,7 @@ def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multi
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
   windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "test", 32, 0, 1))
-  want = inference.probabilities(predict.clip_level(windows, True)["logits"], True)
+  want = inference.probabilities(forward.clip_level(windows, True)["logits"], True)
   keys = prepared.meta["splits"]["test"]["clip_keys"]
   out = tmp_path / "p.json"
   r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={clips}", f"--out={out}",

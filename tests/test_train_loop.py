@@ -86,7 +86,8 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
 
 def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   from jaxaudio import configs
-  from jaxaudio.train import loop, parallel
+  from jaxaudio import experiment
+  from jaxaudio.train import fit, parallel
   tmp, clips = dataset
   real_make = parallel.make
 
@@ -104,7 +105,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
     par.train_step = step
     return par
 
-  monkeypatch.setattr(loop.parallel, "make", poisoned_make)
+  monkeypatch.setattr(fit.parallel, "make", poisoned_make)
   # A slow disk: the async save's final rename lags behind training, as it did on a loaded CI
   # machine; the divergence error must still wait for the step-6 checkpoint to be complete.
   from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
@@ -122,9 +123,9 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   # is saved between two console lines, so its poisoned state must be caught before saving.
   assert (cfg.train.log_every, cfg.train.eval_every) == (20, 50)
   cfg.train.update(num_steps=160, batch_size=8, warmup_steps=3, probe_steps=0, epochs=0)
-  with pytest.raises(loop.TrainingDiverged, match=r"became nan by step 150; the last good "
+  with pytest.raises(fit.TrainingDiverged, match=r"became nan by step 150; the last good "
                                                   r"checkpoint \(step 100\) is intact"):
-    loop.train_and_evaluate(cfg, str(tmp_path / "wd"))
+    experiment.run(cfg, str(tmp_path / "wd"))
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints"), key=int) == ["50", "100"]
   assert len(leaves(saved_state(str(tmp_path / "wd"), 100))) > 20
 
@@ -132,7 +133,8 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
 def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   from jaxaudio import configs
   from jaxaudio.models.registry import get_model
-  from jaxaudio.train import factory, loop
+  from jaxaudio import experiment
+  from jaxaudio.train import factory
   tmp, clips = dataset
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
@@ -142,7 +144,7 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
                    param_groups=(("^backbone/", "frozen"), ("^head/", "head")))
   wd = str(tmp_path / "wd")
   with caplog.at_level("INFO", logger="jaxaudio"):
-    report = loop.train_and_evaluate(cfg, wd)
+    report = experiment.run(cfg, wd)
   assert "training the head on cached embeddings" in caplog.text
   assert "embedded 24 windows once" in caplog.text
   assert report["num_examples"] == 3
@@ -181,7 +183,7 @@ def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
   the train windows' labels; BatchNorm on running averages leaves the statistics as they
   were initialised through fine-tuning."""
   from jaxaudio import configs
-  from jaxaudio.train import loop
+  from jaxaudio import experiment
   tmp, clips = dataset
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
@@ -192,7 +194,7 @@ def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
   cfg.evaluate.at_end = False
   wd = str(tmp_path / "wd")
   with caplog.at_level("INFO", logger="jaxaudio"):
-    loop.train_and_evaluate(cfg, wd)
+    experiment.run(cfg, wd)
   assert "train.epochs=3 over 18 training windows: 7 steps (probe 0)" in caplog.text
   assert "train windows per class: high 6, low 6, mid 6" in caplog.text
   assert json.load(open(os.path.join(wd, "config.json")))["train"]["num_steps"] == 7

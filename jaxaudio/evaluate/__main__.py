@@ -12,7 +12,7 @@ from absl import flags
 
 from jaxaudio import cli
 from jaxaudio.errors import JaxAudioError
-from jaxaudio.evaluate.crossval import cross_validate
+from jaxaudio.crossval import cross_validate
 from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.train.rundir import step_flag
 

@@ -15,13 +15,13 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxaudio import hosts, inference
+from jaxaudio import forward, hosts, inference
 from jaxaudio.data import pipeline
 from jaxaudio.data.featurize import featurize
 from jaxaudio.data.prepare import prepare, settings_from_config
 from jaxaudio.data.sources import list_source
 from jaxaudio.audio.io import read_audio
-from jaxaudio.evaluate import calibration, perturb, predict, report, retrieval
+from jaxaudio.evaluate import calibration, perturb, report, retrieval
 from jaxaudio.train.rundir import TrainedRun, open_run, starting_variables
 
 log = logging.getLogger("jaxaudio")
@@ -34,7 +34,7 @@ def apply_fn(run: TrainedRun, variables) -> Callable[[np.ndarray], dict[str, np.
 
 def window_outputs(apply: Callable, batches) -> dict[str, np.ndarray]:
   """logits, embedding, label, clip of every real (unmasked) window."""
-  out = predict.collect(lambda b: apply(b["mel"]), batches, ("logits", "embedding"))
+  out = forward.collect(lambda b: apply(b["mel"]), batches, ("logits", "embedding"))
   return {k: v.astype(np.float32) if k in ("logits", "embedding") else v
           for k, v in out.items()}
 
@@ -43,7 +43,7 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
                    bootstrap: int = 1000, seed: int = 0) -> tuple[dict[str, Any], dict]:
   """The trainer's report fields + ECE, bootstrap 95% intervals and per-class AP; also the
   clip-level predictions (for curves)."""
-  clips = predict.clip_level(windows, multi_label)
+  clips = forward.clip_level(windows, multi_label)
   rep = report.classification_report(clips, classes, multi_label)
   labels = np.asarray(clips["label"])
   probs = inference.probabilities(clips["logits"], multi_label)
@@ -83,7 +83,7 @@ def retrieval_side_by_side(run: TrainedRun, prepared, split: str, tuned: dict[st
   for label, windows in ((name, base), ("fine-tuned", tuned)):
     _, emb = retrieval.clip_embeddings(windows["embedding"], windows["clip"])
     # clip_level orders clips as clip_embeddings does (np.unique) and gives each its label.
-    labels = predict.clip_level(windows, run.multi_label)["label"]
+    labels = forward.clip_level(windows, run.multi_label)["label"]
     out[label] = retrieval.retrieval_scores(emb, labels)
   return out
 

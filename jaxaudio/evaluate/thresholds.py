@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from jaxaudio import inference
+from jaxaudio import forward, inference
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import DataError
-from jaxaudio.evaluate import evaluation, predict
+from jaxaudio.evaluate import evaluation
 from jaxaudio.train.rundir import open_run, resolve_step
 
 DEFAULT = 0.5
@@ -72,7 +72,7 @@ def for_run(workdir: str, step: int | str = "best", batch_size: int = 32) -> dic
   windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "validation", batch_size,
                                                             0, 1))
-  clips = predict.clip_level(windows, run.multi_label)
+  clips = forward.clip_level(windows, run.multi_label)
   probs = inference.probabilities(clips["logits"], run.multi_label)
   labels = np.asarray(clips["label"])
   onehot = (labels.astype(bool) if run.multi_label

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import ml_collections
 import numpy as np
 
-from jaxaudio.evaluate import predict
+from jaxaudio import forward
 from jaxaudio.models.head import HeadOnlyClassifier
 from jaxaudio.train import optimizer, stages
 
@@ -80,7 +80,7 @@ def embed_splits(eval_step: Callable, state: Any, prepared, batch_size: int, par
   """Run the full model (evaluation mode) once over every window of each split."""
   splits = {}
   for split in SPLITS:
-    out = predict.predict_windows(eval_step, state, prepared, split, batch_size, parallel, mesh,
+    out = forward.predict_windows(eval_step, state, prepared, split, batch_size, parallel, mesh,
                                   keys=("embedding",))
     out["embedding"] = out["embedding"].astype(np.float32)
     splits[split] = out

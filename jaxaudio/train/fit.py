@@ -1,34 +1,29 @@
-"""The training run: prepare data, build, train with periodic validation and checkpoints,
-resume after preemption, stop early or on divergence, then report on the test split.
+"""The fit loop: build, train through the stages with periodic validation and checkpoints,
+resume after preemption, stop early or on divergence.
 
-A checkpoint holds the full TrainState and the data iterator, so killing the process at any
-point and running the same command again ends with the same parameters (bitwise on CPU).
-Pretrained weights are loaded only when the workdir has no checkpoint of its own.
+A checkpoint holds the full TrainState and the data iterator, so killing the processes at
+any point and running the same command again ends with the same parameters (bitwise on
+CPU). Pretrained weights are loaded only when the workdir has no checkpoint of its own. What
+a validation means (metrics, figures, the score) is the caller's: jaxaudio.experiment.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
-from typing import Any
-
+import dataclasses
 import logging
+import math
+import time
+from typing import Any, Callable, Iterable, Protocol
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxaudio import configs, inference
+from jaxaudio import forward
 from jaxaudio.audio.frontend import silence_value
 from jaxaudio.data import pipeline
-from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import JaxAudioError
-from jaxaudio.evaluate import predict, report
-from jaxaudio.evaluate.evaluation import evaluate_run
-from jaxaudio.evaluate.metrics import ConfusionMatrix, MultiLabelScores
-from jaxaudio.models.registry import get_model
+from jaxaudio.models.registry import ModelInfo
 from jaxaudio.train import checkpointing, factory, head_only, optimizer, parallel, stages, steps
 from jaxaudio.weights import pretrained
 
@@ -40,57 +35,26 @@ class TrainingDiverged(JaxAudioError):
   """The loss became NaN or infinite."""
 
 
-def _score_name(cfg, multi_label: bool) -> str:
-  if cfg.train.best_metric != "auto":
-    return cfg.train.best_metric
-  return "mAP" if multi_label else "macro_f1"
+class Validator(Protocol):
+  """Scores the validation windows' outputs (logits, loss, label, clip) at a step; higher is
+  better. `name` is the score's name for the log."""
+
+  name: str
+
+  def __call__(self, step: int, windows: dict[str, np.ndarray]) -> float: ...
 
 
-def _scores(pred: dict[str, np.ndarray], num_classes: int, multi_label: bool) -> dict[str, Any]:
-  if multi_label:
-    return MultiLabelScores.from_model_output(logits=pred["logits"], labels=pred["label"]).compute()
-  return ConfusionMatrix.empty(num_classes).merge(ConfusionMatrix.from_model_output(
-      logits=pred["logits"], labels=pred["label"])).compute()
+@dataclasses.dataclass
+class Fitted:
+  """A finished fit: the best checkpoint by validation and how to run it over a split."""
+
+  best_step: int
+  best_score: float
+  last_step: int   # the last step trained (before num_steps when it stopped early)
+  predict: Callable[[str], dict[str, np.ndarray]]   # split -> window outputs of the best state
 
 
-def _example_windows(prepared, split: str, count: int, scan: int = 2000) -> list[int]:
-  """Indices of up to `count` windows of `split` with distinct labels (first found), for
-  the log-mel images written at each evaluation."""
-  source = prepared.data_source(split)
-  chosen, seen = [], set()
-  for i in range(min(len(source), scan)):
-    label = np.asarray(source[i]["label"]).tobytes()
-    if label not in seen:
-      seen.add(label)
-      chosen.append(i)
-    if len(chosen) == count:
-      break
-  return chosen
-
-
-def _label_text(label, classes: list[str]) -> str:
-  label = np.asarray(label)
-  if label.ndim == 0:
-    return classes[int(label)]
-  return "+".join(classes[i] for i in np.flatnonzero(label)) or "(none)"
-
-
-def _logmel_images(prepared, indices: list[int], pred: dict[str, np.ndarray], classes,
-                   multi_label: bool, step: int) -> np.ndarray:
-  source = prepared.data_source("validation")
-  mels, titles = [], []
-  for i in indices:
-    logits = pred["logits"][i].astype(np.float64)
-    probs = inference.probabilities(logits, multi_label)
-    top = int(np.argmax(probs))
-    mels.append(np.asarray(source[i]["mel"], np.float32))
-    titles.append(f"true {_label_text(source[i]['label'], classes)}\n"
-                  f"predicted {classes[top]} ({probs[top]:.2f})")
-  fig = report.logmel_figure(mels, titles, f"validation windows, step {step}")
-  return report.figure_to_array(fig)[None]
-
-
-class _Run:
+class _Stages:
   """What a run compiles from the config: a Setup (model, optimizer, trainable mask) turned
   into parallel train/eval steps and the data they train on, rebuilt at each stage."""
 
@@ -180,32 +144,17 @@ def _stop_if_diverged(metrics: list[dict[str, Any]], step: int, mgr) -> None:
       "train.learning_rate or train.grad_clip_norm and run the same command again.")
 
 
-def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
-  """Run (or continue) the configured fine-tuning in `workdir`; returns the test report."""
-  configs.validate(cfg)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  info = get_model(cfg.model.name)
-  prepared, _ = prepare(cfg.data, info.spec, progress=jax.process_index() == 0)
-  if not int(cfg.train.num_steps):   # epochs of fine-tuning, after the probe
-    cfg.train.num_steps = int(cfg.train.probe_steps) + max(1, math.ceil(
-        float(cfg.train.epochs) * prepared.num_windows("train") / int(cfg.train.batch_size)))
-    log.info("train.epochs=%g over %d training windows: %d steps (probe %d)",
-             float(cfg.train.epochs), prepared.num_windows("train"), cfg.train.num_steps,
-             int(cfg.train.probe_steps))
-  if jax.process_index() == 0:   # what evaluation and search rebuild the model from
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=2, sort_keys=True))
-  begin = time.perf_counter()
-  classes, multi_label = prepared.classes, prepared.multi_label
-  if jax.process_index() == 0:   # the label map a saved model's logits index into
-    with open(os.path.join(workdir, "labels.json"), "w") as f:
-      json.dump({"classes": classes, "multi_label": multi_label, "model": cfg.model.name}, f,
-                indent=2)
+def fit(cfg, workdir: str, info: ModelInfo, prepared, validate: Validator, writer,
+        hooks: Iterable[Callable[[int], Any]] = ()) -> Fitted:
+  """Train (or continue training) the configured model on `prepared` in `workdir`.
+
+  `writer` (a clu metric writer) gets the train scalars, `hooks` are called with each step
+  number (progress reporting), `validate` scores every validation. Every process calls it.
+  """
   batch_size = int(cfg.train.batch_size)
   mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
   latest = mgr.latest_step()
-  run = _Run(cfg, info, prepared)
+  run = _Stages(cfg, info, prepared)
   # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
   stage = run.plan.index(max(latest - 1, 0)) if latest else 0
   setup = run.build(pretrained.initial_variables(cfg, info, latest is not None), stage)
@@ -225,6 +174,9 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
     resumed, meta = checkpointing.restore(mgr, latest, host_state, parallel.replicated())
     host_state = checkpointing.to_host(resumed)
     log.info("resumed from step %d in %s", latest, workdir)
+  else:
+    writer.write_hparams({k: str(v) for k, v in
+                          traverse_util.flatten_dict(cfg.to_dict(), sep=".").items()})
   par, data = run.enter(setup, stage, host_state)
   iterator = run.loader(data)
   if latest is not None:
@@ -232,15 +184,6 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   state = par.put_state(host_state if resumed is None else resumed)
   step = int(np.asarray(host_state.step))
   num_steps = int(cfg.train.num_steps)
-  score_name = _score_name(cfg, multi_label)
-  image_windows = _example_windows(prepared, "validation", int(cfg.train.logmel_images))
-  writer = report.summary_writer(workdir)
-  if latest is None:
-    writer.write_hparams({k: str(v) for k, v in
-                          traverse_util.flatten_dict(cfg.to_dict(), sep=".").items()})
-  from clu import periodic_actions  # pylint: disable=import-outside-toplevel
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                             every_secs=60)
   window = []
   logged = (step, time.perf_counter())   # step and time of the last console line
   while step < num_steps:
@@ -259,7 +202,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
     state, metrics = par.train_step(state, pipeline.device_batch(batch, cfg.parallel, par.mesh))
     step += 1
     window.append(metrics)
-    progress(step)
+    for hook in hooks:
+      hook(step)
     if step % int(cfg.train.log_every) == 0 or step == num_steps:
       host = jax.device_get(window)
       window = []
@@ -275,24 +219,8 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
     if step % int(cfg.train.eval_every) == 0 or step == num_steps:
       # Every step since the last console line is checked before its state can be saved.
       _stop_if_diverged(jax.device_get(window), step, mgr)
-      pred = predict.predict_windows(par.eval_step, state, data, "validation", batch_size,
-                                     cfg.parallel, par.mesh)
-      scores = _scores(pred, len(classes), multi_label)
-      scalars = {f"eval_{k}": float(v) for k, v in scores.items() if np.ndim(v) == 0}
-      scalars["eval_loss"] = float(np.mean(pred["loss"]))
-      writer.write_scalars(step, scalars)
-      images = {}
-      if not multi_label:
-        fig = report.confusion_figure(np.asarray(ConfusionMatrix.empty(len(classes)).merge(
-            ConfusionMatrix.from_model_output(logits=pred["logits"], labels=pred["label"])
-        ).matrix), classes, f"validation, step {step}")
-        images["eval_confusion_matrix"] = report.figure_to_array(fig)[None]
-      if image_windows:
-        images["eval_logmel"] = _logmel_images(prepared, image_windows, pred, classes,
-                                               multi_label, step)
-      if images and jax.process_index() == 0:
-        writer.write_images(step, images)
-      score = float(scores[score_name])
+      score = float(validate(step, forward.predict_windows(
+          par.eval_step, state, data, "validation", batch_size, cfg.parallel, par.mesh)))
       # Ties move "best" to the later step, as orbax's BestN keeps the latest of equals; only
       # a strict improvement resets the early-stopping count.
       improved = score > meta["best_score"]
@@ -300,7 +228,7 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
         meta.update(best_score=score, best_step=step)
       meta["evals_without_improvement"] = 0 if improved else meta["evals_without_improvement"] + 1
       checkpointing.save(mgr, step, par.global_state(state), iterator, meta, score)
-      log.info("validation at step %d: %s=%.4f (best %.4f at step %d)", step, score_name,
+      log.info("validation at step %d: %s=%.4f (best %.4f at step %d)", step, validate.name,
                score, meta["best_score"], meta["best_step"])
       patience = int(cfg.train.early_stop_patience)
       if patience and meta["evals_without_improvement"] >= patience:
@@ -311,28 +239,13 @@ def train_and_evaluate(cfg, workdir: str) -> dict[str, Any]:
   _, template = run.restage(setup, run.plan.index(max(meta["best_step"] - 1, 0)),
                             par.get_state(state))
   best, _ = checkpointing.restore(mgr, meta["best_step"], template, parallel.replicated())
-  if not head_only.applies(cfg.train, best.params, run.plan):
-    # The backbone trained at some stage: the test split goes through the full model.
-    par, data = run.compile(setup), prepared
-  pred = predict.clip_level(predict.predict_windows(
-      par.eval_step, par.put_state(best), data, "test", batch_size, cfg.parallel, par.mesh),
-      multi_label)
-  test = report.classification_report(pred, classes, multi_label)
-  test.update(best_step=meta["best_step"], validation_score={score_name: meta["best_score"]},
-              train_seconds=time.perf_counter() - begin)
-  if jax.process_index() == 0:
-    report.write_test_report(workdir, test, classes)
-    writer.write_scalars(step, {f"test_{k}": float(v) for k, v in test.items()
-                                if k in ("accuracy", "macro_f1", "mAP", "micro_f1")})
-  writer.flush()
   mgr.close()
-  ev = cfg.get("evaluate") or {}
-  if ev.get("at_end", False):   # every process: the restore and the gathers are collective
-    log.info("evaluating the best checkpoint (step %d) on the test split", meta["best_step"])
-    result = evaluate_run(workdir, "test", meta["best_step"], bool(ev.get("retrieval")),
-                          bool(ev.get("robustness")), int(ev.get("bootstrap", 1000)), batch_size)
-    lo, hi = result["classification"].get("accuracy_ci95", (float("nan"),) * 2)
-    log.info("test accuracy 95%% interval %.4f-%.4f, ECE %s; report: %s", lo, hi,
-             result["classification"].get("ece"), os.path.join(workdir, "report",
-                                                               "evaluation.md"))
-  return test
+  if not head_only.applies(cfg.train, best.params, run.plan):
+    # The backbone trained at some stage: other splits go through the full model.
+    par, data = run.compile(setup), prepared
+  best = par.put_state(best)
+
+  def predict(split: str) -> dict[str, np.ndarray]:
+    return forward.predict_windows(par.eval_step, best, data, split, batch_size, cfg.parallel,
+                                   par.mesh)
+  return Fitted(meta["best_step"], meta["best_score"], step, predict)

@@ -19,11 +19,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxaudio import configs
+from jaxaudio import configs, experiment
 from jaxaudio.evaluate import report
 from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.errors import CheckpointError
-from jaxaudio.train.loop import train_and_evaluate
 
 CLASSIFICATION_KEYS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "mAP",
                        "micro_f1", "ece")
@@ -130,7 +129,7 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
     # A finished fold has its test report, also when it stopped early.
     if not os.path.isfile(os.path.join(fold_dir, "report", "test_metrics.json")):
       _say(f"cross-validation fold {fold}/{folds}: training in {fold_dir}")
-      train_and_evaluate(cfg, fold_dir)
+      experiment.run(cfg, fold_dir)
     results.append(evaluate_run(fold_dir, "test", "best", with_retrieval, with_robustness,
                                 bootstrap))
     c = results[-1]["classification"]

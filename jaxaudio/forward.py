@@ -1,4 +1,6 @@
-"""Run a model over a prepared split: window logits, then clip-level aggregation."""
+"""Forward passes over prepared splits: every window once, on every process, then clip-level
+aggregation. Below both the trainer (validation, the probe's embedding cache) and the
+evaluation, which run the same batches the same way."""
 
 from __future__ import annotations
 
