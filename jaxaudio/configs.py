@@ -12,6 +12,8 @@ import os
 import ml_collections
 
 from jaxaudio.errors import ConfigError
+from jaxaudio.models.registry import get_model
+from jaxaudio.train import stages
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -162,7 +164,6 @@ def _check(ok: bool, key: str, value, fix: str) -> None:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Reject bad values before any work starts."""
-  from jaxaudio.models.registry import get_model  # pylint: disable=import-outside-toplevel
   get_model(c.model.name)
   d = c.data
   for key in ("val_fraction", "test_fraction"):
@@ -210,7 +211,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
          c.model.checkpoint, "no such file; download the original .pth and pass its path")
   _check(not c.model.widths or c.model.init == "scratch", "model.widths", c.model.widths,
          "custom widths only work with model.init=scratch")
-  from jaxaudio.train import stages  # pylint: disable=import-outside-toplevel
   if t.num_steps:   # from epochs, the plan is checked once num_steps is known
     stages.plan(t)
   kind = str(d.source).partition(":")[0]

@@ -93,7 +93,7 @@ def export_run(workdir: str, out_dir: str, step: int | str = "best",
   predict(threshold="validation")."""
   # pylint: disable=import-outside-toplevel
   from jaxaudio.data.prepare import settings_from_config
-  from jaxaudio.train.rundir import open_run, starting_variables
+  from jaxaudio.rundir import open_run, starting_variables
   run = open_run(workdir, "best" if step == "start" else step)
   if step == "start":
     run.variables, run.step = starting_variables(run)[1], 0
@@ -128,7 +128,7 @@ def export_run(workdir: str, out_dir: str, step: int | str = "best",
 def for_run(workdir: str, step: int | str = "best") -> str:
   """WORKDIR/export/step_N (or start) for the run's checkpoint `step`, exported on first
   use."""
-  from jaxaudio.train.rundir import resolve_step  # pylint: disable=import-outside-toplevel
+  from jaxaudio.rundir import resolve_step  # pylint: disable=import-outside-toplevel
   name = "start" if step == "start" else f"step_{resolve_step(workdir, step)}"
   out = os.path.join(os.path.abspath(workdir), "export", name)
   try:
@@ -169,7 +169,7 @@ def main(argv):  # pragma: no cover - thin CLI
   # pylint: disable=import-outside-toplevel
   from jaxaudio.errors import DataError
   from jaxaudio.evaluate import thresholds as validation_thresholds
-  from jaxaudio.train.rundir import step_flag
+  from jaxaudio.rundir import step_flag
   step = step_flag(_STEP.value)
   cuts = None
   if step != "start":

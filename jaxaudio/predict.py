@@ -28,7 +28,7 @@ from jaxaudio.data.prepare import Featurizer, auto_workers
 from jaxaudio.embedder import audio_files
 from jaxaudio.errors import AudioError, ConfigError, JaxAudioError
 from jaxaudio.evaluate import thresholds as validation_thresholds
-from jaxaudio.train.rundir import step_flag
+from jaxaudio.rundir import step_flag
 
 DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
 

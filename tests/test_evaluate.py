@@ -55,7 +55,7 @@ def test_exported_model_loads_without_flax_and_gives_the_same_outputs(trained, t
   import numpy as np
 
   from jaxaudio import exported
-  from jaxaudio.train.rundir import open_run
+  from jaxaudio.rundir import open_run
   workdir, _ = trained
   out = str(tmp_path / "export")
   meta = exported.export_run(workdir, out)

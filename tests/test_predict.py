@@ -74,7 +74,7 @@ def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(t
   from jaxaudio.data.prepare import prepare
   from jaxaudio import forward
   from jaxaudio.evaluate import evaluation
-  from jaxaudio.train.rundir import open_run
+  from jaxaudio.rundir import open_run
   workdir, test_report = trained
   run = open_run(workdir)
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
@@ -239,7 +239,7 @@ def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multi
   from jaxaudio.data.prepare import prepare
   from jaxaudio import forward
   from jaxaudio.evaluate import evaluation
-  from jaxaudio.train.rundir import open_run
+  from jaxaudio.rundir import open_run
   workdir, clips = multilabel_trained
   run = open_run(workdir)
   assert run.multi_label and run.classes == ["high", "low", "mid", "tonal"]

@@ -76,7 +76,7 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
   assert json.load(open(f"{tmp}/killed/report/test_metrics.json"))["macro_f1"] == \
       report["macro_f1"]
   # Evaluation, export and search read the average, not the raw weights.
-  from jaxaudio.train.rundir import open_run
+  from jaxaudio.rundir import open_run
   run = open_run(f"{tmp}/whole", 24)
   saved = saved_state(f"{tmp}/whole", 24)
   ema, raw = leaves(saved["opt_state"]["ema"]), leaves(saved["params"])
@@ -163,7 +163,7 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   assert events.count(b"eval_logmel") == 2 and events.count(b"eval_confusion_matrix") == 2
   # The run opens again for evaluation/search: label map, best step, the same weights.
   from jaxaudio.errors import CheckpointError
-  from jaxaudio.train import rundir
+  from jaxaudio import rundir
   run = rundir.open_run(wd)
   assert run.classes == ["high", "low", "mid"] and not run.multi_label
   assert run.step == report["best_step"]

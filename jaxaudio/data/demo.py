@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -138,7 +139,6 @@ def demo_dir(root: str, seed: int, clips: dict[str, int], seconds: float, sample
   with open(os.path.join(tmp, "COMPLETE"), "w") as f:
     json.dump(params, f)
   if os.path.isdir(out):  # a stale partial copy from a killed run
-    import shutil  # pylint: disable=import-outside-toplevel
     shutil.rmtree(out)
   os.replace(tmp, out)
   return out

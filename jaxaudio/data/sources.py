@@ -28,7 +28,9 @@ import numpy as np
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from jaxaudio.audio.io import AUDIO_EXTENSIONS
+from jaxaudio.data import demo
 from jaxaudio.errors import DataError
+from jaxaudio.weights.sources import cache_dir
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation",
@@ -387,8 +389,6 @@ def list_source(cfg) -> Listing:
   if kind in ("tfds", "demo") and _group_rule(cfg)[0]:
     raise DataError(f"data.group is for folder and csv sources, not {kind}; set data.group=''.")
   if kind == "demo":
-    from jaxaudio.data import demo  # pylint: disable=import-outside-toplevel
-    from jaxaudio.weights.sources import cache_dir  # pylint: disable=import-outside-toplevel
     root = demo.demo_dir(os.path.join(cache_dir(), "demo"), int(cfg.demo.seed),
                          dict(cfg.demo.clips_per_class), float(cfg.demo.seconds),
                          int(cfg.demo.sample_rate))

@@ -14,7 +14,7 @@ from jaxaudio import cli
 from jaxaudio.errors import JaxAudioError
 from jaxaudio.crossval import cross_validate
 from jaxaudio.evaluate.evaluation import evaluate_run
-from jaxaudio.train.rundir import step_flag
+from jaxaudio.rundir import step_flag
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.",
                                required=True)

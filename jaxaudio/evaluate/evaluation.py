@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve
 
 from jaxaudio import forward, hosts, inference
 from jaxaudio.data import pipeline
@@ -22,7 +23,7 @@ from jaxaudio.data.prepare import prepare, settings_from_config
 from jaxaudio.data.sources import list_source
 from jaxaudio.audio.io import read_audio
 from jaxaudio.evaluate import calibration, perturb, report, retrieval
-from jaxaudio.train.rundir import TrainedRun, open_run, starting_variables
+from jaxaudio.rundir import TrainedRun, open_run, starting_variables
 
 log = logging.getLogger("jaxaudio")
 
@@ -59,14 +60,12 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
     key = "accuracy"
     metric = lambda i: float(np.mean(pred[i] == labels[i]))
     if bootstrap:
-      from sklearn.metrics import f1_score  # pylint: disable=import-outside-toplevel
       rep["macro_f1_ci95"] = list(calibration.bootstrap_interval(
           lambda i: f1_score(labels[i], pred[i], average="macro", zero_division=0),
           len(labels), bootstrap, seed))
   if bootstrap:
     rep[f"{key}_ci95"] = list(calibration.bootstrap_interval(metric, len(labels), bootstrap,
                                                              seed))
-  from sklearn.metrics import average_precision_score  # pylint: disable=import-outside-toplevel
   onehot = labels.astype(bool) if multi_label else np.eye(len(classes), dtype=bool)[labels]
   rep["per_class_ap"] = {c: float(average_precision_score(onehot[:, j], probs[:, j]))
                          for j, c in enumerate(classes) if onehot[:, j].any()}
@@ -126,7 +125,6 @@ def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
 
 
 def pr_figure(curves: dict, classes: list[str]):
-  from sklearn.metrics import precision_recall_curve  # pylint: disable=import-outside-toplevel
   plt = report.pyplot()
   fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
   for j, c in enumerate(classes):

@@ -25,7 +25,7 @@ from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import DataError
 from jaxaudio.evaluate import evaluation
-from jaxaudio.train.rundir import open_run, resolve_step
+from jaxaudio.rundir import open_run, resolve_step
 
 DEFAULT = 0.5
 

@@ -14,6 +14,7 @@ import numpy as np
 from jaxaudio.audio.spec import FrontendSpec
 from jaxaudio.errors import UnknownModelError
 from jaxaudio.models import aisfx, panns
+from jaxaudio.models.init import init_variables
 
 # aiSFX: the Essentia path of aisfx/inference.py (44.1 kHz, 2048/1024, Hann, 96 HTK mel
 # bands with unit-sum weights over 0-22050 Hz, power, log10(1e4 x + 1), min-max 0..9.4578).
@@ -53,7 +54,6 @@ class ModelInfo:
     frames = frames or self.spec.frames_per_window
     x = jnp.zeros((1, frames, self.spec.n_mels), jnp.float32)
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    from jaxaudio.models.init import init_variables  # pylint: disable=import-outside-toplevel
     return init_variables(module, rng, x)
 
 

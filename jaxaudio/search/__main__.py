@@ -63,7 +63,7 @@ def _index() -> int:
   # pylint: disable=import-outside-toplevel
   from jaxaudio import exported
   from jaxaudio.search.indexer import update
-  from jaxaudio.train.rundir import step_flag
+  from jaxaudio.rundir import step_flag
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")

@@ -24,6 +24,7 @@ from jaxaudio.data.prepare import Featurizer, auto_workers
 from jaxaudio.embedder import audio_files
 from jaxaudio.errors import SearchIndexError
 from jaxaudio.search import ann, store
+from jaxaudio.search.exact import ExactIndex
 
 log = logging.getLogger("jaxaudio")
 
@@ -261,7 +262,6 @@ def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Man
 
 
 def _exact_rows(rows: store.Rows):
-  from jaxaudio.search.exact import ExactIndex  # pylint: disable=import-outside-toplevel
   exact = ExactIndex(rows.embeddings, rows.file_of_row, len(rows.files))
   return lambda q, k: exact.search([w[None] for w in q], k, per_file=False)[1]
 
