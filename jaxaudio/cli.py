@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Callable
 
-from absl import app, flags, logging
+from absl import app, flags
+from absl import logging as absl_logging
 
 from jaxaudio.errors import ConfigError, JaxAudioError
 
@@ -45,18 +47,26 @@ def load_config(holder):
     raise ConfigError(f"cannot load config {path} ({err}); fix the file.") from err
 
 
+def _console_log() -> None:
+  """jaxaudio's own lines on stderr as `HH:MM:SS message`, INFO and up; absl (and the
+  orbax and TF logs that go through it) stays at WARNING."""
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  log = logging.getLogger("jaxaudio")
+  log.handlers = [handler]
+  log.setLevel(logging.INFO)
+  log.propagate = False
+
+
 def run(main: Callable[[list[str]], int | None], commands: tuple[str, ...] = ()) -> None:
   """absl app.run(main), printing JaxAudioError as `error: <sentence>` and exiting 2.
 
   With `commands`, exactly one of them must come first (`python -m M index --flags`) and
   main gets it as argv[1]; otherwise no positional argument is accepted."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # TensorFlow only writes TFDS files and TensorBoard events here; its oneDNN notice (printed
-  # before its log level applies) says nothing a user can act on.
-  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  _console_log()
 
   def wrapped(argv):
-    logging.set_verbosity(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
     if commands and (len(argv) < 2 or argv[1] not in commands):
       print(f"error: the first argument must be the command, one of: {', '.join(commands)}; "
             f"e.g. `{commands[0]} --flags` (see --helpfull).", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxaudio import configs, experiment
+from jaxaudio import configs, experiment, hosts
 from jaxaudio.evaluate import report
 from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.errors import CheckpointError
@@ -110,7 +110,8 @@ def figure(summary: dict[str, Any]):
 
 
 def _say(line: str) -> None:
-  print(line, file=sys.stderr, flush=True)
+  if hosts.is_primary():
+    print(line, file=sys.stderr, flush=True)
 
 
 def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
@@ -138,6 +139,8 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
     _say(f"cross-validation fold {fold}/{folds}: {scores} on {c['num_examples']} test clips")
   summary = summarise(results)
   summary["workdir"] = workdir
+  if not hosts.is_primary():   # every process ran the folds; process 0 writes the summary
+    return summary
   out = os.path.join(workdir, "report")
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "cross_validation.json"), "w") as f:

@@ -8,6 +8,7 @@ real multi-host job (`launch/local.sh`); on TPU and GPU the backend brings its o
 from __future__ import annotations
 
 import jax
+from absl import flags
 
 from jaxaudio.errors import ConfigError
 
@@ -32,6 +33,25 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                              process_id=process_id,
                              heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+
+
+def define_flags() -> None:
+  """The flags of a command that runs on every process of a job (main, evaluate)."""
+  flags.DEFINE_bool("distributed", False, "Join a multi-process job: jax.distributed."
+                    "initialize(), from the cluster's environment (TPU pod, SLURM) or from "
+                    "--coordinator, --num_processes and --process_id.")
+  flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0's coordinator.")
+  flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+  flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+
+
+def join_from_flags() -> None:
+  """initialize() as define_flags' flags ask; nothing when none is given. Call it before
+  anything touches a JAX backend."""
+  f = flags.FLAGS
+  explicit = (f.coordinator, f.num_processes, f.process_id)
+  if f.distributed or any(v is not None for v in explicit):
+    initialize(*explicit)
 
 
 def is_primary() -> bool:

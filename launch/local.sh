@@ -9,7 +9,8 @@
 # line of output is prefixed with its process id. The script waits for all of them, stops
 # the others as soon as one fails, and exits with the first failure's status. Re-running the
 # same command resumes from the last checkpoint in WORKDIR. CONFIG (default
-# configs/finetune.py) and PYTHON (default: python) pick the config and interpreter; give
+# configs/finetune.py) and PYTHON (default: python) pick the config and interpreter;
+# MODULE=jaxaudio.evaluate runs the evaluation (or --folds=K) the same way; give
 # each process its own devices with e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2.
 # DRY_RUN=1 prints the N commands instead of running them.
 set -uo pipefail
@@ -25,9 +26,13 @@ CONFIG="${CONFIG:-configs/finetune.py}"
 PYTHON="${PYTHON:-python}"
 PORT="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 
+MODULE="${MODULE:-jaxaudio.main}"
+
 command_for() {
-  cmd=("$PYTHON" -m jaxaudio.main "--config=$CONFIG" "--workdir=$WORKDIR"
-       "--coordinator=127.0.0.1:$PORT" "--num_processes=$N" "--process_id=$1" "${@:2}")
+  cmd=("$PYTHON" -m "$MODULE")
+  [[ "$MODULE" == jaxaudio.main ]] && cmd+=("--config=$CONFIG")
+  cmd+=("--workdir=$WORKDIR" "--coordinator=127.0.0.1:$PORT" "--num_processes=$N"
+        "--process_id=$1" "${@:2}")
 }
 
 if [[ -n "${DRY_RUN:-}" ]]; then

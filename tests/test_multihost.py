@@ -158,3 +158,18 @@ def test_a_dead_process_stops_the_other(dataset):
   assert time.time() - killed_at < 60
   assert procs[0].returncode != 0
   assert "another task died" in err or "heartbeat" in err, err[-2000:]
+
+
+def test_evaluate_command_on_two_processes(pod_runs):
+  """python -m jaxaudio.evaluate joins the job like main: the same evaluation the run wrote
+  at its end, printed once."""
+  pod = pod_runs("jit")
+  _, before = report(pod)
+  proc = subprocess.run(["bash", "launch/local.sh", "2", pod, "--retrieval", "--robustness",
+                         "--bootstrap=50"], cwd=ROOT, env=dict(env(), MODULE="jaxaudio.evaluate"),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert report(pod)[1] == before
+  lines = proc.stdout.splitlines()
+  assert [l[:5] for l in lines if "{" in l] == ["[0] {"]    # the summary, from process 0 only
+  assert sum(l.startswith("[0] report: ") for l in lines) == 1 and "[1] report" not in proc.stdout

@@ -51,7 +51,9 @@ def settings_from_config(cfg) -> featurize.Settings:
 def cache_key(listing: Listing, spec: FrontendSpec, settings: featurize.Settings) -> str:
   blob = json.dumps({"format": FORMAT_VERSION, "source": listing.source, "tfds": listing.tfds,
                      "items": listing.fingerprint_items(), "classes": listing.classes,
-                     "spec": spec.to_dict(), "settings": dataclasses.asdict(settings)},
+                     "spec": spec.to_dict(), "settings": dataclasses.asdict(settings),
+                     # trimming became librosa.effects.trim: earlier trimmed builds differ
+                     **({"trim": "librosa"} if settings.trim_db > 0 else {})},
                     sort_keys=True, default=str).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 

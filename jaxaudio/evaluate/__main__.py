@@ -10,7 +10,7 @@ import json
 
 from absl import flags
 
-from jaxaudio import cli
+from jaxaudio import cli, hosts
 from jaxaudio.errors import JaxAudioError
 from jaxaudio.crossval import cross_validate
 from jaxaudio.evaluate.evaluation import evaluate_run
@@ -24,6 +24,7 @@ _RETRIEVAL = flags.DEFINE_bool("retrieval", False, "Retrieval scores, starting v
 _ROBUSTNESS = flags.DEFINE_bool("robustness", False, "Robustness sweep on perturbed audio.")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples (0 = no intervals).")
 _FOLDS = flags.DEFINE_integer("folds", 0, "K-fold cross-validation of the run's recipe (0 = off).")
+hosts.define_flags()
 
 
 def _cross_validate() -> int:
@@ -32,6 +33,8 @@ def _cross_validate() -> int:
                         "(5 for ESC-50).")
   summary = cross_validate(_WORKDIR.value, _FOLDS.value, _RETRIEVAL.value, _ROBUSTNESS.value,
                            _BOOTSTRAP.value)
+  if not hosts.is_primary():
+    return 0
   for key, s in summary["classification"].items():
     if key != "num_examples":
       print(f"{key}: {s['mean']:.4f} ± {s['std']:.4f}  (folds: "
@@ -42,11 +45,14 @@ def _cross_validate() -> int:
 
 def main(argv):
   del argv
+  hosts.join_from_flags()
   if _FOLDS.value:
     return _cross_validate()
   step = step_flag(_STEP.value, start=False)
   result = evaluate_run(_WORKDIR.value, _SPLIT.value, step, _RETRIEVAL.value, _ROBUSTNESS.value,
                         _BOOTSTRAP.value)
+  if not hosts.is_primary():   # every process holds the result; one prints it
+    return 0
   c = result["classification"]
   print(json.dumps({k: v for k, v in c.items() if isinstance(v, (int, float))}))
   for name, scores in result.get("retrieval", {}).items():
