@@ -80,13 +80,16 @@ def test_eval_counts_every_window_exactly_once(prepared, processes):
   assert padded == sum(len(b) for b in per_process) * 3 - n
 
 
-@pytest.mark.parametrize("balanced", [False, True])
-def test_iterator_state_resumes_through_orbax(prepared, tmp_path, balanced):
+@pytest.mark.parametrize("balanced,workers", [(False, 0), (True, 0), (False, 2)])
+def test_iterator_state_resumes_through_orbax(prepared, tmp_path, balanced, workers):
+  """Also with worker processes (data.loader_workers, as the GPU and TPU configs set)."""
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()   # grain's worker processes read absl flags; a CLI parses them
   labels = pipeline.window_labels(prepared.data_source("train")) if balanced else None
 
   def loader():
     return pipeline.train_loader(prepared, "train", global_batch=4, seed=5,
-                                 balanced_labels=labels)
+                                 balanced_labels=labels, worker_count=workers)
 
   it = iter(loader())
   for _ in range(7):
@@ -97,7 +100,10 @@ def test_iterator_state_resumes_through_orbax(prepared, tmp_path, balanced):
   expected = [next(it) for _ in range(5)]
   fresh = iter(loader())
   mgr.restore(7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
-  for a, b in zip(expected, (next(fresh) for _ in range(5))):
+  got = [next(fresh) for _ in range(5)]
+  it.close()   # stop the workers now, not at interpreter exit
+  fresh.close()
+  for a, b in zip(expected, got):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
 
