@@ -3,7 +3,8 @@
 Training: seeded shuffle each epoch (optionally class-balanced: BalancedSource), endless
 repeat, global batches of which each JAX process reads its slice, optional worker processes
 for prefetch; the iterator's state goes into orbax checkpoints
-(grain.checkpoint.CheckpointSave) so a resumed run sees the same batches. Evaluation: every window exactly once, the last batch padded and masked.
+(grain.checkpoint.CheckpointSave) so a resumed run sees the same batches. Evaluation: every
+window exactly once, the last batch padded and masked.
 """
 
 from __future__ import annotations
@@ -144,17 +145,14 @@ def padded_batches(source, multi_label: bool, global_batch: int,
   """eval_batches over any random-access `source` of {"mel", "label", "clip"} records."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  to_input = ToModelInput(multi_label)
+  read = ReadBlock(source, multi_label)
   batch = per_process_batch(global_batch, process_count)
-  filler = None
   for start in range(0, len(source), global_batch):
     first = start + process_index * batch
-    records = [to_input.map(source[i]) for i in range(first, min(first + batch, len(source)))]
-    if filler is None:
-      filler = dict(records[0] if records else to_input.map(source[0]))
-      filler["mask"] = np.float32(0.0)
-    records += [filler] * (batch - len(records))
-    yield {k: np.stack([r[k] for r in records]) for k in records[0]}
+    real = list(range(first, min(first + batch, len(source))))
+    out = read.map(real + [real[0] if real else 0] * (batch - len(real)))
+    out["mask"][len(real):] = 0.0   # copies of a real record, masked
+    yield out
 
 
 def device_batch(batch: dict[str, np.ndarray], parallel: str, mesh: jax.sharding.Mesh | None = None,

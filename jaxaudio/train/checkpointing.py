@@ -12,7 +12,6 @@ from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -33,12 +32,6 @@ def manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                          best_fn=lambda m: m["score"], best_mode="max")
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
-
-
-def to_host(tree: Any) -> Any:
-  """numpy copy of a replicated pytree (also the restore template: device buffers get
-  donated)."""
-  return parallel.host_copy(tree)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, iterator, meta: dict[str, Any],
@@ -65,7 +58,7 @@ def restore(mgr: ocp.CheckpointManager, step: int, template: Any,
             sharding: jax.sharding.Sharding | None = None) -> tuple[Any, dict[str, Any]]:
   """(state shaped like `template`, meta) of checkpoint `step`: numpy arrays, or global
   jax.Arrays placed with `sharding` (parallel.replicated()) straight from the files."""
-  host = to_host(template)
+  host = parallel.host_copy(template)
   target = host if sharding is None else jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), host)
   restored = _restore(mgr, step, state=ocp.args.StandardRestore(target),

@@ -167,12 +167,12 @@ def fit(cfg, workdir: str, info: ModelInfo, prepared, validate: Validator, write
                 ", ".join(never_trained))
   log.info("parameter groups (stage %d):\n%s", stage,
            optimizer.describe(setup.assignment, setup.state.params))
-  host_state = checkpointing.to_host(setup.state)  # device buffers are donated to the step
+  host_state = parallel.host_copy(setup.state)  # device buffers are donated to the step
   meta = {"best_score": -math.inf, "best_step": -1, "evals_without_improvement": 0}
   resumed = None   # global arrays on the mesh, read by every process
   if latest is not None:
     resumed, meta = checkpointing.restore(mgr, latest, host_state, parallel.replicated())
-    host_state = checkpointing.to_host(resumed)
+    host_state = parallel.host_copy(resumed)
     log.info("resumed from step %d in %s", latest, workdir)
   else:
     writer.write_hparams({k: str(v) for k, v in

@@ -53,18 +53,15 @@ class Parallel:
   train_step: Callable
   eval_step: Callable
 
-  def _per_device(self) -> tuple[list, NamedSharding]:
-    devices = jax.local_devices()
-    return devices, NamedSharding(jax.sharding.Mesh(np.array(devices), ("replica",)),
-                                  P("replica"))
-
   def put_state(self, state: Any) -> Any:
     """The state on the devices, where it stays between train and evaluation steps: for
     pmap one copy per local device along a leading axis (numpy arrays would be copied to
     the devices again at every call), for jit replicated over the mesh. `state` is host
     arrays or a replicated global state (global_state, a restored checkpoint)."""
     if self.mode == "pmap":
-      devices, per_device = self._per_device()
+      devices = jax.local_devices()
+      per_device = NamedSharding(jax.sharding.Mesh(np.array(devices), ("replica",)),
+                                 P("replica"))
       return jax.tree_util.tree_map(
           lambda x: jax.device_put(np.broadcast_to(x, (len(devices),) + np.shape(x)),
                                    per_device), host_copy(state))
