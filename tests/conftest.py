@@ -28,6 +28,14 @@ def aisfx_checkpoint():
   return sources.aisfx_checkpoint()
 
 
+@pytest.fixture(scope="session")
+def musicnn_checkpoint():
+  """Folder of one verified musicnn 0.1.0 checkpoint (e.g. MTT_musicnn): installed package,
+  else the user cache, which `pip download` fills once."""
+  from jaxaudio.weights import sources
+  return sources.musicnn_checkpoint
+
+
 def run_cli(module, *args, env=None, timeout=300):
   """python -m <module> args...; returns CompletedProcess with text output."""
   full_env = dict(os.environ, **(env or {}))

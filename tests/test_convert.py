@@ -95,7 +95,7 @@ def test_wrong_frontend_checkpoint_is_refused(tmp_path):
 def test_merge_keeps_fresh_head_and_drops_audioset_head():
   info = get_model("panns_cnn6")
   pretrained = convert.convert_state_dict(info, torch_layout_random_weights(info, 3))
-  model = EmbeddingClassifier(info.build(audioset_head=False), num_classes=5)
+  model = EmbeddingClassifier(info.build(pretrained_head=False), num_classes=5)
   fresh = init_variables(model, jax.random.PRNGKey(0), np.zeros((1, 200, 64), np.float32))
   merged = merge.merge_pretrained(fresh, pretrained, info)
   np.testing.assert_array_equal(merged["params"]["head"]["kernel"],

@@ -11,16 +11,27 @@ import jax.numpy as jnp
 # PyTorch BatchNorm2d(momentum=0.1, eps=1e-5) expressed in Flax terms.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+# TensorFlow 1 tf.layers.batch_normalization defaults (momentum means the same as in Flax).
+TF_BN_MOMENTUM = 0.99
+TF_BN_EPSILON = 1e-3
 
 
 def batch_norm(name: str, use_running_average: bool, axis: int = -1,
-               axis_name: str | None = None) -> nn.BatchNorm:
-  """PyTorch-equivalent BatchNorm. `axis_name` averages batch statistics across pmap devices,
-  so N devices train like one device with the global batch. Statistics and scale stay
-  float32 even under bfloat16 compute."""
-  return nn.BatchNorm(use_running_average=use_running_average, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, axis=axis, dtype=jnp.float32, axis_name=axis_name,
+               axis_name: str | None = None, momentum: float = BN_MOMENTUM,
+               epsilon: float = BN_EPSILON) -> nn.BatchNorm:
+  """BatchNorm, PyTorch-equivalent by default. `axis_name` averages batch statistics across
+  pmap devices, so N devices train like one device with the global batch. Statistics and
+  scale stay float32 even under bfloat16 compute."""
+  return nn.BatchNorm(use_running_average=use_running_average, momentum=momentum,
+                      epsilon=epsilon, axis=axis, dtype=jnp.float32, axis_name=axis_name,
                       name=name)
+
+
+def tf_batch_norm(name: str, use_running_average: bool,
+                  axis_name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm with the TF1 defaults (momentum 0.99, epsilon 1e-3) of converted TF models."""
+  return batch_norm(name, use_running_average, axis_name=axis_name, momentum=TF_BN_MOMENTUM,
+                    epsilon=TF_BN_EPSILON)
 
 
 class ConvBlock(nn.Module):

@@ -14,13 +14,15 @@ import time
 from typing import Any
 
 from jaxaudio.models.registry import ModelInfo
-from jaxaudio.weights import convert, pth, sources, store
+from jaxaudio.weights import convert, pth, sources, store, tfckpt
 
 log = logging.getLogger("jaxaudio")
 
 
 def convert_file(info: ModelInfo, path: str) -> dict[str, Any]:
-  """Original .pth -> Flax variables (no caching)."""
+  """Original .pth (or TF1 checkpoint folder) -> Flax variables (no caching)."""
+  if info.original_format == "tf1":
+    return convert.convert_state_dict(info, tfckpt.read_variables(path), path)
   return convert.convert_state_dict(info, convert.extract_state_dict(pth.load_pth(path), path),
                                     path)
 

@@ -36,7 +36,8 @@ def save_converted(path: str | os.PathLike, info: ModelInfo, variables: dict[str
                           "empty or new --out directory.")
   meta = {
       "format": FORMAT, "model": info.name, "frontend_spec": info.spec.to_dict(),
-      "frontend_fingerprint": info.spec.fingerprint(), "source": os.path.basename(source),
+      "frontend_fingerprint": info.spec.fingerprint(), "source": os.path.basename(os.path.normpath(source)),
+      "license": info.license,
       "source_sha256": source_sha256, "param_count": param_count(variables["params"]),
       "jaxaudio_version": jaxaudio.__version__,
   }
