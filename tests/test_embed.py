@@ -52,3 +52,37 @@ def test_embed_offsets_follow_window_hop(cli, tmp_path, aisfx_checkpoint):
   hop_s = 50 * 1024 / sr   # half a window of 100 frames of 1024 samples
   np.testing.assert_allclose(offsets, hop_s * np.arange(len(offsets)), rtol=1e-6)
   assert len(offsets) == 4  # 260 frames -> windows at 0, 50, 100, 150
+
+
+def test_embed_writes_musicnn_taggrams(cli, tmp_path, golden, musicnn_checkpoint):
+  musicnn_checkpoint("MSD_musicnn")
+  ref = golden("musicnn_models.npz")
+  np.save(tmp_path / "mel.npy", ref["inputs"])
+  r = cli("jaxaudio.embed", "--model=musicnn_msd", f"--mel={tmp_path / 'mel.npy'}",
+          f"--out={tmp_path / 'e.npz'}")
+  assert r.returncode == 0, r.stderr
+  out = np.load(tmp_path / "e.npz")
+  assert np.abs(out["embeddings"] - ref["musicnn_msd/embedding"]).max() < 1e-4
+  assert np.abs(out["taggram"] - ref["musicnn_msd/taggram"]).max() < 1e-5
+  assert list(out["tag_names"][:3]) == ["rock", "pop", "alternative"]
+
+
+def test_embed_with_a_fine_tuned_run_needs_no_model_flag(cli, tmp_path, trained):
+  """--checkpoint=RUN embeds with the run's fine-tuned backbone at the chosen step."""
+  import jax
+  from jaxaudio import rundir
+  workdir, _ = trained
+  run = rundir.open_run(workdir, 20)
+  x = np.random.default_rng(0).uniform(0, 1, (3, 100, 96)).astype(np.float32)
+  np.save(tmp_path / "mel.npy", x)
+  r = cli("jaxaudio.embed", f"--checkpoint={workdir}", "--step=20",
+          f"--mel={tmp_path / 'mel.npy'}", f"--out={tmp_path / 'e.npz'}")
+  assert r.returncode == 0, r.stderr
+  assert "at step 20" in r.stdout
+  out = np.load(tmp_path / "e.npz")
+  want = np.asarray(jax.jit(lambda v, x: run.model.apply(v, x)["embedding"])(run.variables, x))
+  assert out["embeddings"].shape == (3, 16) and "taggram" not in out
+  np.testing.assert_allclose(out["embeddings"], want, rtol=1e-5, atol=1e-6)
+  wrong = cli("jaxaudio.embed", f"--checkpoint={workdir}", "--model=panns_cnn14",
+              f"--mel={tmp_path / 'mel.npy'}", f"--out={tmp_path / 'f.npz'}")
+  assert wrong.returncode == 2 and "drop --model" in wrong.stderr
