@@ -409,44 +409,49 @@ def list_source(cfg) -> Listing:
   return listing
 
 
-def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> list[Clip]:
-  """Splits for fold `fold` of `folds`: that fold is test, validation is carved (stratified,
-  data.val_fraction) from the other folds, the rest is train.
+def clip_folds(clips: list[Clip], folds: int, cfg, source: str) -> dict[str, int]:
+  """Fold (1..folds) of each clip key.
 
   Folds are a CSV's `fold` column when every clip has one (ESC-50; keeps its recording
-  groups apart), else every clip, whatever split it was in, is dealt round-robin into folds
-  per label after a seeded shuffle (stratified K-fold). Grouped data (several clips of one
-  speaker or recording) needs data.group (whole groups per fold, StratifiedGroupKFold) or
-  its folds in a CSV, or the folds leak."""
+  groups apart), else every clip is dealt round-robin into folds per label after a seeded
+  shuffle (stratified K-fold). Grouped data (several clips of one speaker or recording) needs
+  data.group (whole groups per fold, StratifiedGroupKFold) or its folds in a CSV, or the
+  folds leak."""
+  if all(c.fold for c in clips):
+    present = sorted({c.fold for c in clips})
+    if len(present) != folds:
+      raise DataError(f"{source} defines {len(present)} folds {present} in its fold "
+                      f"column, not {folds}; pass --folds={len(present)}.")
+    return {c.key: present.index(c.fold) + 1 for c in clips}
+  if any(c.group for c in clips):
+    ordered = sorted(clips, key=lambda c: c.key)
+    groups = len({c.group for c in ordered})
+    if groups < folds:
+      raise DataError(f"{source} has {groups} groups, fewer than the {folds} folds "
+                      "asked for; use fewer folds.")
+    return {c.key: int(f) + 1 for c, f in zip(ordered, _group_folds(ordered, folds,
+                                                                    int(cfg.split_seed)))}
+  of = {}
+  rng = np.random.default_rng(int(cfg.split_seed))
+  by_label: dict[str, list[Clip]] = {}
+  for c in sorted(clips, key=lambda c: c.key):
+    by_label.setdefault(_label(c), []).append(c)
+  for label in sorted(by_label):
+    group = by_label[label]
+    start = int(rng.integers(folds))    # so small classes do not all start in fold 1
+    for rank, i in enumerate(rng.permutation(len(group))):
+      of[group[i].key] = (start + rank) % folds + 1
+  return of
+
+
+def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> list[Clip]:
+  """Splits for fold `fold` of `folds` (clip_folds): that fold is test, validation is carved
+  (stratified, data.val_fraction) from the other folds, the rest is train."""
   if not 1 <= fold <= folds or folds < 2:
     raise DataError(f"cross-validation fold {fold} of {folds} is out of range; use 2 or more "
                     "folds and a fold from 1 to their number.")
   clips = listing.clips
-  if all(c.fold for c in clips):
-    present = sorted({c.fold for c in clips})
-    if len(present) != folds:
-      raise DataError(f"{listing.source} defines {len(present)} folds {present} in its fold "
-                      f"column, not {folds}; pass --folds={len(present)}.")
-    of = {c.key: present.index(c.fold) + 1 for c in clips}
-  elif any(c.group for c in clips):
-    ordered = sorted(clips, key=lambda c: c.key)
-    groups = len({c.group for c in ordered})
-    if groups < folds:
-      raise DataError(f"{listing.source} has {groups} groups, fewer than the {folds} folds "
-                      "asked for; use fewer folds.")
-    of = {c.key: int(f) + 1 for c, f in zip(ordered, _group_folds(ordered, folds,
-                                                                  int(cfg.split_seed)))}
-  else:
-    of = {}
-    rng = np.random.default_rng(int(cfg.split_seed))
-    by_label: dict[str, list[Clip]] = {}
-    for c in sorted(clips, key=lambda c: c.key):
-      by_label.setdefault(_label(c), []).append(c)
-    for label in sorted(by_label):
-      group = by_label[label]
-      start = int(rng.integers(folds))    # so small classes do not all start in fold 1
-      for rank, i in enumerate(rng.permutation(len(group))):
-        of[group[i].key] = (start + rank) % folds + 1
+  of = clip_folds(clips, folds, cfg, listing.source)
   test = [dataclasses.replace(c, split="test") for c in clips if of[c.key] == fold]
   rest = [dataclasses.replace(c, split="train") for c in clips if of[c.key] != fold]
   return sorted(test + _stratified_split(rest, {"validation": float(cfg.val_fraction)},
