@@ -12,14 +12,15 @@ import os
 import ml_collections
 
 from jaxaudio.errors import ConfigError
-from jaxaudio.models.registry import get_model
+from jaxaudio.models.registry import DEFAULT_FROZEN, get_model
 from jaxaudio.train import stages
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict({
-      "name": "aisfx",            # registry name: aisfx, panns_cnn14, panns_cnn10, panns_cnn6
+      "name": "aisfx",            # registry name: aisfx, panns_cnn14/10/6, musicnn_msd/mtt,
+                                  # vgg_msd/mtt (python -m jaxaudio.select ranks them)
       "init": "pretrained",       # pretrained | scratch | path to a converted checkpoint
       "checkpoint": "",           # original .pth (PANNs need it; aiSFX finds its own)
       "widths": (),               # override block widths (tests use tiny ones; scratch only)
@@ -74,7 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
       "batch_size": 32,           # global batch, split over processes and devices
       "learning_rate": 3e-4,      # times group_lr_mult per group
       # Ordered (regex over parameter paths, group); first match wins, all must match.
-      "param_groups": (("^backbone/(bn0|block1)/", "frozen"),
+      # The first rule freezes each model's first layer groups (registry.DEFAULT_FROZEN: aiSFX
+      # block1, PANNs bn0+block1, musicnn frontend, vgg block1).
+      "param_groups": ((f"^backbone/({'|'.join(DEFAULT_FROZEN)})/", "frozen"),
                        ("^backbone/", "backbone"),
                        ("^head/", "head")),
       "group_lr_mult": {"head": 1.0, "backbone": 1.0},

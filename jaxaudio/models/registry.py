@@ -58,6 +58,7 @@ class ModelInfo:
   source: str = "path"                   # "aisfx_package", "musicnn_package" or "path"
   package_member: str = ""               # the model's folder inside its package
   tag_names: tuple[str, ...] = ()        # outputs of the pretrained tag layer, if it has one
+  default_frozen: tuple[str, ...] = ()   # layer groups the default recipe keeps frozen
   description: str = ""
   license: str = ""                      # of the original weights; kept with conversions
 
@@ -119,7 +120,7 @@ _PANNS_IGNORE = (r"^spectrogram_extractor\.", r"^logmel_extractor\.", r"num_batc
 MODELS: dict[str, ModelInfo] = {
     "aisfx": ModelInfo(
         name="aisfx", spec=AISFX_SPEC, embedding_dim=512, layer_groups=aisfx.LAYER_GROUPS,
-        build=_aisfx, torch_prefix="embedding_net.",
+        build=_aisfx, torch_prefix="embedding_net.", default_frozen=("block1",),
         torch_ignore=(r"^fc\.", r"num_batches_tracked$"), source="aisfx_package",
         license="CC BY 4.0, Ma & Lerch (aisfx 0.1.2)",
         description="aiSFX X-Sequential-CE sound-effects embedding (ISMIR 2022), 512-d"),
@@ -128,6 +129,7 @@ MODELS: dict[str, ModelInfo] = {
             name=f"panns_{arch}", spec=PANNS_SPEC, embedding_dim=panns.ARCHS[arch].widths[-1],
             layer_groups=panns.ARCHS[arch].layer_groups, build=_panns(arch), torch_prefix="",
             torch_ignore=_PANNS_IGNORE, pretrained_only=("fc_audioset",),
+            default_frozen=("bn0", "block1"),
             description=f"PANNs {arch.capitalize()} AudioSet tagging CNN (Kong et al. 2020)")
         for arch in ("cnn14", "cnn10", "cnn6")
     },
@@ -136,6 +138,7 @@ MODELS: dict[str, ModelInfo] = {
             name=f"musicnn_{ds}", spec=MUSICNN_SPEC, embedding_dim=musicnn.MUSICNN_WIDTHS[-1],
             layer_groups=musicnn.MUSICNN_GROUPS, build=_musicnn,
             tf_scopes=musicnn.MUSICNN_TF_SCOPES, pretrained_only=("tags",),
+            default_frozen=("frontend",),
             source="musicnn_package", package_member=f"{prefix}_musicnn", tag_names=tags,
             description=f"musicnn music tagger trained on {full} (Pons & Serra 2019), 200-d",
             license=_MUSICNN_LICENSE)
@@ -145,6 +148,7 @@ MODELS: dict[str, ModelInfo] = {
         f"vgg_{ds}": ModelInfo(
             name=f"vgg_{ds}", spec=MUSICNN_SPEC, embedding_dim=256,
             layer_groups=musicnn.VGG_GROUPS, build=_vgg(ds), tf_scopes=musicnn.VGG_TF_SCOPES,
+            default_frozen=("block1",),
             pretrained_only=("tags",), source="musicnn_package", package_member=f"{prefix}_vgg",
             tag_names=tags,
             description=f"musicnn's vgg music tagger trained on {full} (Pons & Serra 2019), "
@@ -152,6 +156,13 @@ MODELS: dict[str, ModelInfo] = {
         for ds, (prefix, tags, full) in _MUSIC_SETS.items()
     },
 }
+
+
+# The default recipe's frozen groups, one regex over every model's (a group name means the
+# same first layers wherever it occurs): aiSFX block1, PANNs bn0 + block1, musicnn's
+# front end, vgg block1.
+DEFAULT_FROZEN = tuple(sorted({g for info in MODELS.values() for g in info.default_frozen},
+                              key=lambda g: (g != "bn0", g)))
 
 
 def finetune_backbone(info: ModelInfo, **kwargs) -> nn.Module:
