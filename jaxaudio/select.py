@@ -28,7 +28,7 @@ _MODELS = flags.DEFINE_string(
 _METRIC = flags.DEFINE_enum("metric", "macro_f1", list(selection.METRICS),
                             "What the recommendation maximises.")
 _FOLDS = flags.DEFINE_integer("folds", 5, "Folds of the train and validation clips.")
-_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 500, "Minibatch steps of each fold's probe.")
+_PROBE_STEPS = flags.DEFINE_integer("probe_steps", 1000, "Minibatch steps of each fold's probe.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Windows per embedding forward pass.")
 
 
