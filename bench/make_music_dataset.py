@@ -1,4 +1,6 @@
-"""Make a music-style data set with a shift to unseen bands (dev tooling, not a runtime need).
+"""Make music data sets with a shift to unseen instruments (dev tooling, not a runtime need).
+
+--task=styles (default):
 
 Seven styles told apart by rhythm, bass and harmony, not by timbre: waltz (3/4 oom-pah-pah),
 march (2/4, snare on the off-beats), rock (8th-note backbeat, power chords), bossa (clave,
@@ -15,6 +17,13 @@ styles played by instruments the model has not heard in them. The band is in the
 from train band-disjoint, mirroring the test shift.
 
   python bench/make_music_dataset.py --out=/tmp/music [--train_bands=24 --test_bands=8]
+
+--task=lead: which instrument family plays the lead melody over an accompaniment (drums,
+bass, a synth-pad comping in a random style): piano, chromatic percussion, organ, guitar,
+solo strings, brass, reed, pipe or synth lead -- timbre heard inside a mix. Of each family's
+8 General MIDI programs, 2 play only in test; the program is the group in the file name.
+
+  python bench/make_music_dataset.py --task=lead --out=/tmp/music_lead [--per_program=12]
 
 Needs fluidsynth and the fluid-soundfont-gm and timgm6mb-soundfont packages (Debian).
 """
@@ -192,9 +201,62 @@ def render(clips, band, soundfont: str, tmp: str) -> list[np.ndarray]:
           for k in range(len(clips))]
 
 
+LEAD_FAMILIES = {"piano": 0, "chromatic_percussion": 8, "organ": 16, "guitar": 24,
+                 "strings": 40, "brass": 56, "reed": 64, "pipe": 72, "synth_lead": 80}
+PADS = tuple(range(88, 96))
+
+
+def lead_task(args, rng: np.random.Generator, write: Writer, tmp: str) -> dict[str, str]:
+  """Clips labelled by the lead's instrument family; 2 programs per family only in test."""
+  for family, first in LEAD_FAMILIES.items():
+    programs = [first + int(p) for p in rng.permutation(8)]
+    for split, chosen in (("test", programs[:2]), ("train", programs[2:])):
+      for program in chosen:
+        for soundfont in SOUNDFONTS:
+          band = {"lead": program, "chords": int(rng.choice(PADS)),
+                  "bass": int(rng.choice(BASS)), "kit": int(rng.choice(KITS))}
+          clips = []
+          for _ in range(args.per_program // 2):
+            notes = arrangement(STYLES[rng.integers(len(STYLES))], rng, with_lead=True)
+            # the lead louder than its accompaniment, the pad softer
+            clips.append([(t, ch, p, min(127, v + 25) if ch == LEAD_CH else
+                           (v - 20 if ch == CHORD_CH else v), d) for t, ch, p, v, d in notes])
+          for x in render(clips, band, soundfont, tmp):
+            write(split, family, f"p{program:03d}", _finish(x, rng))
+    print(f"{family}: programs {programs[2:]} train, {programs[:2]} test", flush=True)
+  return {"name": "music_lead", "shift": "unseen instruments: 2 of the 8 General MIDI programs "
+          "of each lead family play only in test", "group": "GM program of the lead"}
+
+
+def _finish(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A little pink noise (35-50 dB below the music) and a random level (0 to -12 dB)."""
+  x = x + colored_noise(rng, len(x), 1.0) * 10 ** (-rng.uniform(35, 50) / 20) * (
+      np.sqrt(np.mean(x ** 2)) + 1e-9)
+  return 0.9 * x / (np.abs(x).max() + 1e-12) * 10 ** (-rng.uniform(0, 12) / 20)
+
+
+def styles_task(args, rng: np.random.Generator, write: Writer, tmp: str) -> dict[str, str]:
+  bands = args.train_bands + args.test_bands
+  for b in range(bands):
+    split = "test" if b < args.test_bands else "train"
+    band = {"lead": int(rng.choice(LEAD)), "chords": int(rng.choice(CHORDS)),
+            "bass": int(rng.choice(BASS)), "kit": int(rng.choice(KITS))}
+    name = f"band{b:02d}"
+    for soundfont in SOUNDFONTS:
+      labels = [s for s in STYLES for _ in range(args.per_band)]
+      clips = [arrangement(s, rng, with_lead=rng.random() < 0.5) for s in labels]
+      for style, x in zip(labels, render(clips, band, soundfont, tmp)):
+        write(split, style, name, _finish(x, rng))
+    print(f"band {b + 1}/{bands} ({split}): {band}", flush=True)
+  return {"name": "music_styles", "shift": "unseen bands: the instrumentations (lead, chord, "
+          "bass programs and drum kit) of the test split never play in train", "group": "band"}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
+  parser.add_argument("--task", choices=("styles", "lead"), default="styles")
+  parser.add_argument("--per_program", type=int, default=12, help="lead: clips per program")
   parser.add_argument("--train_bands", type=int, default=24)
   parser.add_argument("--test_bands", type=int, default=8)
   parser.add_argument("--per_band", type=int, default=2, help="clips per style and band")
@@ -205,28 +267,13 @@ def main() -> None:
   rng = np.random.default_rng(args.seed)
   shutil.rmtree(args.out, ignore_errors=True)
   write = Writer(args.out)
-  bands = args.train_bands + args.test_bands
   with tempfile.TemporaryDirectory() as tmp:
-    for b in range(bands):
-      split = "test" if b < args.test_bands else "train"
-      band = {"lead": int(rng.choice(LEAD)), "chords": int(rng.choice(CHORDS)),
-              "bass": int(rng.choice(BASS)), "kit": int(rng.choice(KITS))}
-      name = f"band{b:02d}"
-      for soundfont in SOUNDFONTS:
-        labels = [s for s in STYLES for _ in range(args.per_band)]
-        clips = [arrangement(s, rng, with_lead=rng.random() < 0.5) for s in labels]
-        for style, x in zip(labels, render(clips, band, soundfont, tmp)):
-          x = x + colored_noise(rng, len(x), 1.0) * 10 ** (-rng.uniform(35, 50) / 20) * (
-              np.sqrt(np.mean(x ** 2)) + 1e-9)
-          x = 0.9 * x / (np.abs(x).max() + 1e-12) * 10 ** (-rng.uniform(0, 12) / 20)
-          write(split, style, name, x)
-      print(f"band {b + 1}/{bands} ({split}): {band}", flush=True)
-  meta = {"name": "music_styles", "shift": "unseen bands: the instrumentations (lead, chord, "
-          "bass programs and drum kit) of the test split never play in train",
-          "group": "band", "group_config": "regex:__([^_]+)__", "clips": write.summary()}
+    task = {"styles": styles_task, "lead": lead_task}[args.task]
+    meta = task(args, rng, write, tmp)
+  meta.update(group_config="regex:__([^_]+)__", clips=write.summary())
   with open(os.path.join(args.out, "dataset.json"), "w") as f:
     json.dump(meta, f, indent=1)
-  print(f"music_styles: {sum(write.counts.values())} clips in {args.out}")
+  print(f"{meta['name']}: {sum(write.counts.values())} clips in {args.out}")
 
 
 if __name__ == "__main__":
