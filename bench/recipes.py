@@ -86,6 +86,9 @@ RECIPES: dict[str, list[str]] = {
                    "--config.train.group_lr_mult={'head': 1.0, 'backbone': 0.1}"],
     "probe_only_1200": [HEAD_ONLY, "--config.train.probe_steps=0",
                         "--config.train.num_steps=1200"],
+    # The default recipe on the other pretrained models (python -m jaxaudio.select ranks them).
+    **{f"default_{m}": [f"--config.model.name={m}"]
+       for m in ("musicnn_mtt", "musicnn_msd", "vgg_mtt", "vgg_msd")},
 }
 REFERENCE = "sklearn_probe"
 

@@ -87,3 +87,20 @@ def test_musicnn_sources_refetch_a_tampered_cache(tmp_path, monkeypatch, musicnn
   assert folder == str(bad)
   assert sources.tf_checkpoint_sha256(folder) == sources.MUSICNN_SHA256["MTT_vgg"]
   assert os.path.isfile(tmp_path / "originals" / "musicnn-0.1.0" / "LICENSE.md")
+
+
+@pytest.mark.parametrize("name", ["aisfx", "panns_cnn10", "musicnn_msd", "vgg_mtt"])
+def test_default_recipe_freezes_each_models_first_groups(name):
+  """The default param_groups freeze exactly the model's default_frozen layer groups."""
+  from jaxaudio import configs
+  from jaxaudio.models.head import EmbeddingClassifier
+  from jaxaudio.models.registry import finetune_backbone
+  from jaxaudio.train import optimizer
+  info = get_model(name)
+  model = EmbeddingClassifier(finetune_backbone(info), num_classes=3)
+  x = jax.ShapeDtypeStruct((1, info.spec.frames_per_window, info.spec.n_mels), np.float32)
+  params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)["params"]
+  groups = optimizer.assign_groups(params, configs.base_config().train.param_groups)
+  frozen = optimizer.frozen_layer_groups(params, groups, info.layer_groups)
+  assert frozen == info.default_frozen
+  assert "tags" not in params["backbone"] and "fc_audioset" not in params["backbone"]
