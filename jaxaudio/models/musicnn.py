@@ -107,6 +107,16 @@ class _FreqMaxConv(nn.Module):
     return jnp.max(x, axis=2).astype(self.dtype)
 
 
+def _with_tags(emb: jax.Array, tags: bool, dtype: Any, train: bool) -> dict[str, jax.Array]:
+  """{"embedding"} and, with the pretrained tag layer, dropout 0.5 -> Dense 50 "tag_logits"
+  (created in the calling module's scope, as `tags`)."""
+  out = {"embedding": emb}
+  if tags:
+    h = nn.Dropout(0.5, deterministic=not train)(emb)
+    out["tag_logits"] = nn.Dense(NUM_TAGS, dtype=dtype, name="tags")(h).astype(jnp.float32)
+  return out
+
+
 def _same_padding(k: int) -> tuple[int, int]:
   """TF SAME padding of a stride-1 kernel: an even kernel puts the extra row after."""
   return ((k - 1) // 2, k // 2)
@@ -143,13 +153,7 @@ class Musicnn(nn.Module):
     x = maybe_stop(1, x)
     emb = _Backend(back, self.dtype, self.bn_axis_name, name="backend")(
         x, norm("backend"), train)
-    emb = maybe_stop(2, emb)
-    out = {"embedding": emb}
-    if self.tags:
-      h = nn.Dropout(0.5, deterministic=not train)(emb)
-      out["tag_logits"] = nn.Dense(NUM_TAGS, dtype=self.dtype, name="tags")(h).astype(
-          jnp.float32)
-    return out
+    return _with_tags(maybe_stop(2, emb), self.tags, self.dtype, train)
 
 
 class _Frontend(nn.Module):
@@ -233,12 +237,7 @@ class Vgg(nn.Module):
       if i + 1 == stop_after:
         x = jax.lax.stop_gradient(x)
     emb = x.reshape(x.shape[0], -1).astype(jnp.float32)     # TF flatten: (h, w, c) order
-    out = {"embedding": emb}
-    if self.tags:
-      h = nn.Dropout(0.5, deterministic=not train)(emb)
-      out["tag_logits"] = nn.Dense(NUM_TAGS, dtype=self.dtype, name="tags")(h).astype(
-          jnp.float32)
-    return out
+    return _with_tags(emb, self.tags, self.dtype, train)
 
 
 class _VggBlock(nn.Module):
