@@ -175,7 +175,11 @@ def _clip_scores(logits: np.ndarray, labels: np.ndarray, keys: np.ndarray, num_c
   if multi_label:
     eps = 1e-12
     s = metrics.multilabel_scores(labels, np.log(mean + eps) - np.log1p(-mean + eps))
-    return {"macro_f1": s["micro_f1"], "probe_mAP": s["mAP"]}
+    truth, pred = np.asarray(labels) > 0.5, mean >= 0.5
+    tp = (truth & pred).sum(0)
+    denom = 2 * tp + (pred & ~truth).sum(0) + (~pred & truth).sum(0)
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)   # sklearn's zero_division=0
+    return {"macro_f1": float(f1.mean()), "micro_f1": s["micro_f1"], "probe_mAP": s["mAP"]}
   cm = metrics.ConfusionMatrix.from_model_output(logits=np.log(mean + 1e-12), labels=labels)
   s = cm.compute()
   return {"accuracy": float(s["accuracy"]), "macro_f1": float(s["macro_f1"])}
@@ -283,7 +287,7 @@ def finetune_command(argv: list[str], best: dict[str, Any], workdir: str) -> str
 def markdown(result: dict[str, Any]) -> str:
   metric, rows = result["metric"], result["models"]
   fmt = lambda r, k: f"{r[k]:.4f} ± {r[k + '_std']:.4f}" if k in r else "n/a"  # noqa: E731
-  keys = [k for k in ("accuracy", "macro_f1", "probe_mAP", "mAP") if k in rows[0]]
+  keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "probe_mAP", "mAP") if k in rows[0]]
   lines = [f"# Which pretrained model fits {result['source']}?", "",
            f"{result['folds']}-fold linear probe and retrieval on the train and validation clips "
            f"({'whole groups per fold' if result['grouped'] else 'stratified by label'}); the "
@@ -350,7 +354,8 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   writer = report.summary_writer(workdir)
   for i, row in enumerate(result["models"]):
     writer.write_scalars(i, {f"select/{row['name']}/{k}": row[k]
-                             for k in (*METRICS, "probe_mAP", "windows_per_second") if k in row})
+                             for k in (*METRICS, "micro_f1", "probe_mAP", "windows_per_second")
+                             if k in row})
   writer.write_images(0, {"select": report.figure_to_array(fig)[None]})
   writer.flush()
   return out

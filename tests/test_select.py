@@ -118,3 +118,18 @@ def test_folds_keep_groups_whole(clips):
     by_group.setdefault(key.rsplit("_", 1)[1], set()).add(fold)
   assert all(len(folds) == 1 for folds in by_group.values())
   assert sorted({f for fs in by_group.values() for f in fs}) == [1, 2, 3]
+
+
+def test_multilabel_clip_scores_match_sklearn():
+  rng = np.random.default_rng(2)
+  keys = np.repeat(np.arange(30), 2).astype(str)
+  truth = (rng.random((30, 4)) < 0.4).astype(np.uint8)
+  logits = rng.normal(size=(60, 4)) + 2.0 * (np.repeat(truth, 2, axis=0) - 0.5)
+  got = selection._clip_scores(logits, np.repeat(truth, 2, axis=0), keys, 4, True)  # pylint: disable=protected-access
+  probs = 1 / (1 + np.exp(-logits))
+  order = np.unique(keys)
+  pred = np.stack([probs[keys == k].mean(0) for k in order]) >= 0.5
+  want = truth[[int(k) for k in order]]
+  assert got["macro_f1"] == pytest.approx(f1_score(want, pred, average="macro", zero_division=0))
+  assert got["micro_f1"] == pytest.approx(f1_score(want, pred, average="micro"))
+  assert "accuracy" not in got
