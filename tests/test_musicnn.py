@@ -104,3 +104,35 @@ def test_default_recipe_freezes_each_models_first_groups(name):
   frozen = optimizer.frozen_layer_groups(params, groups, info.layer_groups)
   assert frozen == info.default_frozen
   assert "tags" not in params["backbone"] and "fc_audioset" not in params["backbone"]
+
+
+def test_musicnn_fine_tunes_with_its_frontend_frozen_and_exports(tmp_path, musicnn_checkpoint):
+  """A musicnn run end to end: default freezing keeps the front end bitwise pretrained while
+  the mid end trains, and the exported model reproduces the run's embeddings."""
+  from datafixtures import write_class_folder
+  from jaxaudio import configs, experiment, exported, rundir
+  from jaxaudio.weights.pretrained import pretrained_variables
+  musicnn_checkpoint("MTT_musicnn")
+  clips = write_class_folder(str(tmp_path / "clips"), per_class=6, seconds=3.2)
+  cfg = configs.base_config()
+  cfg.model.name = "musicnn_mtt"
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", str(tmp_path / "prepared")
+  cfg.data.workers = 1
+  cfg.train.update(num_steps=4, eval_every=2, log_every=2, batch_size=4, logmel_images=0)
+  cfg.evaluate.at_end = False
+  workdir = str(tmp_path / "run")
+  experiment.run(cfg, workdir)
+  run = rundir.open_run(workdir, "latest")
+  pretrained = pretrained_variables(get_model("musicnn_mtt"))[0]
+  tuned = run.variables["params"]["backbone"]
+  for a, b in zip(jax.tree_util.tree_leaves(tuned["frontend"]),
+                  jax.tree_util.tree_leaves(pretrained["params"]["frontend"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(
+      jax.tree_util.tree_leaves(tuned["midend"]),
+      jax.tree_util.tree_leaves(pretrained["params"]["midend"])))
+  exported.export_run(workdir, str(tmp_path / "export"), step="latest")
+  model = exported.load(str(tmp_path / "export"))
+  x = np.random.default_rng(0).uniform(0, 3, (2, 187, 96)).astype(np.float32)
+  want = run.model.apply(run.variables, x)["embedding"]
+  np.testing.assert_allclose(np.asarray(model(x)["embedding"]), np.asarray(want), atol=1e-5)
