@@ -38,7 +38,9 @@ def config(tmp, clips, mode, steps=STEPS):
           "--config.train.warmup_steps=3", "--config.train.learning_rate=0.01",
           # a probe on cached embeddings (each process embeds its slice), then blocks 2-4
           "--config.train.probe_steps=6", f"--config.parallel={mode}",
-          "--config.evaluate.retrieval=True", "--config.evaluate.robustness=True",
+          # robustness (a perturbation sweep, seconds a run) once, in the jit runs: the sweep
+          # is the same code under both wrappers
+          "--config.evaluate.retrieval=True", f"--config.evaluate.robustness={mode == 'jit'}",
           "--config.evaluate.bootstrap=50"]
 
 
@@ -108,7 +110,8 @@ def test_two_processes_equal_one_process_on_two_devices(pod_runs, dataset, mode)
   # Continuous scores (ECE, per-class AP, retrieval, robustness) equal to the last digit,
   # and training moved the embeddings: not two runs that both learned nothing.
   assert pod_test == single_test and pod_eval == single_eval
-  assert set(pod_eval) >= {"classification", "retrieval", "robustness"}
+  assert set(pod_eval) >= {"classification", "retrieval"} | ({"robustness"} if mode == "jit"
+                                                              else set())
   start, tuned = pod_eval["retrieval"].values()
   assert start != tuned
 
