@@ -331,12 +331,13 @@ def figure(result: dict[str, Any]):
   xs = np.arange(len(rows))
   for j, key in enumerate(keys):
     ax.bar(xs + j * width, [r[key] for r in rows], width=width,
-           yerr=[r[key + "_std"] for r in rows], capsize=3, label=key)
+           yerr=[r[key + "_std"] for r in rows], capsize=3,
+           label="retrieval mAP" if key == "mAP" else key)
   ax.set_xticks(xs + 0.4 - width / 2, [r["name"] for r in rows], fontsize=8)
   ax.set_ylim(0, 1)
   ax.set_title(f"pretrained models on {os.path.basename(result['source'])}: "
                f"{result['folds']}-fold probe (mean ± std)", fontsize=9)
-  ax.legend(fontsize=7, loc="lower right")
+  ax.legend(fontsize=7, loc="upper right", ncol=len(keys))
   fig.tight_layout()
   return fig
 
