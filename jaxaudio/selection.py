@@ -43,6 +43,8 @@ from jaxaudio.errors import ConfigError, DataError
 from jaxaudio.evaluate import metrics, report, retrieval
 from jaxaudio.models.head import HeadOnlyClassifier
 from jaxaudio.models.registry import ModelInfo, get_model, param_count
+from jaxaudio.train import optimizer
+from jaxaudio.train import steps as steps_lib
 from jaxaudio.weights.pretrained import pretrained_variables
 
 log = logging.getLogger("jaxaudio")
@@ -133,8 +135,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, multi_label: bool,
   model = HeadOnlyClassifier(num_classes, dropout=float(train_cfg.head_dropout))
   tx = optax.adamw(lr, b1=float(train_cfg.adam_b1), b2=float(train_cfg.adam_b2),
                    eps=float(train_cfg.adam_eps), weight_decay=float(train_cfg.weight_decay),
-                   mask=lambda p: jax.tree_util.tree_map_with_path(
-                       lambda kp, _: str(kp[-1].key) == "kernel", p))
+                   mask=optimizer.decay_mask)
   key = jax.random.PRNGKey(seed)
   params = model.init(key, jnp.zeros((1, x.shape[1]), jnp.float32))["params"]
   batch = min(int(train_cfg.batch_size), len(x))
@@ -143,26 +144,29 @@ def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, multi_label: bool,
   order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
   index = order[:steps * batch].reshape(steps, batch)
   smoothing = float(train_cfg.label_smoothing)
-  xs, ys = jnp.asarray(x, jnp.float32), jnp.asarray(y)
 
   def loss_fn(p, xb, yb, k):
     logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})["logits"]
     if multi_label:
-      return optax.sigmoid_binary_cross_entropy(logits, yb.astype(jnp.float32)).mean()
-    targets = jax.nn.one_hot(yb, num_classes)
-    if smoothing:
-      targets = optax.smooth_labels(targets, smoothing)
-    return optax.softmax_cross_entropy(logits, targets).mean()
+      targets = yb.astype(jnp.float32)
+    else:
+      targets = jax.nn.one_hot(yb, num_classes)
+      if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return steps_lib.per_example_loss(logits, targets, multi_label).mean()
 
-  def step(carry, inputs):
-    p, opt = carry
-    idx, i = inputs
-    grads = jax.grad(loss_fn)(p, xs[idx], ys[idx], jax.random.fold_in(key, i))
-    updates, opt = tx.update(grads, opt, p)
-    return (optax.apply_updates(p, updates), opt), None
+  def train(p, opt, xs, ys, index):
+    def step(carry, inputs):
+      p, opt = carry
+      idx, i = inputs
+      grads = jax.grad(loss_fn)(p, xs[idx], ys[idx], jax.random.fold_in(key, i))
+      updates, opt = tx.update(grads, opt, p)
+      return (optax.apply_updates(p, updates), opt), None
+    return jax.lax.scan(step, (p, opt), (index, jnp.arange(len(index))))[0]
 
-  train = jax.jit(lambda p, o, idx: jax.lax.scan(step, (p, o), (idx, jnp.arange(len(idx))))[0])
-  params, _ = train(params, tx.init(params), jnp.asarray(index))
+  # The embeddings are arguments, not constants folded into the compiled program.
+  params, _ = jax.jit(train)(params, tx.init(params), jnp.asarray(x, jnp.float32),
+                             jnp.asarray(y), jnp.asarray(index))
   apply = jax.jit(lambda p, xb: model.apply({"params": p}, xb)["logits"])
   return lambda xb: np.asarray(apply(params, jnp.asarray(xb, jnp.float32)))
 
@@ -190,10 +194,10 @@ def score_folds(pool: dict[str, np.ndarray], fold_of: dict[str, int], folds: int
                 ) -> list[dict[str, float]]:
   """Probe and retrieval scores of every fold (see module docstring)."""
   fold = np.array([fold_of[k] for k in pool["key"]])
+  x = pool["embedding"].astype(np.float64)
   out = []
   for k in range(1, folds + 1):
     tr, te = fold != k, fold == k
-    x = pool["embedding"].astype(np.float64)
     mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
     z = ((x - mean) / std).astype(np.float32)
     logits_fn = fit_probe(z[tr], pool["label"][tr], num_classes, multi_label, train_cfg,
@@ -226,9 +230,7 @@ def evaluate_candidate(cfg: ml_collections.ConfigDict, cand: Candidate, fold_of:
                        folds: int, steps: int, batch_size: int) -> dict[str, Any]:
   """Prepare, embed and score one candidate; the row select.json holds for it."""
   info = cand.info
-  c = ml_collections.ConfigDict(cfg.to_dict())
-  c.model.name, c.model.checkpoint = info.name, cand.checkpoint or ""
-  prepared, built = prepare(c.data, info.spec)
+  prepared, built = prepare(cfg.data, info.spec)
   log.info("%s: %s data at %s", info.name, "prepared" if built else "reusing prepared",
            prepared.root)
   variables, meta = pretrained_variables(info, cand.checkpoint)
@@ -237,7 +239,7 @@ def evaluate_candidate(cfg: ml_collections.ConfigDict, cand: Candidate, fold_of:
   log.info("%s: embedded %d windows in %.1f s (%.1f windows/s)", info.name,
            len(pool["key"]), seconds, len(pool["key"]) / seconds)
   per_fold = score_folds(pool, fold_of, folds, len(prepared.classes), prepared.multi_label,
-                         c.train, steps)
+                         cfg.train, steps)
   row: dict[str, Any] = {"name": info.name, "checkpoint": cand.checkpoint,
                          "description": info.description, "embedding_dim": int(embedder.dim),
                          "params": param_count(variables["params"]),

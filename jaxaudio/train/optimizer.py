@@ -86,7 +86,8 @@ def frozen_layer_groups(params: Any, assignment: dict[str, str], layer_groups,
   return tuple(frozen)
 
 
-def _decay_mask(tree: Any) -> Any:
+def decay_mask(tree: Any) -> Any:
+  """Weight decay on kernels only (not biases, BatchNorm scales or offsets)."""
   return jax.tree_util.tree_map_with_path(lambda kp, _: str(kp[-1].key) == "kernel", tree)
 
 
@@ -159,7 +160,7 @@ def make_optimizer(params: Any, cfg, rules=None, starts: dict[str, int] | None =
   for group, sched in scheds.items():
     transforms[group] = optax.adamw(sched, b1=float(cfg.adam_b1), b2=float(cfg.adam_b2),
                                     eps=float(cfg.adam_eps),
-                                    weight_decay=float(cfg.weight_decay), mask=_decay_mask)
+                                    weight_decay=float(cfg.weight_decay), mask=decay_mask)
   chain = []
   if float(cfg.grad_clip_norm) > 0:
     chain.append(optax.masked(optax.clip_by_global_norm(float(cfg.grad_clip_norm)),

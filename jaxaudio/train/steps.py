@@ -42,7 +42,7 @@ def _targets(batch, cfg: StepConfig):
   return jax.nn.one_hot(batch["label"], cfg.num_classes, dtype=jnp.float32)
 
 
-def _per_example_loss(logits, targets, multi_label: bool):
+def per_example_loss(logits, targets, multi_label: bool):
   logits = logits.astype(jnp.float32)
   if multi_label:
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=-1)
@@ -77,7 +77,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig
                                     cfg.trainable)
     out, updates = cfg.model.apply({"params": params, "batch_stats": state.batch_stats}, x,
                                    train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
-    per_example = _per_example_loss(out["logits"], targets, cfg.multi_label)
+    per_example = per_example_loss(out["logits"], targets, cfg.multi_label)
     # Local masked mean; with pmap, averaging gradients over equal-size shards gives the
     # global-batch gradient.
     loss = jnp.sum(per_example * weight) / jnp.maximum(jnp.sum(mask), 1.0)
@@ -109,6 +109,6 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], cfg: StepConfig
   params = evaluation_params(state.params, state.opt_state)
   out = cfg.model.apply({"params": params, "batch_stats": state.batch_stats},
                         batch["mel"], train=False)
-  per_example = _per_example_loss(out["logits"], _targets(batch, cfg), cfg.multi_label)
+  per_example = per_example_loss(out["logits"], _targets(batch, cfg), cfg.multi_label)
   return {"logits": out["logits"].astype(jnp.float32), "loss": per_example,
           "embedding": out["embedding"]}
