@@ -27,7 +27,9 @@ from jaxaudio.train.fit import fit
 log = logging.getLogger("jaxaudio")
 
 
-def _score_name(cfg, multi_label: bool) -> str:
+def score_name(cfg, multi_label: bool) -> str:
+  """The validation score a run maximises (train.best_metric; auto: macro-F1, or mAP for
+  multi-label data)."""
   if cfg.train.best_metric != "auto":
     return cfg.train.best_metric
   return "mAP" if multi_label else "macro_f1"
@@ -84,7 +86,7 @@ class _Validation:
 
   def __init__(self, cfg, prepared, writer):
     self.classes, self.multi_label = prepared.classes, prepared.multi_label
-    self.name = _score_name(cfg, self.multi_label)
+    self.name = score_name(cfg, self.multi_label)
     self.prepared, self.writer = prepared, writer
     self.image_windows = _example_windows(prepared, "validation", int(cfg.train.logmel_images))
 
@@ -109,8 +111,13 @@ class _Validation:
     return float(scores[self.name])
 
 
-def run(cfg, workdir: str) -> dict[str, Any]:
-  """Run (or continue) the configured fine-tuning in `workdir`; returns the test report."""
+def run(cfg, workdir: str, on_validation=None, embeddings_dir: str | None = None,
+        with_test: bool = True) -> dict[str, Any]:
+  """Run (or continue) the configured fine-tuning in `workdir`; returns the test report.
+
+  A sweep trial passes `on_validation(step, score)` (its pruner), `embeddings_dir` (the
+  sweep's shared probe embeddings) and with_test=False: a trial never scores the test split;
+  what it returns then holds the validation score and the steps trained."""
   configs.validate(cfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -135,7 +142,13 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   progress = periodic_actions.ReportProgress(num_train_steps=int(cfg.train.num_steps),
                                              writer=writer, every_secs=60)
   validation = _Validation(cfg, prepared, writer)
-  fitted = fit(cfg, workdir, info, prepared, validation, writer, hooks=(progress,))
+  fitted = fit(cfg, workdir, info, prepared, validation, writer, hooks=(progress,),
+               on_validation=on_validation, embeddings_dir=embeddings_dir)
+  if not with_test:
+    writer.flush()
+    return {"best_step": fitted.best_step, "last_step": fitted.last_step,
+            "validation_score": {validation.name: fitted.best_score},
+            "train_seconds": time.perf_counter() - begin}
   test = report.classification_report(forward.clip_level(fitted.predict("test"), multi_label),
                                       classes, multi_label)
   test.update(best_step=fitted.best_step, validation_score={validation.name: fitted.best_score},

@@ -58,8 +58,9 @@ class _Stages:
   """What a run compiles from the config: a Setup (model, optimizer, trainable mask) turned
   into parallel train/eval steps and the data they train on, rebuilt at each stage."""
 
-  def __init__(self, cfg, info, prepared):
+  def __init__(self, cfg, info, prepared, embeddings_dir: str | None = None):
     self.cfg, self.info, self.prepared = cfg, info, prepared
+    self.embeddings_dir = embeddings_dir
     self.num_classes, self.multi_label = len(prepared.classes), prepared.multi_label
     self.pmap = cfg.parallel == "pmap"
     self.axis = parallel.PMAP_AXIS if self.pmap else None
@@ -108,6 +109,15 @@ class _Stages:
     if not head_only.cached_stage(self.cfg.train, host_state.params, self.plan.rules[stage]):
       self.cache = None
       return par, self.prepared
+    # Before any backbone update (stage 0) the embeddings are the initial model's, which runs
+    # that share model, initialisation and data can share through embeddings_dir.
+    shared = (head_only.shared_cache_path(self.embeddings_dir, self.cfg, self.prepared)
+              if self.embeddings_dir and stage == 0 else None)
+    if self.cache is None and shared:
+      self.cache = head_only.load_cache(shared, self.prepared)
+      if self.cache is not None:
+        log.info("backbone frozen in this stage: training the head on the shared embeddings "
+                 "in %s", shared)
     if self.cache is None:
       t0 = time.perf_counter()
       self.cache = head_only.embed_splits(par.eval_step, par.put_state(host_state), self.prepared,
@@ -116,6 +126,8 @@ class _Stages:
       log.info("backbone frozen in this stage: embedded %d windows once in %.1f s; training the "
                "head on cached embeddings (train.cache_embeddings=off to disable)",
                sum(len(v["clip"]) for v in self.cache.splits.values()), time.perf_counter() - t0)
+      if shared:
+        head_only.save_cache(shared, self.cache)
     return self.compile(setup, head_only.head_model(self.cfg.train, self.num_classes)), self.cache
 
   def loader(self, data):
@@ -145,16 +157,22 @@ def _stop_if_diverged(metrics: list[dict[str, Any]], step: int, mgr) -> None:
 
 
 def fit(cfg, workdir: str, info: ModelInfo, prepared, validate: Validator, writer,
-        hooks: Iterable[Callable[[int], Any]] = ()) -> Fitted:
+        hooks: Iterable[Callable[[int], Any]] = (),
+        on_validation: Callable[[int, float], Any] | None = None,
+        embeddings_dir: str | None = None) -> Fitted:
   """Train (or continue training) the configured model on `prepared` in `workdir`.
 
   `writer` (a clu metric writer) gets the train scalars, `hooks` are called with each step
-  number (progress reporting), `validate` scores every validation. Every process calls it.
+  number (progress reporting), `validate` scores every validation. `on_validation(step,
+  score)` hears each validation once its checkpoint is saved; whatever it raises (a sweep's
+  pruner stopping the trial) ends the fit with that checkpoint on disk. `embeddings_dir`
+  shares the frozen backbone's embeddings of a probe stage with other runs (sweep trials).
+  Every process calls it.
   """
   batch_size = int(cfg.train.batch_size)
   mgr = checkpointing.manager(workdir, int(cfg.train.checkpoint_keep))
   latest = mgr.latest_step()
-  run = _Stages(cfg, info, prepared)
+  run = _Stages(cfg, info, prepared, embeddings_dir)
   # A checkpoint at step k holds the optimizer state of the stage that made update k - 1.
   stage = run.plan.index(max(latest - 1, 0)) if latest else 0
   setup = run.build(pretrained.initial_variables(cfg, info, latest is not None), stage)
@@ -230,6 +248,12 @@ def fit(cfg, workdir: str, info: ModelInfo, prepared, validate: Validator, write
       checkpointing.save(mgr, step, par.global_state(state), iterator, meta, score)
       log.info("validation at step %d: %s=%.4f (best %.4f at step %d)", step, validate.name,
                score, meta["best_score"], meta["best_step"])
+      if on_validation is not None:
+        try:
+          on_validation(step, score)
+        except BaseException:
+          mgr.close()   # waits for the save above: a stopped run keeps its last checkpoint
+          raise
       patience = int(cfg.train.early_stop_patience)
       if patience and meta["evals_without_improvement"] >= patience:
         log.info("early stop at step %d: %d validations without improvement", step, patience)

@@ -16,8 +16,12 @@ backbone the slow way with every augmentation.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from typing import Any, Callable
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -85,6 +89,39 @@ def embed_splits(eval_step: Callable, state: Any, prepared, batch_size: int, par
     out["embedding"] = out["embedding"].astype(np.float32)
     splits[split] = out
   return EmbeddingCache(splits, prepared.classes, prepared.multi_label)
+
+
+def shared_cache_path(directory: str, cfg, prepared) -> str:
+  """Where the initial backbone's embeddings of `prepared` are kept in `directory`: the key
+  is everything that changes them (model, weights, data, batch size, precision, devices),
+  so runs sharing the file would each have computed the same arrays."""
+  m, t = cfg.model, cfg.train
+  key = {"model": m.name, "init": m.init, "checkpoint": m.checkpoint,
+         "widths": list(m.widths), "data": os.path.basename(prepared.root),
+         "batch_size": int(t.batch_size), "mixed_precision": bool(t.mixed_precision),
+         "parallel": cfg.parallel, "devices": jax.device_count(),
+         "seed": int(t.seed) if m.init == "scratch" else None}
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  return os.path.join(directory, f"embeddings-{m.name}-{digest}.npz")
+
+
+def load_cache(path: str, prepared) -> EmbeddingCache | None:
+  """The cache saved at `path`, or None when no run has written it yet."""
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as z:
+    splits = {s: {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{s}/")}
+              for s in SPLITS}
+  return EmbeddingCache(splits, prepared.classes, prepared.multi_label)
+
+
+def save_cache(path: str, cache: EmbeddingCache) -> None:
+  """Write under a temporary name and rename, so a reader never sees half a file (several
+  sweep workers may write the same one; they write the same arrays)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(tmp, **{f"{s}/{k}": v for s, arrays in cache.splits.items() for k, v in arrays.items()})
+  os.replace(tmp, path)
 
 
 def head_model(train_cfg, num_classes: int) -> HeadOnlyClassifier:
