@@ -119,7 +119,9 @@ def run(argv: list[str], cfg: ml_collections.ConfigDict, sweep_path: str, sweep_
   print(f"sweep {study_name}: {n_trials} trials, {workers} worker(s) here, storage "
         f"{study.redacted(url)}, trials in {os.path.join(sweep_dir, 'trials')}",
         file=sys.stderr, flush=True)
-  codes = _run_workers(argv, workers, st, n_trials)
+  trials = st.get_trials(deepcopy=False)
+  done = len(trials) >= n_trials and all(t.state in study.FINISHED for t in trials)
+  codes = [] if done else _run_workers(argv, workers, st, n_trials)
   if any(codes):
     print(f"warning: worker exit codes {codes}; their lines above say why", file=sys.stderr)
   result = summary.summarise(st, objective, n_trials, study.redacted(url))

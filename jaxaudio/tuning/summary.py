@@ -61,6 +61,10 @@ def importances(study: optuna.Study) -> dict[str, float]:
 def summarise(study: optuna.Study, objective: str, n_trials: int, storage: str
               ) -> dict[str, Any]:
   rows = trial_rows(study)
+  trials = study.get_trials(deepcopy=False)
+  starts = [t.datetime_start for t in trials if t.datetime_start]
+  ends = [t.datetime_complete for t in trials if t.datetime_complete]
+  wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
   complete = [r for r in rows if r["state"] == "COMPLETE"]
   best = max(complete, key=lambda r: (r["value"], -r["number"])) if complete else None
   return {"study": study.study_name, "storage": storage, "objective": objective,
@@ -69,7 +73,8 @@ def summarise(study: optuna.Study, objective: str, n_trials: int, storage: str
                      for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
           "best": ({k: best[k] for k in ("number", "value", "params", "workdir", "cores")}
                    if best else None),
-          "pruning": pruning(rows), "importances": importances(study)}
+          "pruning": pruning(rows), "importances": importances(study),
+          "wall_seconds": wall}
 
 
 def best_config(base: ml_collections.ConfigDict, params: list[space.Param],
@@ -78,15 +83,14 @@ def best_config(base: ml_collections.ConfigDict, params: list[space.Param],
   best = summary["best"]
   cfg = space.trial_config(base, params, best["params"])
   cfg.evaluate.at_end = True
+  cores = (f"The trial ran on {best['cores']} core(s); XLA's CPU arithmetic depends on the "
+           f"thread count,\nso `taskset -c 0-{best['cores'] - 1} python -m jaxaudio.main ...` "
+           "repeats it bit for bit.\n") if best.get("cores") else ""
   return (f'"""Trial {best["number"]} of the sweep in {sweep_dir}: validation '
           f'{summary["objective"]} {best["value"]:.4f}, the best of '
           f'{summary["counts"]["COMPLETE"]} completed trials.\n\n'
           "Reproduce it as an ordinary run:\n"
-          f"  python -m jaxaudio.main --config={path} --workdir={sweep_dir}/best\n"
-          f"The trial ran on {best['cores']} core(s); XLA's CPU arithmetic depends on the "
-          "thread count,\n"
-          f"so `taskset -c 0-{max(best['cores'] - 1, 0)} python -m jaxaudio.main ...` "
-          "repeats it bit for bit.\n"
+          f"  python -m jaxaudio.main --config={path} --workdir={sweep_dir}/best\n{cores}"
           '"""\n\nimport ml_collections\n\n'
           f"CONFIG = {pprint.pformat(cfg.to_dict(), width=96, sort_dicts=True)}\n\n\n"
           "def get_config():\n  return ml_collections.ConfigDict(CONFIG)\n")
@@ -106,7 +110,9 @@ def markdown(summary: dict[str, Any], sweep_dir: str) -> str:
            f"{counts['FAIL']} failed" + (f", {counts['RUNNING']} still running"
                                          if counts["RUNNING"] else "")
            + f" (of {summary['n_trials']}). Storage: {summary['storage']}.", "",
-           f"Time in trials: {p['seconds_spent']:.0f} s; the pruner stopped {p['pruned']} "
+           f"Wall time from the first trial's start to the last one's end: "
+           f"{summary['wall_seconds']:.0f} s; time in trials: {p['seconds_spent']:.0f} s; the "
+           f"pruner stopped {p['pruned']} "
            f"trials, saving about {p['seconds_saved']:.0f} s (each pruned trial's remaining "
            "steps at its own rate).", ""]
   best = summary["best"]
