@@ -1,8 +1,11 @@
 """Shared fixtures: golden files, the real aiSFX checkpoint (fetched once), CLI runner."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +14,16 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 GOLDEN = os.path.join(TESTS, "golden")
 sys.path.insert(0, TESTS)
 sys.path.insert(0, GOLDEN)
+
+# The tiny runs of the suite compile the same programs again and again (folds, resumed runs,
+# sweep trials, the processes of a pod): JAX's persistent cache shares the executables, in
+# this process and every command a test starts (about a tenth of the suite's time). Fresh
+# for each session; a cached executable computes what a new compilation would.
+_XLA_CACHE = tempfile.mkdtemp(prefix="jaxaudio-test-xla-")
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")

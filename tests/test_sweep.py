@@ -23,7 +23,6 @@ from jaxaudio.tuning import space, study, summary
 SPACE = '''
 def get_sweep():
   return {"train.learning_rate": ("loguniform", 1e-3, 3e-2),
-          "train.probe_steps": ("choice", [0, 10]),
           "train.head_dropout": ("uniform", 0.0, 0.5)}
 '''
 
@@ -165,7 +164,7 @@ def _trials(url, name="sweep"):
 def test_two_workers_killed_and_resumed_end_with_exactly_n_trials(tiny):
   workdir = str(tiny["tmp"] / "killed")
   url = f"sqlite:///{workdir}/study.db"
-  cmd = _sweep_cmd(tiny, workdir, "--n_trials=3", "--workers=2")
+  cmd = _sweep_cmd(tiny, workdir, "--n_trials=2", "--workers=2")
   first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            start_new_session=True)
   deadline, running = time.time() + 240, {}
@@ -191,9 +190,9 @@ def test_two_workers_killed_and_resumed_end_with_exactly_n_trials(tiny):
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   trials = _trials(url)
-  assert sorted(t.number for t in trials) == [0, 1, 2]
+  assert sorted(t.number for t in trials) == [0, 1]
   assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-  assert len({t.user_attrs["workdir"] for t in trials}) == 3
+  assert len({t.user_attrs["workdir"] for t in trials}) == 2
   for number in killed:   # continued under its own number; from its checkpoint if it had one
     log = open(os.path.join(trials[number].user_attrs["workdir"], "log.txt")).read()
     assert f"sweep trial {number} (continued)" in log
@@ -205,14 +204,14 @@ def test_two_workers_killed_and_resumed_end_with_exactly_n_trials(tiny):
     assert t.user_attrs["steps"] == 30
   report = json.load(open(f"{workdir}/report/sweep.json"))
   assert [(x["number"], x["state"]) for x in report["trials"]] == [(i, "COMPLETE")
-                                                                   for i in range(3)]
+                                                                   for i in range(2)]
   best = max(trials, key=lambda t: (t.value, -t.number))
   assert report["best"]["number"] == best.number and report["best"]["value"] == best.value
   assert "not used to make it" in report["test"]["note"] and 0 <= report["test"]["accuracy"] <= 1
   assert os.path.isfile(os.path.join(best.user_attrs["workdir"], "report", "evaluation.json"))
   for name in ("optimization_history", "param_importances", "parallel_coordinate"):
     assert os.path.getsize(f"{workdir}/report/{name}.png") > 5000
-  assert len(os.listdir(f"{workdir}/tensorboard")) == 3
+  assert len(os.listdir(f"{workdir}/tensorboard")) == 2
   assert "best trial" in r.stdout and "(not used to choose)" in r.stdout
 
   # best_config.py reproduces the best trial bit for bit on as many cores as it had.
@@ -272,6 +271,9 @@ def test_two_commands_share_a_postgresql_study(tiny, postgres):
     assert where == [os.path.dirname(os.path.dirname(t.user_attrs["workdir"]))]
   ran = [sum(f"trial {t.number} finished" in err for t in trials) for _, err in outs]
   assert sum(ran) == 3
+  # A command reports when it has nothing left to run; the one that ended last saw all three.
   reports = [json.load(open(os.path.join(d, "report", "sweep.json"))) for d in dirs]
-  assert reports[0]["best"] == reports[1]["best"]
+  final = [x for x in reports if x["counts"]["COMPLETE"] == 3]
+  best = max(trials, key=lambda t: (t.value, -t.number))
+  assert final and all(x["best"]["number"] == best.number for x in final)
   assert reports[0]["storage"].startswith("postgresql://jaxaudio@/postgres")
