@@ -148,6 +148,35 @@ def test_pruner_stops_a_trial_below_the_crafted_history(tiny, capsys):
   assert study.claim(st, storage, params, 7, sweep_dir) is None   # 7 trials: nothing left
 
 
+@pytest.mark.parametrize("values", [(0.5, 0.5, 0.5), (0.2, 0.9, 0.4, 0.7)])
+def test_importances_or_the_reason_there_are_none(tmp_path, values):
+  """Importances need scores that differ: equal scores give no plot and the reason in the
+  report; differing ones give fANOVA's numbers (summing to 1) and the plot of those numbers."""
+  dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+          "probe": optuna.distributions.CategoricalDistribution([0, 5])}
+  st = optuna.create_study(direction="maximize")
+  for i, v in enumerate(values):
+    st.add_trial(optuna.trial.create_trial(value=v, params={"lr": 10 ** -(2 + i / 2),
+                                                             "probe": [0, 5][i % 2]},
+                                           distributions=dist))
+  s = summary.summarise(st, "accuracy", len(values), "memory")
+  written = summary.plots(st, str(tmp_path), s["importances"])
+  names = sorted(os.path.basename(p) for p in written)
+  if len(set(values)) == 1:
+    assert s["importances"] == {}
+    assert s["importances_note"] == ("all 3 completed trials scored 0.5: no parameter "
+                                     "explains a difference")
+    assert "None: all 3 completed trials scored 0.5" in summary.markdown(s, str(tmp_path))
+    assert names == ["optimization_history.png", "parallel_coordinate.png"]
+  else:
+    ref = optuna.importance.get_param_importances(
+        st, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert s["importances"] == pytest.approx(dict(ref)) and s["importances_note"] == ""
+    assert sum(s["importances"].values()) == pytest.approx(1.0)
+    assert "param_importances.png" in names
+    assert os.path.getsize(tmp_path / "param_importances.png") > 5000
+
+
 def _sweep_cmd(tiny, workdir, *extra):
   return [sys.executable, "-m", "jaxaudio.sweep", f"--workdir={workdir}",
           f"--sweep={tiny['space']}", "--sampler=random", "--pruner=none", *tiny["flags"],
@@ -209,8 +238,11 @@ def test_two_workers_killed_and_resumed_end_with_exactly_n_trials(tiny):
   assert report["best"]["number"] == best.number and report["best"]["value"] == best.value
   assert "not used to make it" in report["test"]["note"] and 0 <= report["test"]["accuracy"] <= 1
   assert os.path.isfile(os.path.join(best.user_attrs["workdir"], "report", "evaluation.json"))
-  for name in ("optimization_history", "param_importances", "parallel_coordinate"):
+  for name in ("optimization_history", "parallel_coordinate"):
     assert os.path.getsize(f"{workdir}/report/{name}.png") > 5000
+  # two tone trials often both score 1.0: then no importances (test_importances_* covers both)
+  assert os.path.isfile(f"{workdir}/report/param_importances.png") == bool(
+      report["importances"]) != bool(report["importances_note"])
   assert len(os.listdir(f"{workdir}/tensorboard")) == 2
   assert "best trial" in r.stdout and "(not used to choose)" in r.stdout
 

@@ -44,18 +44,22 @@ def pruning(rows: list[dict[str, Any]]) -> dict[str, Any]:
           "seconds_spent": spent}
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
-  """fANOVA importances over the completed trials; empty below two of them."""
+def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+  """fANOVA importances over the completed trials, or ({}, why there are none): they need
+  two completed trials, a parameter that varied and scores that differ."""
   complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
   if len(complete) < 2:
-    return {}
+    return {}, f"{len(complete)} completed trial(s); importances need at least 2"
+  if len({t.value for t in complete}) == 1:
+    return {}, (f"all {len(complete)} completed trials scored {complete[0].value:.4g}: "
+                "no parameter explains a difference")
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       return {k: float(v) for k, v in optuna.importance.get_param_importances(
-          study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)).items()}
-  except (RuntimeError, ValueError):   # e.g. no parameter varied among completed trials
-    return {}
+          study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)).items()}, ""
+  except (RuntimeError, ValueError) as e:   # e.g. no parameter varied among completed trials
+    return {}, f"fANOVA could not be computed ({e})"
 
 
 def summarise(study: optuna.Study, objective: str, n_trials: int, storage: str
@@ -67,13 +71,14 @@ def summarise(study: optuna.Study, objective: str, n_trials: int, storage: str
   wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
   complete = [r for r in rows if r["state"] == "COMPLETE"]
   best = max(complete, key=lambda r: (r["value"], -r["number"])) if complete else None
+  imp, why = importances(study)
   return {"study": study.study_name, "storage": storage, "objective": objective,
           "n_trials": n_trials, "trials": rows,
           "counts": {s: sum(r["state"] == s for r in rows)
                      for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
           "best": ({k: best[k] for k in ("number", "value", "params", "workdir", "cores")}
                    if best else None),
-          "pruning": pruning(rows), "importances": importances(study),
+          "pruning": pruning(rows), "importances": imp, "importances_note": why,
           "wall_seconds": wall}
 
 
@@ -140,6 +145,8 @@ def markdown(summary: dict[str, Any], sweep_dir: str) -> str:
               "| parameter | importance |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in summary["importances"].items()]
     lines.append("")
+  elif summary.get("importances_note"):
+    lines += ["## Parameter importances", "", f"None: {summary['importances_note']}.", ""]
   keys = sorted({k for r in summary["trials"] for k in r["params"]})
   lines += ["## Trials", "", "| trial | state | value | seconds | steps | " + " | ".join(
       k.split(".", 1)[-1] for k in keys) + " |", "|---:|---|---:|---:|---:|" + "---|" * len(keys)]
@@ -157,16 +164,27 @@ def markdown(summary: dict[str, Any], sweep_dir: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plots(study: optuna.Study, out: str) -> list[str]:
+class _Computed(optuna.importance.BaseImportanceEvaluator):
+  """Hands Optuna's importance plot the importances the summary already computed, so fANOVA
+  runs once and the plot shows the numbers the report prints."""
+
+  def __init__(self, values: dict[str, float]):
+    self.values = values
+
+  def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:
+    return dict(self.values)
+
+
+def plots(study: optuna.Study, out: str, importances: dict[str, float]) -> list[str]:
   """Optimisation history, parameter importances and parallel coordinates as PNG (those
-  the completed trials allow)."""
+  the completed trials allow; the importance plot only where `importances` has numbers)."""
   plt = report.pyplot()
   vis = optuna.visualization.matplotlib
   written = []
   complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
   wanted = [("optimization_history", vis.plot_optimization_history, 1),
             ("param_importances", lambda s: vis.plot_param_importances(
-                s, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)), 2),
+                s, evaluator=_Computed(importances)), 2 if importances else math.inf),
             ("parallel_coordinate", vis.plot_parallel_coordinate, 2)]
   for name, plot, needed in wanted:
     if len(complete) < needed:
@@ -209,7 +227,7 @@ def write(sweep_dir: str, summary: dict[str, Any], study: optuna.Study,
   """Write everything; returns the report directory."""
   out = os.path.join(sweep_dir, "report")
   os.makedirs(out, exist_ok=True)
-  summary["plots"] = plots(study, out)
+  summary["plots"] = plots(study, out, summary["importances"])
   if summary["best"]:
     path = os.path.join(sweep_dir, "best_config.py")
     with open(path, "w") as f:
