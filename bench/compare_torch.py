@@ -16,7 +16,8 @@ trainable blocks and on running averages on frozen ones, no augmentation; the sa
 random log-mels every step (throughput does not depend on the values). Compile and warm-up
 steps are excluded. Each round times `--steps` steps of jaxaudio, then of PyTorch, so drift
 on a shared machine hits both; the table gives the median examples/s over the rounds, the
-spread, and the ratio jaxaudio / PyTorch.
+spread, and the ratio jaxaudio / PyTorch. A second's pause before each timed block lets
+the other framework's worker threads (OpenMP, XLA) stop spinning first.
 
 Modes: full (everything trains), default (the default recipe: block1 frozen), frozen3
 (blocks 1-3 frozen), head (backbone frozen, full forward each step: the like-for-like step;
@@ -49,6 +50,7 @@ from jaxaudio.train import steps as steps_lib  # noqa: E402
 from jaxaudio.weights import pretrained, sources  # noqa: E402
 
 NUM_CLASSES = 10
+SETTLE_S = 1.0
 LR = 3e-4
 BLOCKS = ("block1", "block2", "block3", "block4")
 # mode -> frozen aiSFX blocks (None: evaluation forward only)
@@ -195,6 +197,7 @@ def compare(modes, batch: int, steps: int, rounds: int, threads: int,
     rates = {k: [] for k in runners}
     for _ in range(rounds):
       for k, run in runners.items():
+        time.sleep(SETTLE_S)   # the other framework's idle worker threads stop spinning
         rates[k].append(batch * steps / run(steps))
     row = {"mode": mode, **{k: statistics.median(v) for k, v in rates.items()},
            **{f"{k}_range": (min(v), max(v)) for k, v in rates.items()}}

@@ -1,14 +1,17 @@
 """XLA:CPU options that make our CNNs faster on CPUs, set before JAX starts its backends.
 
 XLA:CPU's own kernels for the gradients of convolutions are slow (aiSFX's first 64->64
-convolution: forward and backward 1.19 s at batch 32, PyTorch 0.57 s). Handing XLA's dot
-and convolution fusions to YNNPACK (XNNPACK's successor, built into jaxlib) brings it to
-0.52 s, and the whole training step to PyTorch's speed and beyond (bench/compare_torch.py).
+convolution: forward and backward 1.19 s at batch 32, PyTorch 0.57 s). Handing XLA's dots
+and convolutions to YNNPACK (XNNPACK's successor, built into jaxlib) brings it to 0.52 s;
+handing it the reductions too (BatchNorm's statistics and their gradients) takes aiSFX's
+full fine-tuning step from 10.3 to 12.3 examples/s (bench/compare_torch.py). Elementwise
+fusions (`eltwise`) were tried and left out: +2% on the full step, -25% on the forward.
+
 Its float32 arithmetic sums in another order: the gradients of aiSFX's training step lie
-1.9e-3 (median leaf, relative norm) off a float64 reference, XLA's own kernels 4.1e-4 and
-1.7e-3 before BatchNorm's variance became two-pass (models/layers.py); runs on N devices
-match one device to 4.5e-7 after 3 Adam steps. The option only changes how XLA compiles
-for the CPU; GPU and TPU programs are untouched,
+1.6e-3 (median leaf, relative norm; worst 2.3e-3) off a float64 reference, XLA's own
+kernels 4.1e-4 (worst 1.5e-3), and 1.7e-3 (worst 2.7e-3) before BatchNorm's variance became
+two-pass (bench/grad_accuracy.py); N devices match one device to 1.2e-7 after 3 Adam steps.
+The option only changes how XLA compiles for the CPU; GPU and TPU programs are untouched,
 so it is safe to set on every machine.
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend, so `jaxaudio/__init__.py`
@@ -22,7 +25,7 @@ import os
 import sys
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-YNN_VALUE = "dot"
+YNN_VALUE = "dot,reduce"
 OPT_OUT = "JAXAUDIO_XLA_CPU_DEFAULT"
 
 
