@@ -3,9 +3,12 @@
 XLA:CPU's own kernels for the gradients of convolutions are slow (aiSFX's first 64->64
 convolution: forward and backward 1.19 s at batch 32, PyTorch 0.57 s). Handing XLA's dots
 and convolutions to YNNPACK (XNNPACK's successor, built into jaxlib) brings it to 0.52 s;
-handing it the reductions too (BatchNorm's statistics and their gradients) takes aiSFX's
-full fine-tuning step from 10.3 to 12.3 examples/s (bench/compare_torch.py). Elementwise
-fusions (`eltwise`) were tried and left out: +2% on the full step, -25% on the forward.
+that is the process-wide option. A jitted training step also hands YNNPACK its reductions
+(BatchNorm's statistics and their gradients): aiSFX's full fine-tuning step goes from 10.3
+to 12.3 examples/s (bench/compare_torch.py), while a forward pass gets slower that way
+(PANNs Cnn10 6.8 -> 5.6 examples/s), so evaluation and embedding keep dots alone.
+Elementwise fusions (`eltwise`) were tried and left out: +2% on aiSFX's full step, -25% on
+its forward.
 
 Its float32 arithmetic sums in another order: the gradients of aiSFX's training step lie
 1.6e-3 (median leaf, relative norm; worst 2.3e-3) off a float64 reference, XLA's own
@@ -24,9 +27,13 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
+
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-YNN_VALUE = "dot,reduce"
+YNN_VALUE = "dot"
+TRAIN_STEP_VALUE = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"   # proto enum names
 OPT_OUT = "JAXAUDIO_XLA_CPU_DEFAULT"
+_state = {"set_by_us": False}
 
 
 def backends_started() -> bool:
@@ -44,4 +51,15 @@ def apply(environ=os.environ) -> bool:
   if environ.get(OPT_OUT, "") not in ("", "0") or backends_started():
     return False
   environ["XLA_FLAGS"] = f"{flags} --{YNN_OPTION}={YNN_VALUE}".strip()
+  _state["set_by_us"] = environ is os.environ
   return True
+
+
+def train_step_options() -> dict[str, str] | None:
+  """compiler_options for a jitted training step on the CPU backend: YNNPACK for dots and
+  reductions, when this module set the process-wide option (never over a user's own
+  XLA_FLAGS or the opt-out); None elsewhere. jax.pmap takes no compiler options, so a pmap
+  step keeps dots alone (aiSFX full fine-tune 10.3 examples/s against jit's 12.3)."""
+  if not _state["set_by_us"] or jax.default_backend() != "cpu":
+    return None
+  return {YNN_OPTION: TRAIN_STEP_VALUE}

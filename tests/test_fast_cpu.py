@@ -73,22 +73,25 @@ def test_aisfx_gradients_with_fast_pooling_match_flax_pooling(monkeypatch):
 
 
 def _flags_in_fresh_process(env):
-  code = ("import jaxaudio, os, jax, jax.numpy as jnp; jnp.ones(1).block_until_ready(); "
-          "print(os.environ.get('XLA_FLAGS', ''))")
+  """(XLA_FLAGS, the training step's compiler options) in a new process importing jaxaudio."""
+  code = ("import jaxaudio, os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
+          "jnp.ones(1).block_until_ready(); "
+          "print(repr((os.environ.get('XLA_FLAGS', ''), xla_cpu.train_step_options())))")
   full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
   r = subprocess.run([sys.executable, "-c", code], env=dict(full, **env), cwd=ROOT,
                      capture_output=True, text=True, timeout=120, check=True)
-  return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+  return eval(r.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
 
 
 def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
   option = f"--{xla_cpu.YNN_OPTION}={xla_cpu.YNN_VALUE}"
-  assert _flags_in_fresh_process({}) == option
+  train = {xla_cpu.YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  assert _flags_in_fresh_process({}) == (option, train)
   assert _flags_in_fresh_process({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) == (
-      f"--xla_cpu_enable_fast_math=false {option}")
+      f"--xla_cpu_enable_fast_math=false {option}", train)
   own = f"--{xla_cpu.YNN_OPTION}=eltwise"
-  assert _flags_in_fresh_process({"XLA_FLAGS": own}) == own
-  assert _flags_in_fresh_process({xla_cpu.OPT_OUT: "1"}) == ""
+  assert _flags_in_fresh_process({"XLA_FLAGS": own}) == (own, None)
+  assert _flags_in_fresh_process({xla_cpu.OPT_OUT: "1"}) == ("", None)
 
 
 def test_ynn_option_is_not_claimed_once_jax_runs():

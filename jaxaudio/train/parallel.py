@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxaudio import xla_cpu
 from jaxaudio.train import steps
 
 PMAP_AXIS = "batch"
@@ -102,7 +103,8 @@ def make(mode: str, step_cfg: steps.StepConfig, mesh: jax.sharding.Mesh | None =
     mesh = mesh or make_mesh()
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(MESH_AXIS))
     train = jax.jit(lambda s, b: steps.train_step(s, b, step_cfg), in_shardings=(repl, data),
-                    out_shardings=(repl, repl), donate_argnums=(0,))
+                    out_shardings=(repl, repl), donate_argnums=(0,),
+                    compiler_options=xla_cpu.train_step_options())
     evaluate = jax.jit(lambda s, b: steps.eval_step(s, b, step_cfg), in_shardings=(repl, data),
                        out_shardings=data)
     return Parallel("jit", mesh, train, evaluate)
