@@ -24,6 +24,10 @@ import time
 
 import numpy as np
 
+from jaxaudio import xla_cpu
+
+xla_cpu.apply()   # the training commands' XLA:CPU options, before JAX starts
+
 FROZEN_3 = (("^backbone/(bn0|block1|block2|block3)/", "frozen"), ("^backbone/", "backbone"),
             ("^head/", "head"))
 FROZEN_0 = (("^backbone/", "backbone"), ("^head/", "head"))

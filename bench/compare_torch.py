@@ -40,6 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=wrong-import-position
+from jaxaudio import xla_cpu  # noqa: E402
+
+xla_cpu.apply()   # as the training commands do, before JAX starts
+
 import jax  # noqa: E402
 
 from jaxaudio import configs  # noqa: E402

@@ -27,7 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def gradients(precision: str, batch: int, out: str) -> None:
   """Child: the classifier's parameter gradients in `precision`, saved to `out` (.npz)."""
   sys.path.insert(0, ROOT)
-  # pylint: disable=import-outside-toplevel  (the child chooses x64 before JAX starts)
+  # pylint: disable=import-outside-toplevel  (the child sets XLA and x64 before JAX starts)
+  from jaxaudio import xla_cpu
+  xla_cpu.apply()   # as the training commands do (a no-op under JAXAUDIO_XLA_CPU_DEFAULT=1)
   import jax
   if precision == "float64":
     jax.config.update("jax_enable_x64", True)

@@ -8,9 +8,4 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-# Faster XLA:CPU kernels (YNNPACK) for convolutions and their gradients; must precede JAX.
-from jaxaudio import xla_cpu  # noqa: E402  pylint: disable=wrong-import-position
-
-xla_cpu.apply()
-
 __version__ = "0.1.0"

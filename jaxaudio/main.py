@@ -12,7 +12,14 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import cli, experiment, hosts
+from jaxaudio import xla_cpu
+
+# Training processes only, before JAX starts: YNNPACK's kernels (xla_cpu explains why not
+# in the search and prediction commands).
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli, experiment, hosts  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)

@@ -20,7 +20,14 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import cli
+from jaxaudio import xla_cpu
+
+# Training processes only, before JAX starts: YNNPACK's kernels (xla_cpu explains why not
+# in the search and prediction commands).
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli  # noqa: E402
 from jaxaudio.tuning import coordinator, study
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Base config.",

@@ -17,9 +17,13 @@ two-pass (bench/grad_accuracy.py); N devices match one device to 1.2e-7 after 3 
 The option only changes how XLA compiles for the CPU; GPU and TPU programs are untouched,
 so it is safe to set on every machine.
 
-XLA reads XLA_FLAGS once, when JAX creates its first backend, so `jaxaudio/__init__.py`
-applies this before any of our modules imports JAX. A flag the user already put in
-XLA_FLAGS for the same option wins; JAXAUDIO_XLA_CPU_DEFAULT=1 keeps XLA's stock kernels.
+XLA reads XLA_FLAGS once, when JAX creates its first backend, so the training commands
+(`jaxaudio.main`, `jaxaudio.sweep`) apply this at the top, before JAX starts. Not the search,
+serving, prediction and embedding commands: YNNPACK's sums depend on how many windows go
+through together, so a window embedded in a query no longer equals, bit for bit, the same
+window embedded in the index; near-identical windows of a file then swap places (an indexed
+segment was found 1.16 s early), which XLA's own kernels do not do. A flag the user already
+put in XLA_FLAGS for the same option wins; JAXAUDIO_XLA_CPU_DEFAULT=1 keeps XLA's kernels.
 """
 
 from __future__ import annotations

@@ -73,8 +73,9 @@ def test_aisfx_gradients_with_fast_pooling_match_flax_pooling(monkeypatch):
 
 
 def _flags_in_fresh_process(env):
-  """(XLA_FLAGS, the training step's compiler options) in a new process importing jaxaudio."""
-  code = ("import jaxaudio, os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
+  """(XLA_FLAGS, the training step's compiler options) in a new process importing the
+  training command's module."""
+  code = ("import jaxaudio.main, os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
           "jnp.ones(1).block_until_ready(); "
           "print(repr((os.environ.get('XLA_FLAGS', ''), xla_cpu.train_step_options())))")
   full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
@@ -92,6 +93,15 @@ def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
   own = f"--{xla_cpu.YNN_OPTION}=eltwise"
   assert _flags_in_fresh_process({"XLA_FLAGS": own}) == (own, None)
   assert _flags_in_fresh_process({xla_cpu.OPT_OUT: "1"}) == ("", None)
+
+
+def test_search_and_prediction_processes_keep_xla_kernels():
+  """Importing the package (as search, serve, predict and embed do) leaves XLA_FLAGS alone."""
+  code = "import jaxaudio.search.service, jaxaudio.predict, os; print(os.environ.get('XLA_FLAGS', ''))"
+  full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
+  r = subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True,
+                     text=True, timeout=120, check=True)
+  assert r.stdout.strip() == ""
 
 
 def test_ynn_option_is_not_claimed_once_jax_runs():
