@@ -18,7 +18,8 @@ The option only changes how XLA compiles for the CPU; GPU and TPU programs are u
 so it is safe to set on every machine.
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend, so the training commands
-(`jaxaudio.main`, `jaxaudio.sweep`) apply this at the top, before JAX starts. Not the search,
+(`jaxaudio.main`, `jaxaudio.sweep`, and `jaxaudio.evaluate`, which re-evaluates their runs
+and cross-validates) apply this at the top, before JAX starts. Not the search,
 serving, prediction and embedding commands: YNNPACK's sums depend on how many windows go
 through together, so a window embedded in a query no longer equals, bit for bit, the same
 window embedded in the index; near-identical windows of a file then swap places (an indexed

@@ -10,11 +10,18 @@ import json
 
 from absl import flags
 
-from jaxaudio import cli, hosts
-from jaxaudio.errors import JaxAudioError
-from jaxaudio.crossval import cross_validate
-from jaxaudio.evaluate.evaluation import evaluate_run
-from jaxaudio.rundir import step_flag
+from jaxaudio import xla_cpu
+
+# As the training commands (it cross-validates, and re-evaluates runs they evaluated): the
+# same XLA:CPU kernels give the same numbers as the run's own end-of-training report.
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli, hosts  # noqa: E402
+from jaxaudio.errors import JaxAudioError  # noqa: E402
+from jaxaudio.crossval import cross_validate  # noqa: E402
+from jaxaudio.evaluate.evaluation import evaluate_run  # noqa: E402
+from jaxaudio.rundir import step_flag  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.",
                                required=True)
