@@ -72,10 +72,11 @@ def test_aisfx_gradients_with_fast_pooling_match_flax_pooling(monkeypatch):
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * scale, jax.tree_util.keystr(path)
 
 
-def _flags_in_fresh_process(env):
-  """(XLA_FLAGS, the training step's compiler options) in a new process importing the
-  training command's module."""
-  code = ("import jaxaudio.main, os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
+def _flags_in_fresh_process(env, start="import jaxaudio.main"):
+  """(XLA_FLAGS, the training step's compiler options) in a new process that starts as
+  `start` says: importing the training command's module, or applying the option as that
+  module's header does (the same call, without the command's 5 s of imports)."""
+  code = (f"{start}; import os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
           "jnp.ones(1).block_until_ready(); "
           "print(repr((os.environ.get('XLA_FLAGS', ''), xla_cpu.train_step_options())))")
   full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
@@ -88,11 +89,12 @@ def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
   option = f"--{xla_cpu.YNN_OPTION}={xla_cpu.YNN_VALUE}"
   train = {xla_cpu.YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
   assert _flags_in_fresh_process({}) == (option, train)
-  assert _flags_in_fresh_process({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) == (
-      f"--xla_cpu_enable_fast_math=false {option}", train)
+  header = "from jaxaudio import xla_cpu; xla_cpu.apply()"
+  assert _flags_in_fresh_process({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"},
+                                 header) == (f"--xla_cpu_enable_fast_math=false {option}", train)
   own = f"--{xla_cpu.YNN_OPTION}=eltwise"
-  assert _flags_in_fresh_process({"XLA_FLAGS": own}) == (own, None)
-  assert _flags_in_fresh_process({xla_cpu.OPT_OUT: "1"}) == ("", None)
+  assert _flags_in_fresh_process({"XLA_FLAGS": own}, header) == (own, None)
+  assert _flags_in_fresh_process({xla_cpu.OPT_OUT: "1"}, header) == ("", None)
 
 
 def test_search_and_prediction_processes_keep_xla_kernels():

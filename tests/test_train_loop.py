@@ -100,20 +100,28 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
       calls["n"] += 1
       if calls["n"] > 142:   # after the step-140 console line, the loss "explodes"
         metrics = dict(metrics, loss=metrics["loss"] * np.nan)
+        lagging.append(renaming["100"])
       return state, metrics
 
     par.train_step = step
     return par
 
   monkeypatch.setattr(fit.parallel, "make", poisoned_make)
-  # A slow disk: the async save's final rename lags behind training, as it did on a loaded CI
-  # machine; the divergence error must still wait for the step-6 checkpoint to be complete.
+  # A slow disk: the async save's final rename (of step 100's folder) lags behind training,
+  # as it did on a loaded CI machine; the divergence error must still wait for the step-100
+  # checkpoint to be complete.
   from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
   real_rename = async_path.rename
+  renaming, lagging = {"100": False}, []
 
-  async def slow_rename(*a, **kw):
-    await asyncio.sleep(3)
-    return await real_rename(*a, **kw)
+  async def slow_rename(src, dst, *a, **kw):
+    if os.path.basename(str(dst)) != "100":
+      return await real_rename(src, dst, *a, **kw)
+    renaming["100"] = True
+    await asyncio.sleep(8)
+    result = await real_rename(src, dst, *a, **kw)
+    renaming["100"] = False
+    return result
 
   monkeypatch.setattr(async_path, "rename", slow_rename)
   cfg = configs.base_config()
@@ -126,6 +134,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   with pytest.raises(fit.TrainingDiverged, match=r"became nan by step 150; the last good "
                                                   r"checkpoint \(step 100\) is intact"):
     experiment.run(cfg, str(tmp_path / "wd"))
+  assert lagging[0], "the poisoned steps ran after step 100's save was complete: no lag tested"
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints"), key=int) == ["50", "100"]
   assert len(leaves(saved_state(str(tmp_path / "wd"), 100))) > 20
 
