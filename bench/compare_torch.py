@@ -19,6 +19,12 @@ on a shared machine hits both; the table gives the median examples/s over the ro
 spread, and the ratio jaxaudio / PyTorch. A second's pause before each timed block lets
 the other framework's worker threads (OpenMP, XLA) stop spinning first.
 
+Each row also says how close both come to what the cores can do: the step's floating-point
+operations per example (XLA's count of the compiled step; the same network does the same
+work in both) times examples/s, as a fraction of the float32 matmul peak measured at the
+start (a 2048^3 matmul in each framework, the better of the two). A step near 100% has
+nothing left to gain in float32; no framework can then be much faster than the other.
+
 Modes: full (everything trains), default (the default recipe: block1 frozen), frozen3
 (blocks 1-3 frozen), head (backbone frozen, full forward each step: the like-for-like step;
 jaxaudio's cached-embedding path skips the forward altogether), forward (evaluation mode).
@@ -106,8 +112,41 @@ def jax_runner(mode: str, batch: int, mel: np.ndarray, labels: np.ndarray,
       jax.block_until_ready(m)
       holder["state"] = state
       return time.perf_counter() - start
+  step = par.eval_step if MODES[mode] is None else par.train_step
   run(2)   # compile + warm-up
-  return run
+  return run, flops_per_example(step, holder["state"], b, batch)
+
+
+def flops_per_example(step, state, batch_arrays, batch: int) -> float:
+  """The compiled step's floating-point operations per example, as XLA counts them (the
+  same network and step for both frameworks, so one count serves both)."""
+  cost = step.lower(state, batch_arrays).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) / batch
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """GFLOP/s of an n x n float32 matmul in each framework (best of `repeats`): what this
+  machine's cores reach on the densest work there is, the yardstick for the steps."""
+  import torch  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+  ja, jb = jax.device_put(a), jax.device_put(b)
+  mm = jax.jit(lambda x, y: x @ y)
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  runs = {"jaxaudio": lambda: mm(ja, jb).block_until_ready(), "pytorch": lambda: ta @ tb}
+  peak = {}
+  for name, fn in runs.items():
+    fn()
+    best = min(_seconds(fn) for _ in range(repeats))
+    peak[name] = 2 * n ** 3 / best / 1e9
+  return peak
+
+
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -194,10 +233,14 @@ def compare(modes, batch: int, steps: int, rounds: int, threads: int,
   mel = rng.uniform(0, 1, (batch, info.spec.frames_per_window, info.spec.n_mels)
                     ).astype(np.float32)
   labels = (np.arange(batch) % NUM_CLASSES).astype(np.int32)
+  peak = matmul_peak()
+  top = max(peak.values())
+  print(f"float32 matmul peak (2048^3): jaxaudio {peak['jaxaudio']:.0f} GFLOP/s, "
+        f"pytorch {peak['pytorch']:.0f} GFLOP/s", flush=True)
   rows = []
   for mode in modes:
-    runners = {"jaxaudio": jax_runner(mode, batch, mel, labels, mixed_precision),
-               "pytorch": torch_runner(mode, batch, mel, labels)}
+    jax_run, flops = jax_runner(mode, batch, mel, labels, mixed_precision)
+    runners = {"jaxaudio": jax_run, "pytorch": torch_runner(mode, batch, mel, labels)}
     rates = {k: [] for k in runners}
     for _ in range(rounds):
       for k, run in runners.items():
@@ -206,12 +249,18 @@ def compare(modes, batch: int, steps: int, rounds: int, threads: int,
     row = {"mode": mode, **{k: statistics.median(v) for k, v in rates.items()},
            **{f"{k}_range": (min(v), max(v)) for k, v in rates.items()}}
     row["ratio"] = row["jaxaudio"] / row["pytorch"]
+    row["gflop_per_example"] = flops / 1e9
+    row["peak_gflops"] = top
+    for k in runners:
+      row[f"{k}_peak_fraction"] = row[k] * flops / 1e9 / top
     rows.append(row)
     print(f"{mode:8s} jaxaudio {row['jaxaudio']:6.1f} ex/s "
           f"({row['jaxaudio_range'][0]:.1f}-{row['jaxaudio_range'][1]:.1f})  "
           f"pytorch {row['pytorch']:6.1f} ex/s "
           f"({row['pytorch_range'][0]:.1f}-{row['pytorch_range'][1]:.1f})  "
-          f"ratio {row['ratio']:.2f}x", flush=True)
+          f"ratio {row['ratio']:.2f}x; {row['gflop_per_example']:.2f} GFLOP/example: "
+          f"{row['jaxaudio_peak_fraction']:.0%} / {row['pytorch_peak_fraction']:.0%} of the "
+          f"matmul peak", flush=True)
   return rows
 
 
