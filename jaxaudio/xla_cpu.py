@@ -26,7 +26,7 @@ fail (exact and approximate search disagree on a swept tone's best offset, 1.16 
 do. Not because of the embeddings' batch: under YNNPACK a window embeds bit for bit alike in
 batches of 1 to 64, through jit and through the exported model. Until the cause is found
 (its own issue), those commands keep
-XLA's kernels (their forward about 33 windows/s here, 46 with YNNPACK). A flag the user
+XLA's kernels (their forward about 40 windows/s here, 46 with YNNPACK). A flag the user
 already put in XLA_FLAGS for the same option wins; JAXAUDIO_XLA_CPU_DEFAULT=1 keeps XLA's
 kernels.
 """
