@@ -66,8 +66,8 @@ def gradients(precision: str, batch: int, out: str) -> None:
   cfg = configs.base_config().train
   cfg.num_steps = 100
   cfg.param_groups = (("^backbone/", "backbone"), ("^head/", "head"))
-  setup = factory.build(info, 10, cfg, pretrained=pretrained.pretrained_variables(info)[0])
-  model = EmbeddingClassifier(AiSFX(dtype=dtype), 10)
+  setup = factory.build(info, NUM_CLASSES, cfg, pretrained=pretrained.pretrained_variables(info)[0])
+  model = EmbeddingClassifier(AiSFX(dtype=dtype), NUM_CLASSES)
   cast = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
   mel, labels, kernel, bias = problem(batch, info.spec.frames_per_window, info.spec.n_mels)
   params = dict(setup.state.params, head={"kernel": kernel, "bias": bias})

@@ -79,10 +79,16 @@ def _flags_in_fresh_process(env, start="import jaxaudio.main"):
   code = (f"{start}; import os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
           "jnp.ones(1).block_until_ready(); "
           "print(repr((os.environ.get('XLA_FLAGS', ''), xla_cpu.train_step_options())))")
+  return eval(_fresh_python(code, env).splitlines()[-1])  # pylint: disable=eval-used
+
+
+def _fresh_python(code, env=None):
+  """stdout of `python -c code` in a new process whose environment has neither XLA_FLAGS
+  nor the opt-out, plus `env`."""
   full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
-  r = subprocess.run([sys.executable, "-c", code], env=dict(full, **env), cwd=ROOT,
+  r = subprocess.run([sys.executable, "-c", code], env=dict(full, **(env or {})), cwd=ROOT,
                      capture_output=True, text=True, timeout=120, check=True)
-  return eval(r.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
+  return r.stdout.strip()
 
 
 def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
@@ -100,10 +106,7 @@ def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
 def test_search_and_prediction_processes_keep_xla_kernels():
   """Importing the package (as search, serve, predict and embed do) leaves XLA_FLAGS alone."""
   code = "import jaxaudio.search.service, jaxaudio.predict, os; print(os.environ.get('XLA_FLAGS', ''))"
-  full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
-  r = subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True,
-                     text=True, timeout=120, check=True)
-  assert r.stdout.strip() == ""
+  assert _fresh_python(code) == ""
 
 
 def test_ynn_option_is_not_claimed_once_jax_runs():
