@@ -22,7 +22,8 @@ def panns_checkpoint(path, arch="cnn6", sample_rate=32000, seed=7):
   state = torch_layout_random_weights(info, seed)
   for key in [k for k in state if k.endswith("running_var")]:
     state[key.replace("running_var", "num_batches_tracked")] = np.array(1000, np.int64)
-  state["logmel_extractor.melW"] = melfilters.slaney(sample_rate, 1024, 64, 50.0, 14000.0
+  fmax = min(14000.0, sample_rate / 2)             # as PANNs' 16 kHz models are built
+  state["logmel_extractor.melW"] = melfilters.slaney(sample_rate, 1024, 64, 50.0, fmax
                                                      ).T.astype(np.float32)
   state["spectrogram_extractor.stft.conv_real.weight"] = np.zeros((513, 1, 1024), np.float32)
   save_pth({"model": state, "sampler": {"x": 1}, "iteration": 100}, path)
