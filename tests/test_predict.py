@@ -43,7 +43,7 @@ def detector(tmp_path_factory):
   # would not look like background clips normalised one by one.
   cfg.data.loudness = "none"
   cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
-  cfg.train.update(num_steps=120, eval_every=40, log_every=40, batch_size=8, probe_steps=0,
+  cfg.train.update(num_steps=160, eval_every=40, log_every=40, batch_size=8, probe_steps=0,
                    param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2,
                    epochs=0)
