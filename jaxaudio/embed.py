@@ -21,11 +21,17 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxaudio import cli, rundir
-from jaxaudio.embedder import Embedder, audio_files
-from jaxaudio.errors import AudioError, CheckpointError, JaxAudioError
-from jaxaudio.models.registry import get_model
-from jaxaudio.weights.pretrained import pretrained_variables
+from jaxaudio import xla_cpu
+
+# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli, rundir  # noqa: E402
+from jaxaudio.embedder import Embedder, audio_files  # noqa: E402
+from jaxaudio.errors import AudioError, CheckpointError, JaxAudioError  # noqa: E402
+from jaxaudio.models.registry import get_model  # noqa: E402
+from jaxaudio.weights.pretrained import pretrained_variables  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", "aisfx", "Model name, e.g. aisfx, musicnn_msd or "
                              "panns_cnn14 (taken from the run with --checkpoint=RUN).")

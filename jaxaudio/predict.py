@@ -23,12 +23,18 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxaudio import cli, exported, inference, predictions
-from jaxaudio.data.prepare import Featurizer, auto_workers
-from jaxaudio.embedder import audio_files
-from jaxaudio.errors import AudioError, ConfigError, JaxAudioError
-from jaxaudio.evaluate import thresholds as validation_thresholds
-from jaxaudio.rundir import step_flag
+from jaxaudio import xla_cpu
+
+# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli, exported, inference, predictions  # noqa: E402
+from jaxaudio.data.prepare import Featurizer, auto_workers  # noqa: E402
+from jaxaudio.embedder import audio_files  # noqa: E402
+from jaxaudio.errors import AudioError, ConfigError, JaxAudioError  # noqa: E402
+from jaxaudio.evaluate import thresholds as validation_thresholds  # noqa: E402
+from jaxaudio.rundir import step_flag  # noqa: E402
 
 DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
 

@@ -17,7 +17,13 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import cli, configs, selection
+from jaxaudio import xla_cpu
+
+# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli, configs, selection  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)

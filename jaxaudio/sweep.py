@@ -22,8 +22,7 @@ from ml_collections import config_flags
 
 from jaxaudio import xla_cpu
 
-# Training processes only, before JAX starts: YNNPACK's kernels (xla_cpu explains why not
-# in the search and prediction commands).
+# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position

@@ -17,21 +17,14 @@ kernels 9.0e-4 (worst 1.6e-3), PyTorch's float32 1.2e-4 (worst 1.4e-3) at the sa
 The option only changes how XLA compiles for the CPU; GPU and TPU programs are untouched,
 so it is safe to set on every machine.
 
-XLA reads XLA_FLAGS once, when JAX creates its first backend, so the training commands
-(`jaxaudio.main`, `jaxaudio.sweep`, and `jaxaudio.evaluate`, which re-evaluates their runs
-and cross-validates) apply this at the top, before JAX starts. Not the search,
-serving, prediction and embedding commands: with YNNPACK in every process two search tests
-fail, and not because of the embeddings (under YNNPACK a window embeds bit for bit alike in
-batches of 1 to 64, through jit and through the exported model). The tests query stationary
-tones, whose windows score within float32 rounding of each other (a whole-file query of the
-test's sweep: every row 1 - 1.6e-7 .. 1 + 3.8e-8 in float64); which of the tied windows
-comes first then depends on how a dot rounds, and exact search (JAX's dot) and the HNSW
-graph (faiss's) agree on it with XLA's kernels only by chance. Taking YNNPACK there needs
-tests on audio whose windows differ and a tie rule both searches share (its own issue);
-until then those commands keep XLA's kernels (their forward about 40 windows/s here, 46
-with YNNPACK; per-jit compiler_options can give the forward alone YNNPACK). A flag the user
-already put in XLA_FLAGS for the same option wins; JAXAUDIO_XLA_CPU_DEFAULT=1 keeps XLA's
-kernels.
+XLA reads XLA_FLAGS once, when JAX creates its first backend, so every command that runs
+a model (`main`, `sweep`, `evaluate`, `select`, `embed`, `predict`, `search`) applies this at
+the top of its module, before JAX starts. Under YNNPACK a window embeds bit for bit alike
+in batches of 1 to 64 (jit and the exported model); search, which used to keep XLA's kernels,
+now breaks ties between windows that score alike up to rounding by a rule every kernel
+agrees on (search/exact.py), so it takes them too (`search index`: 41 clips/s instead of
+34-36). A flag the user already put in XLA_FLAGS for the same option wins;
+JAXAUDIO_XLA_CPU_DEFAULT=1 keeps XLA's kernels.
 """
 
 from __future__ import annotations

@@ -103,10 +103,22 @@ def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
   assert _flags_in_fresh_process({xla_cpu.OPT_OUT: "1"}, header) == ("", None)
 
 
-def test_search_and_prediction_processes_keep_xla_kernels():
-  """Importing the package (as search, serve, predict and embed do) leaves XLA_FLAGS alone."""
-  code = "import jaxaudio.search.service, jaxaudio.predict, os; print(os.environ.get('XLA_FLAGS', ''))"
-  assert _fresh_python(code) == ""
+def test_every_command_that_runs_a_model_sets_the_option_before_jax_starts():
+  """Importing each command's module, each in its own fresh process (run side by side),
+  leaves the option in XLA_FLAGS for the backend JAX then creates."""
+  option = f"--{xla_cpu.YNN_OPTION}={xla_cpu.YNN_VALUE}"
+  modules = ("jaxaudio.predict", "jaxaudio.embed", "jaxaudio.search.__main__",
+             "jaxaudio.select", "jaxaudio.sweep", "jaxaudio.evaluate.__main__")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
+  procs = {m: subprocess.Popen(
+      [sys.executable, "-c", f"import {m}, os, jax.numpy as jnp; jnp.ones(1).block_until_ready(); "
+       "print(os.environ.get('XLA_FLAGS', ''))"],
+      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for m in modules}
+  for m, p in procs.items():
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == option, m
 
 
 def test_ynn_option_is_not_claimed_once_jax_runs():

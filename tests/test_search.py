@@ -57,6 +57,31 @@ def test_exact_search_matches_numpy_per_file_and_per_window():
   assert index.search(many, 1, per_file=False)[1][:, 0].tolist() == list(range(len(many)))
 
 
+def test_windows_that_tie_resolve_to_the_files_first_one_in_exact_and_approximate_search():
+  """Windows whose scores differ by float32 rounding only: both search paths report the
+  file's first of them, whatever the arithmetic (JAX's dot, float64, jittered scores)."""
+  from jaxaudio.search import exact
+  from jaxaudio.search.searcher import rank_candidates
+  rng = np.random.default_rng(3)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)   # noqa: E731
+  q = unit(rng.standard_normal(16))
+  emb = unit(rng.standard_normal((12, 16)))
+  emb[5:9] = unit(q + 1e-4 * rng.standard_normal((4, 16)))   # cosine 1 - O(1e-8): a tie
+  emb[10] = unit(q + 0.1 * rng.standard_normal(16))           # close, but not tied
+  emb = emb.astype(np.float32)
+  fid = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2], np.int32)
+  want = [5, 10, int(np.argmax(emb[:3] @ q))]    # file 1's first tied window, file 2, file 0
+  scores, rows = exact.ExactIndex(emb, fid, 3).search([q[None].astype(np.float32)], 3)
+  assert rows[0].tolist() == want and scores[0][0] == pytest.approx(1.0, abs=1e-6)
+  for jitter in (0.0, 1e-7, -1e-7):
+    cand = (emb.astype(np.float64) @ q)[None] + jitter * rng.standard_normal((1, 12))
+    order = rng.permutation(12)                 # the graph returns neighbours in any order
+    ranked = rank_candidates(cand[:, order], order[None], fid, 3, per_file=True)
+    assert [r for r, _ in ranked] == want
+    per_window = rank_candidates(cand[:, order], order[None], fid, 4, per_file=False)
+    assert {r for r, _ in per_window} == {5, 6, 7, 8}   # ties as windows: all four, no others
+
+
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
   """Tone files of several lengths (long ones span many windows) plus one corrupt file."""

@@ -288,6 +288,15 @@ def test_page_records_from_the_microphone_and_searches_with_the_recording(server
     driver.quit()
 
 
+def _new_results(wait, old_item):
+  """Wait for the answer to the search just started: the page replaces its result list when
+  the answer arrives (so an item of the last list goes stale), then reports it in #status."""
+  from selenium.webdriver.common.by import By
+  from selenium.webdriver.support import expected_conditions as ec
+  wait.until(ec.staleness_of(old_item))
+  wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for"))
+
+
 def test_page_in_a_real_browser_finds_the_query_and_plays_from_the_match(served, server,
                                                                          tmp_path):
   from selenium.webdriver.common.by import By
@@ -312,9 +321,7 @@ def test_page_in_a_real_browser_finds_the_query_and_plays_from_the_match(served,
       box.clear()
       box.send_keys(f"{value:.3f}")
     driver.find_element(By.ID, "search").click()
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li")
-               and float(d.find_element(By.CSS_SELECTOR, "#results li").get_attribute(
-                   "data-offset")) > 0)
+    _new_results(wait, items[0])
     first = driver.find_element(By.CSS_SELECTOR, "#results li")
     assert first.get_attribute("data-name") == "long_sweep.wav"
     offset = float(first.get_attribute("data-offset"))
@@ -343,7 +350,7 @@ def test_page_in_a_real_browser_finds_the_query_and_plays_from_the_match(served,
     name = second.get_attribute("data-name")
     second.find_element(By.CSS_SELECTOR, "button.again").send_keys("\n")
     wait.until(lambda d: name in d.find_element(By.ID, "query-name").text)
-    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "results for"))
+    _new_results(wait, first)
     assert driver.find_element(By.CSS_SELECTOR, "#results li").get_attribute("data-name") == name
   finally:
     driver.quit()

@@ -20,8 +20,14 @@ import os
 
 from absl import flags
 
-from jaxaudio import cli
-from jaxaudio.errors import JaxAudioError
+from jaxaudio import xla_cpu
+
+# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
+xla_cpu.apply()
+
+# pylint: disable=wrong-import-position
+from jaxaudio import cli  # noqa: E402
+from jaxaudio.errors import JaxAudioError  # noqa: E402
 
 _INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.")

@@ -8,6 +8,13 @@ is a set of windows (a clip); a row's score is its best match over the query's w
 so a clip that is in the index finds its own windows at score 1. Results are ranked per
 file (each file's best window, as a user of query-by-example expects: ten different files,
 not ten overlapping windows of one) or per window.
+
+A file's hit is its first window (lowest row, earliest offset) that scores within TIE of
+the file's best. Windows that match equally well differ only in how a dot rounded (a
+whole-file query finds every window of the file at 1; a stationary sound scores alike
+along its length), and that rounding depends on the kernels (XLA's, YNNPACK's, FAISS's):
+the earliest of them is an answer every search path and CPU agrees on, and the one a user
+wants to listen to. Approximate search (searcher.py) applies the same rule to its candidates.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ BLOCK = 16384      # index rows per matmul: bounds the [queries, windows, rows] 
 MEMORY_BOUND_WINDOWS = 8          # up to this many query windows a call is memory-bound
 ONE_PASS_SCORE_BYTES = 256 << 20  # bound on the [windows, rows] scores of a one-pass call
 QUERY_BATCH = 64   # queries per program: bounds the [queries, rows] score matrix
+TIE = 1e-6         # scores this close are one score: float32 rounding of a cosine is ~1e-7
 
 
 def pad_queries(queries: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,10 +73,10 @@ def _top_files(blocks, file_of_row, q, qmask, k, num_files):
   scores = _row_scores(blocks, q, qmask)               # [B, N]; padding rows -> file num_files
   best = jax.ops.segment_max(scores.T, file_of_row, num_segments=num_files + 1)[:num_files]
   top, files = jax.lax.top_k(best.T, k)                # [B, k]
-  # the first row of each chosen file that reaches the file's best score
+  # the first row of each chosen file that scores within TIE of the file's best
   rows = jnp.arange(scores.shape[1], dtype=jnp.int32)
-  at_best = scores == jnp.concatenate([best, jnp.full((1, best.shape[1]), jnp.inf)]).T[
-      :, file_of_row]
+  at_best = scores >= jnp.concatenate([best, jnp.full((1, best.shape[1]), jnp.inf)]).T[
+      :, file_of_row] - TIE
   first = jax.ops.segment_min(jnp.where(at_best, rows, scores.shape[1]).T, file_of_row,
                               num_segments=num_files + 1)[:num_files]     # [F, B]
   return top, files, jnp.take_along_axis(first.T, files, axis=1)

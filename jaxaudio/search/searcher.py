@@ -18,7 +18,7 @@ from jaxaudio.data.featurize import featurize
 from jaxaudio.errors import AudioError, SearchIndexError
 from jaxaudio.inference import pow2
 from jaxaudio.search import ann, store
-from jaxaudio.search.exact import ExactIndex
+from jaxaudio.search.exact import TIE, ExactIndex
 from jaxaudio.search.indexer import normalise, search_settings
 
 ANN_FANOUT = 8   # approximate search fetches this many rows per result and query window
@@ -44,6 +44,28 @@ def _load_model(path: str, manifest) -> exported.ExportedModel:
     raise SearchIndexError(f"{model_dir} is not the model this index was built with (weights "
                            "sha256 differs); rebuild the index with --rebuild.")
   return model
+
+
+def rank_candidates(scores: np.ndarray, rows: np.ndarray, file_of_row: np.ndarray, k: int,
+                    per_file: bool) -> list[tuple[int, float]]:
+  """(row, score) of the best k among approximate search's candidates (scores and rows of
+  each query window's neighbours, row -1 for none), ranked as exact search ranks rows: per
+  file, files by their best score (ties by file number), each at its first window within
+  TIE of that score; per window, by score, ties by row."""
+  best: dict[int, float] = {}      # candidate row -> its best score over the query's windows
+  for s, r in zip(scores.ravel(), rows.ravel()):
+    if r >= 0 and s > best.get(int(r), -np.inf):
+      best[int(r)] = float(s)
+  if not per_file:
+    return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
+  by_file: dict[int, list[tuple[int, float]]] = {}
+  for row, score in best.items():
+    by_file.setdefault(int(file_of_row[row]), []).append((row, score))
+  top = []
+  for f, cands in by_file.items():
+    high = max(score for _, score in cands)
+    top.append((-high, f, min(row for row, score in cands if score >= high - TIE)))
+  return [(row, -neg) for neg, _, row in sorted(top)[:k]]
 
 
 class Searcher:
@@ -129,21 +151,8 @@ class Searcher:
     if fetch == 0:   # every file was deleted: nothing to find, as with exact search
       return []
     scores, rows = self._graph.search(windows, fetch, self.ef)
-    best: dict[int, float] = {}
-    for s, r in zip(scores.ravel(), rows.ravel()):
-      if r >= 0 and s > best.get(int(r), -np.inf):
-        best[int(r)] = float(s)
-    ranked = sorted(best.items(), key=lambda t: (-t[1], t[0]))
-    hits, seen = [], set()
-    for row, score in ranked:
-      f = int(self.rows.file_of_row[row])
-      if per_file and f in seen:
-        continue
-      seen.add(f)
-      hits.append(self._hit(row, score))
-      if len(hits) == k:
-        break
-    return hits
+    return [self._hit(row, score)
+            for row, score in rank_candidates(scores, rows, self.rows.file_of_row, k, per_file)]
 
   def info(self) -> dict[str, Any]:
     return {"index": self.path, "files": len(self.rows.files), "rows": self.manifest.live_rows,
