@@ -111,6 +111,19 @@ class _Validation:
     return float(scores[self.name])
 
 
+def headline(cls: dict) -> str:
+  """One console line of a test evaluation: accuracy (mAP for multi-label runs), its 95%
+  interval when bootstrapped, and ECE for single-label runs."""
+  key = "mAP" if "mAP" in cls and "accuracy" not in cls else "accuracy"
+  line = f"test {key} {cls[key]:.4f}"
+  if f"{key}_ci95" in cls:
+    lo, hi = cls[f"{key}_ci95"]
+    line += f" (95% interval {lo:.4f}-{hi:.4f})"
+  if cls.get("ece") is not None:
+    line += f", ECE {cls['ece']:.4f}"
+  return line
+
+
 def run(cfg, workdir: str, on_validation=None, embeddings_dir: str | None = None,
         with_test: bool = True) -> dict[str, Any]:
   """Run (or continue) the configured fine-tuning in `workdir`; returns the test report.
@@ -165,8 +178,6 @@ def run(cfg, workdir: str, on_validation=None, embeddings_dir: str | None = None
     result = evaluate_run(workdir, "test", fitted.best_step, bool(ev.get("retrieval")),
                           bool(ev.get("robustness")), int(ev.get("bootstrap", 1000)),
                           int(cfg.train.batch_size))
-    lo, hi = result["classification"].get("accuracy_ci95", (float("nan"),) * 2)
-    log.info("test accuracy 95%% interval %.4f-%.4f, ECE %s; report: %s", lo, hi,
-             result["classification"].get("ece"), os.path.join(workdir, "report",
-                                                               "evaluation.md"))
+    log.info("%s; report: %s", headline(result["classification"]),
+             os.path.join(workdir, "report", "evaluation.md"))
   return test

@@ -42,6 +42,19 @@ def test_evaluate_matches_the_trainer_and_writes_everything(trained):
   assert "| fine-tuned |" in md and "| white_noise_10dB |" in md
 
 
+def test_the_console_headline_names_the_metric_its_interval_and_ece(trained):
+  from jaxaudio.experiment import headline
+  workdir, _ = trained
+  c = json.load(open(os.path.join(workdir, "report", "evaluation.json")))["classification"]
+  lo, hi = c["accuracy_ci95"]
+  assert headline(c) == (f"test accuracy {c['accuracy']:.4f} (95% interval {lo:.4f}-{hi:.4f}), "
+                         f"ECE {c['ece']:.4f}")
+  # A multi-label run reports mAP and has no ECE; without bootstrap there is no interval.
+  assert headline({"mAP": 0.81234, "mAP_ci95": [0.7, 0.9]}) == (
+      "test mAP 0.8123 (95% interval 0.7000-0.9000)")
+  assert headline({"accuracy": 0.5, "ece": 0.25}) == "test accuracy 0.5000, ECE 0.2500"
+
+
 def test_evaluate_cli_refuses_a_directory_that_is_not_a_run(cli, tmp_path):
   r = cli("jaxaudio.evaluate", f"--workdir={tmp_path}")
   assert r.returncode == 2
