@@ -245,6 +245,8 @@ def test_two_workers_killed_and_resumed_end_with_exactly_n_trials(tiny):
       report["importances"]) != bool(report["importances_note"])
   assert len(os.listdir(f"{workdir}/tensorboard")) == 2
   assert "best trial" in r.stdout and "(not used to choose)" in r.stdout
+  # stderr is a pipe here, as in a log: progress comes as whole lines, never a redrawn bar
+  assert "\r" not in r.stderr and "sweep: 2/2 trials (100%, " in r.stderr
 
   # best_config.py reproduces the best trial bit for bit on as many cores as it had.
   cores = best.user_attrs["cores"]

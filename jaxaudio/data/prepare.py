@@ -35,6 +35,7 @@ from jaxaudio.audio.spec import FrontendSpec, check_same_spec
 from jaxaudio.data import featurize
 from jaxaudio.data.sources import SPLITS, Listing, list_source
 from jaxaudio.errors import DataError
+from jaxaudio.progress import progress
 
 FORMAT_VERSION = 2  # 2: mel stored as raw bytes
 DATASET_NAME = "jaxaudio_prepared"
@@ -175,12 +176,10 @@ class Featurizer:
 
   def map(self, tasks, spec_dict, settings, total: int = 0, desc: str | None = None
           ) -> Iterator[featurize.Result]:
-    """Results in task order, with a files/s progress bar on stderr when `desc` is given. With
-    a pool, a sliding window of `_WINDOW * workers` tasks is in flight, so workers keep
-    computing while the caller writes the previous results."""
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    with tqdm(total=total, desc=desc, unit="file", file=sys.stderr, disable=desc is None,
-              mininterval=1.0) as bar:
+    """Results in task order, with progress on stderr (jaxaudio.progress) when `desc` is
+    given. With a pool, a sliding window of `_WINDOW * workers` tasks is in flight, so workers
+    keep computing while the caller writes the previous results."""
+    with progress(total, desc, "file") as bar:
       for res in self._results(tasks, spec_dict, settings):
         bar.update(1)
         yield res

@@ -15,13 +15,13 @@ from typing import Any
 import ml_collections
 import numpy as np
 import optuna
-from tqdm import tqdm
 
 from jaxaudio import configs, experiment
 from jaxaudio.data.prepare import prepare
 from jaxaudio.errors import JaxAudioError
 from jaxaudio.evaluate.evaluation import evaluate_run
 from jaxaudio.models.registry import get_model
+from jaxaudio.progress import progress
 from jaxaudio.tuning import space, study, summary
 
 TEST_KEYS = ("accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "mAP", "mAP_ci95",
@@ -37,7 +37,7 @@ def cpu_shares(workers: int) -> list[set[int]]:
   return [set(int(c) for c in chunk) for chunk in np.array_split(cpus, workers)]
 
 
-def _forward(stream, bar: tqdm) -> None:
+def _forward(stream, bar) -> None:
   for line in stream:
     bar.write(line.rstrip("\n"), file=sys.stderr)
 
@@ -46,8 +46,7 @@ def _run_workers(argv: list[str], workers: int, st: optuna.Study, n_trials: int)
   """`python -m jaxaudio.sweep ARGS --worker=i` for each worker, pinned to its cores; their
   lines above a progress bar over the study's finished trials. Returns their exit codes."""
   finished = lambda: len(st.get_trials(deepcopy=False, states=study.FINISHED))  # noqa: E731
-  bar = tqdm(total=n_trials, initial=min(finished(), n_trials), desc="sweep", unit="trial",
-             file=sys.stderr, dynamic_ncols=True)
+  bar = progress(n_trials, "sweep", "trial", initial=min(finished(), n_trials), interval=0)
   procs, threads = [], []
   for i, cores in enumerate(cpu_shares(workers)):
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
