@@ -64,7 +64,7 @@ def progress(total: int, desc: str | None, unit: str, initial: int = 0, file=Non
   is a terminal, LogProgress lines at most every `interval` seconds otherwise (0: a line per
   update, for slow items such as sweep trials); nothing at all when desc is None."""
   file = file or sys.stderr
-  if desc is not None and not file.isatty():
+  if desc is not None and not getattr(file, "isatty", lambda: False)():
     return LogProgress(total, desc, unit, initial, file, interval)
   return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=file,
               disable=desc is None, mininterval=1.0, dynamic_ncols=True)
