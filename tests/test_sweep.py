@@ -311,3 +311,26 @@ def test_two_commands_share_a_postgresql_study(tiny, postgres):
   best = max(trials, key=lambda t: (t.value, -t.number))
   assert final and all(x["best"]["number"] == best.number for x in final)
   assert reports[0]["storage"].startswith("postgresql://jaxaudio@/postgres")
+
+
+def test_commands_opening_a_fresh_postgresql_storage_together_all_get_it(postgres, tmp_path):
+  """Machines started at once on an empty database race to create Optuna's tables (one
+  sees `relation "studies" already exists` or `type "alembic_version" already exists`);
+  each opens the storage all the same. The processes import first, then open together or
+  a little apart (the unique-key clash of simultaneous creation, the existing table of
+  a late one)."""
+  go = tmp_path / "go"
+  code = ("import os, sys, time; from jaxaudio.tuning.study import open_storage; "
+          "print('ready', flush=True)\n"
+          "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+          "time.sleep(float(sys.argv[3])); open_storage(sys.argv[1]); print('opened')")
+  procs = [subprocess.Popen([sys.executable, "-c", code, postgres, str(go), str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for delay in (0.0, 0.0, 0.05, 0.1, 0.2)]
+  for p in procs:
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()[-2000:]
+  go.touch()
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and out.strip() == "opened", err[-2000:]
+  assert study.open_storage(postgres).get_all_studies() == []

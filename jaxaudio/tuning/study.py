@@ -57,17 +57,33 @@ def redacted(url: str) -> str:
     return url.split("@")[-1]
 
 
+OPEN_ATTEMPTS = 5
+_ALREADY_EXISTS = ("42P07", "42710")   # PostgreSQL: duplicate table, duplicate object (type)
+
+
+def _lost_creation_race(err: Exception) -> bool:
+  """Whether opening failed because another command created Optuna's tables at the same
+  moment (machines started together on an empty database): a unique-key clash, or on
+  PostgreSQL a table or enum type that appeared after this one checked. Opening again
+  finds them."""
+  if isinstance(err, sqlalchemy.exc.IntegrityError):
+    return True
+  orig = getattr(err, "orig", None)
+  code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+  return isinstance(err, sqlalchemy.exc.ProgrammingError) and code in _ALREADY_EXISTS
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
   """The RDB storage at `url`, or one sentence on why it cannot be reached."""
   kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {
       "pool_pre_ping": True}
-  for attempt in range(3):   # commands starting together race to create the tables
+  for attempt in range(OPEN_ATTEMPTS):
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as err:  # sqlalchemy/driver errors of every kind
-      if attempt < 2 and isinstance(err, sqlalchemy.exc.IntegrityError):
+      if attempt < OPEN_ATTEMPTS - 1 and _lost_creation_race(err):
         time.sleep(1.0)
         continue
       first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
