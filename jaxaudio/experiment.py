@@ -114,7 +114,7 @@ class _Validation:
 def headline(cls: dict) -> str:
   """One console line of a test evaluation: accuracy (mAP for multi-label runs), its 95%
   interval when bootstrapped, and ECE for single-label runs."""
-  key = "mAP" if "mAP" in cls and "accuracy" not in cls else "accuracy"
+  key = "accuracy" if "accuracy" in cls else "mAP"
   line = f"test {key} {cls[key]:.4f}"
   if f"{key}_ci95" in cls:
     lo, hi = cls[f"{key}_ci95"]

@@ -82,12 +82,16 @@ def _flags_in_fresh_process(env, start="import jaxaudio.main"):
   return eval(_fresh_python(code, env).splitlines()[-1])  # pylint: disable=eval-used
 
 
+def _clean_env():
+  """This process's environment without XLA_FLAGS and the opt-out."""
+  return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
+
+
 def _fresh_python(code, env=None):
   """stdout of `python -c code` in a new process whose environment has neither XLA_FLAGS
   nor the opt-out, plus `env`."""
-  full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
-  r = subprocess.run([sys.executable, "-c", code], env=dict(full, **(env or {})), cwd=ROOT,
-                     capture_output=True, text=True, timeout=120, check=True)
+  r = subprocess.run([sys.executable, "-c", code], env=dict(_clean_env(), **(env or {})),
+                     cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
   return r.stdout.strip()
 
 
@@ -109,7 +113,7 @@ def test_every_command_that_runs_a_model_sets_the_option_before_jax_starts():
   option = f"--{xla_cpu.YNN_OPTION}={xla_cpu.YNN_VALUE}"
   modules = ("jaxaudio.predict", "jaxaudio.embed", "jaxaudio.search.__main__",
              "jaxaudio.select", "jaxaudio.sweep", "jaxaudio.evaluate.__main__")
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
+  env = _clean_env()
   procs = {m: subprocess.Popen(
       [sys.executable, "-c", f"import {m}, os, jax.numpy as jnp; jnp.ones(1).block_until_ready(); "
        "print(os.environ.get('XLA_FLAGS', ''))"],
