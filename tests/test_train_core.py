@@ -126,26 +126,76 @@ def test_spec_augment_masks_bounded_and_filled_with_silence():
   assert np.asarray((z == 0).all(axis=1)).sum(axis=1).max() <= 16
 
 
-def test_gain_goes_through_the_frontend_compression():
-  x = jnp.asarray(np.random.default_rng(0).uniform(0.0, 0.9, (4, 100, 96)), jnp.float32)
+def _gain_db_of(x, y, spec):
+  """The waveform gain (dB) that turns features x into y, per bin, inverted with numpy from
+  the spec's definition: (compress(power) - norm_min) / span."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  span = spec.norm_max - spec.norm_min
+  if spec.compression == "power_to_db":
+    return (y - x) * span
+  power = lambda v: (10.0 ** (v * span + spec.norm_min) - spec.log_shift) / spec.log_scale
+  return 10.0 * np.log10(power(y) / power(x))
+
+
+def test_gain_is_a_waveform_gain_seen_through_the_frontend():
+  """Each augmented example is the frontend of its waveform scaled by one gain g (numpy's
+  log-mel of the scaled waveform, not the augmentation's formula); max_db ~ 0 changes nothing."""
+  from jaxaudio.audio.frontend import log_mel
+  from datafixtures import tone
+  waves = [tone(300 * (i + 1), 100 * 1024 / 44100, seed=i) for i in range(4)]
+  x = jnp.asarray(np.stack([log_mel(w, AISFX_SPEC)[:100] for w in waves]))
   np.testing.assert_allclose(augment.random_gain(jax.random.PRNGKey(0), x, AISFX_SPEC, 1e-7), x,
                              atol=1e-5)
-  g = augment.random_gain(jax.random.PRNGKey(0), x, PANNS_SPEC, 6.0) - x
-  assert np.allclose(g, g[:, :1, :1]) and np.abs(np.asarray(g)).max() <= 6.0
-  louder = augment.random_gain(jax.random.PRNGKey(3), x, AISFX_SPEC, 6.0)
-  diff = np.asarray(louder - x).reshape(4, -1)
-  assert np.all((diff >= -1e-6).all(1) | (diff <= 1e-6).all(1))   # one direction per example
+  y = np.asarray(augment.random_gain(jax.random.PRNGKey(3), x, AISFX_SPEC, 6.0))
+  loud = np.asarray(x) > 0.2   # bins with power well above log10's +1 shift
+  for i, w in enumerate(waves):
+    g = np.median(_gain_db_of(x[i], y[i], AISFX_SPEC)[loud[i]])
+    assert 0.05 < abs(g) <= 6.0, g
+    want = log_mel(w * np.float32(10 ** (g / 20)), AISFX_SPEC)[:100]
+    np.testing.assert_allclose(y[i], want, atol=2e-4)
+    assert np.abs(y[i] - np.asarray(x[i])).max() > 1e-3
 
 
-def test_time_shift_and_mixup():
+@pytest.mark.parametrize("spec", [AISFX_SPEC, PANNS_SPEC], ids=["log10", "dB"])
+def test_gain_is_one_uniform_gain_per_example(spec):
+  """4000 examples: one gain per example (every bin agrees), drawn from U(-6, 6) dB (KS test
+  against the uniform law): an identity, a fixed or a one-sided gain all fail."""
+  from scipy.stats import kstest
+  x = jnp.asarray(np.random.default_rng(0).uniform(0.3, 0.9, (4000, 3, 2)), jnp.float32)
+  y = augment.random_gain(jax.random.PRNGKey(1), x, spec, 6.0)
+  g = _gain_db_of(x, y, spec).reshape(4000, -1)
+  np.testing.assert_allclose(g, g[:, :1].repeat(g.shape[1], 1), atol=2e-3)
+  g = g[:, 0]
+  assert np.all(np.abs(g) <= 6.0 + 1e-3)
+  assert kstest(g, "uniform", args=(-6.0, 12.0)).pvalue > 1e-3, (g.mean(), g.std())
+
+
+def test_time_shift_rolls_each_example_by_a_uniform_whole_number_of_frames():
+  """Each example equals np.roll of its input along time by one shift in [-10, 10] frames (10%
+  of 100), the shifts spread over that whole range (chi-square against uniform)."""
+  from scipy.stats import chisquare
+  x = np.random.default_rng(0).normal(size=(630, 100, 3)).astype(np.float32)
+  np.testing.assert_array_equal(augment.time_shift(jax.random.PRNGKey(0), jnp.asarray(x), 0.0), x)
+  s = np.asarray(augment.time_shift(jax.random.PRNGKey(0), jnp.asarray(x), 0.1))
+  shifts = []
+  for i in range(len(x)):
+    found = [k for k in range(-10, 11) if np.array_equal(np.roll(x[i], k, axis=0), s[i])]
+    assert len(found) == 1, (i, found)
+    shifts.append(found[0])
+  counts = np.bincount(np.asarray(shifts) + 10, minlength=21)
+  assert counts.min() > 0 and chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_mixup_mixes_each_example_with_its_neighbour_as_its_labels_say():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 100, 96)), jnp.float32)
-  s = augment.time_shift(jax.random.PRNGKey(0), x, 0.1)
-  for i in range(4):
-    assert sorted(np.asarray(s[i, :, 0]).tolist()) == sorted(np.asarray(x[i, :, 0]).tolist())
-  y = jax.nn.one_hot(jnp.arange(4) % 3, 3)
+  y = jnp.eye(4)   # distinct labels: example i's weight is its label's share
   mx, my = augment.mixup(jax.random.PRNGKey(0), x, y, 0.4)
-  np.testing.assert_allclose(np.asarray(my.sum(-1)), 1.0, rtol=1e-6)
-  assert float(my.max(-1).min()) >= 0.5 - 1e-6
+  lam = np.diag(np.asarray(my)).astype(np.float64)
+  np.testing.assert_allclose(np.asarray(my), lam[:, None] * np.eye(4) +
+                             (1 - lam[:, None]) * np.roll(np.eye(4), 1, axis=0), atol=1e-6)
+  want = lam[:, None, None] * np.asarray(x) + (1 - lam[:, None, None]) * np.roll(x, 1, axis=0)
+  np.testing.assert_allclose(np.asarray(mx), want, atol=1e-5)
+  assert lam.min() >= 0.5 - 1e-6 and lam.min() < 0.99   # mixed, original dominant
 
 
 @pytest.mark.parametrize("devices", [2, 8])
