@@ -1,8 +1,12 @@
 """jaxaudio.progress: whole lines when stderr is a log, tqdm's bar on a terminal."""
 
+import fcntl
 import io
 import os
 import pty
+import select
+import struct
+import termios
 
 from tqdm import tqdm
 
@@ -32,11 +36,57 @@ def test_a_log_gets_whole_lines_at_most_every_interval_and_one_at_the_end():
                                                      "sweep: 3/3 trials"]
 
 
-def test_a_terminal_gets_tqdm_and_no_desc_gets_nothing():
+def test_lines_come_at_most_every_interval_by_the_clock(monkeypatch):
+  """A fake clock: updates 10 s apart with a 30 s interval print at 30 s, 60 s and the end."""
+  import jaxaudio.progress as progress_module
+  now = [100.0]
+  monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+  log = io.StringIO()
+  bar = progress(8, "embed", "file", file=log, interval=30)
+  for _ in range(7):
+    now[0] += 10.0
+    bar.update(1)
+  bar.close()
+  assert log.getvalue().splitlines() == ["embed: 3/8 files (38%, 0.1 files/s, 30 s)",
+                                         "embed: 6/8 files (75%, 0.1 files/s, 60 s)",
+                                         "embed: 7/8 files (88%, 0.1 files/s, 70 s)"]
+
+
+def _terminal(columns=100):
+  """A pseudo-terminal the size of a real one (a bare pty is 0 columns wide, on which tqdm
+  draws nothing): (leader fd, follower as a text file)."""
   leader, follower = pty.openpty()
-  with os.fdopen(follower, "w") as terminal, progress(5, "index", "file", file=terminal) as bar:
+  fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+  return leader, os.fdopen(follower, "w")
+
+
+def _shown(leader):
+  """Everything written to the terminal so far."""
+  out = b""
+  while select.select([leader], [], [], 0.1)[0]:
+    out += os.read(leader, 65536)
+  return out.decode()
+
+
+def test_a_terminal_gets_tqdms_redrawn_bar_and_no_desc_gets_nothing():
+  leader, terminal = _terminal()
+  with progress(5, "index", "file", file=terminal) as bar:
     assert isinstance(bar, tqdm)
+    bar.update(2)
+    bar.update(3)
+  terminal.flush()
+  shown = _shown(leader)
+  # tqdm draws "index:   0%|   | 0/5 [...]" and redraws that line after a carriage return.
+  draws = shown.rstrip("\r\n").split("\r")[1:]
+  assert len(draws) >= 2 and "\n" not in shown.rstrip("\r\n"), repr(shown)
+  assert draws[0].startswith("index:   0%|") and " 0/5 [" in draws[0], repr(shown)
+  assert draws[-1].startswith("index: 100%|\u2588") and " 5/5 [" in draws[-1], repr(shown)
+  assert draws[-1].endswith("file/s]") and len(draws[-1]) <= 100
+  with progress(5, None, "file", file=terminal) as bar:   # no desc: nothing, even on a terminal
     bar.update(5)
+  terminal.flush()
+  assert _shown(leader) == ""
+  terminal.close()
   os.close(leader)
   log = io.StringIO()
   with progress(5, None, "file", file=log) as bar:
