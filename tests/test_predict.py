@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from scipy.special import expit, log_softmax, softmax
 from sklearn.metrics import f1_score
 
 from datafixtures import SR, tone, write_class_folder
@@ -62,6 +63,45 @@ def detector(tmp_path_factory):
   return workdir, long, spans
 
 
+def _clip_means(window_probs, clip_ids, n_clips):
+  """[n_clips, classes]: each clip's mean window probability, by a loop over clip ids."""
+  out = np.zeros((n_clips, window_probs.shape[1]))
+  for c in range(n_clips):
+    rows = [p for p, i in zip(window_probs, clip_ids) if i == c]
+    assert rows, f"clip {c} has no window"
+    out[c] = np.sum(rows, axis=0) / len(rows)
+  return out
+
+
+def test_group_mean_and_clip_level_against_a_loop_over_clips():
+  """Clips in any order, of 1-4 windows: sorted clip ids, each clip's mean probability, its
+  first window's label; logits that give back those means (softmax, or sigmoid per class)."""
+  from jaxaudio import forward, inference
+  rng = np.random.default_rng(0)
+  sizes = {7: 3, 2: 1, 40: 4, 5: 2}
+  clip = rng.permutation(np.repeat(list(sizes), list(sizes.values())))
+  logits = rng.normal(0, 3, (len(clip), 4))
+  label = {c: rng.integers(0, 4) for c in sizes}
+  labels = np.array([label[c] for c in clip])
+  first = {c: int(np.flatnonzero(clip == c)[0]) for c in sizes}
+  ids = sorted(sizes)
+  for multi, squash in ((False, lambda z: softmax(z, axis=1)), (True, expit)):
+    probs = squash(logits)
+    means = {c: np.mean([p for p, i in zip(probs, clip) if i == c], axis=0) for c in ids}
+    keys, mean, firsts = inference.group_mean(probs, clip)
+    assert keys.tolist() == ids and firsts.tolist() == [first[c] for c in ids]
+    np.testing.assert_allclose(mean, [means[c] for c in ids], rtol=1e-12)
+    out = forward.clip_level({"logits": logits, "clip": clip, "label": labels}, multi)
+    assert out["clip"].tolist() == ids and out["label"].tolist() == [label[c] for c in ids]
+    np.testing.assert_allclose(squash(out["logits"]), [means[c] for c in ids], atol=1e-9)
+  # Single-label clip logits are log mean probabilities: log_softmax leaves them unchanged.
+  out = forward.clip_level({"logits": logits, "clip": clip, "label": labels}, False)
+  np.testing.assert_allclose(log_softmax(out["logits"], axis=1), out["logits"], atol=1e-9)
+  keys, mean, firsts = inference.group_mean(np.eye(3)[[2, 0, 2, 1]], np.array(["b", "a", "b", "c"]))
+  assert keys.tolist() == ["a", "b", "c"] and firsts.tolist() == [1, 0, 3]
+  np.testing.assert_array_equal(mean, [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+
+
 def _read_csv(path):
   with open(path, newline="") as f:
     return list(csv.DictReader(f))
@@ -69,10 +109,9 @@ def _read_csv(path):
 
 def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(trained, cli,
                                                                                 tmp_path):
-  from jaxaudio import exported, inference
+  from jaxaudio import exported
   from jaxaudio.data import pipeline
   from jaxaudio.data.prepare import prepare
-  from jaxaudio import forward
   from jaxaudio.evaluate import evaluation
   from jaxaudio.rundir import open_run
   workdir, test_report = trained
@@ -80,11 +119,9 @@ def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(t
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
   windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "test", 32, 0, 1))
-  clips = forward.clip_level(windows, run.multi_label)
-  want = inference.probabilities(clips["logits"], False)
-  want = want / want.sum(1, keepdims=True)
   root = run.cfg.data.source.split(":", 1)[1]
   keys = prepared.meta["splits"]["test"]["clip_keys"]
+  want = _clip_means(softmax(windows["logits"], axis=1), windows["clip"], len(keys))
   # The whole folder (train, validation and test files) goes through predict.
   out = tmp_path / "p.csv"
   r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={root}", f"--out={out}",
@@ -234,10 +271,8 @@ def test_bad_files_are_reported_and_skipped_and_bad_flags_are_one_sentence(train
 
 def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multilabel_trained,
                                                                            cli, tmp_path):
-  from jaxaudio import inference
   from jaxaudio.data import pipeline
   from jaxaudio.data.prepare import prepare
-  from jaxaudio import forward
   from jaxaudio.evaluate import evaluation
   from jaxaudio.rundir import open_run
   workdir, clips = multilabel_trained
@@ -246,8 +281,8 @@ def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multi
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
   windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "test", 32, 0, 1))
-  want = inference.probabilities(forward.clip_level(windows, True)["logits"], True)
   keys = prepared.meta["splits"]["test"]["clip_keys"]
+  want = _clip_means(expit(windows["logits"]), windows["clip"], len(keys))
   out = tmp_path / "p.json"
   r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={clips}", f"--out={out}",
           "--json", "--threshold=0.5")
