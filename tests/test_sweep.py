@@ -13,6 +13,7 @@ import time
 import warnings
 
 import ml_collections
+import numpy as np
 import optuna
 import pytest
 
@@ -169,12 +170,51 @@ def test_importances_or_the_reason_there_are_none(tmp_path, values):
     assert "None: all 3 completed trials scored 0.5" in summary.markdown(s, str(tmp_path))
     assert names == ["optimization_history.png", "parallel_coordinate.png"]
   else:
-    ref = optuna.importance.get_param_importances(
-        st, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    assert s["importances"] == pytest.approx(dict(ref)) and s["importances_note"] == ""
+    # By hand: probe 0 scored 0.2, 0.4 and probe 5 0.9, 0.7; probe's two means explain
+    # 0.0625 of the scores' variance 0.0725 (86%), lr (one value per trial) the rest.
+    assert list(s["importances"]) == ["probe", "lr"] and s["importances_note"] == ""
+    assert s["importances"]["probe"] > 0.5 > s["importances"]["lr"] > 0
     assert sum(s["importances"].values()) == pytest.approx(1.0)
     assert "param_importances.png" in names
     assert os.path.getsize(tmp_path / "param_importances.png") > 5000
+
+
+def test_importances_find_the_parameter_the_score_depends_on(tmp_path, monkeypatch):
+  """16 trials whose score is a function of the learning rate alone (dropout and probe drawn
+  at random): the learning rate carries almost all the importance, as two other estimators
+  (random-forest impurity, PED-ANOVA) computed on the same study also say; the plot's bars
+  are the report's numbers."""
+  rng = np.random.default_rng(0)
+  dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+          "probe": optuna.distributions.CategoricalDistribution([0, 5]),
+          "dropout": optuna.distributions.FloatDistribution(0.0, 0.5)}
+  st = optuna.create_study(direction="maximize")
+  for _ in range(16):
+    lr = 10 ** rng.uniform(-4, -2)
+    st.add_trial(optuna.trial.create_trial(
+        value=0.5 + 0.2 * (np.log10(lr) + 3), distributions=dist,
+        params={"lr": lr, "probe": int(rng.integers(0, 2)) * 5, "dropout": rng.uniform(0, 0.5)}))
+  imp = summary.summarise(st, "accuracy", 16, "memory")["importances"]
+  assert list(imp)[0] == "lr" and imp["lr"] > 0.9 and imp["probe"] + imp["dropout"] < 0.1
+  assert list(imp.values()) == sorted(imp.values(), reverse=True)
+  for evaluator in (optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0),
+                    optuna.importance.PedAnovaImportanceEvaluator()):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      other = optuna.importance.get_param_importances(st, evaluator=evaluator)
+    assert list(other)[0] == "lr" and other["lr"] > 0.9, (evaluator, other)
+  drawn = []
+  real_plot = optuna.visualization.matplotlib.plot_param_importances
+
+  def recording_plot(*a, **kw):
+    ax = real_plot(*a, **kw)
+    drawn.append({t.get_text(): p.get_width()
+                  for t, p in zip(ax.get_yticklabels(), ax.patches)})
+    return ax
+
+  monkeypatch.setattr(optuna.visualization.matplotlib, "plot_param_importances", recording_plot)
+  summary.plots(st, str(tmp_path), imp)
+  assert len(drawn) == 1 and drawn[0] == pytest.approx(imp)
 
 
 def _sweep_cmd(tiny, workdir, *extra):
