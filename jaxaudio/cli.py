@@ -26,13 +26,43 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as err:
     _fail(f"{err}; see --helpfull.")
+  except OSError as err:  # config_flags loads the file to apply an override: it is missing
+    path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), "")
+    _fail(f"no such config file {path or '(none given)'}; pass --config=configs/finetune.py or "
+          f"another configs/*.py ({str(err).splitlines()[0]}).")
   except (AttributeError, KeyError, TypeError, ValueError) as err:  # config_flags overrides
-    name = str(err).strip("\"'")
-    arg = next((a for a in argv[1:] if f".{name}=" in a or a.endswith(f".{name}")), None)
+    # ml_collections words an unknown key as the repr of a KeyError ("\'key\'\nDid you mean
+    # ..."): undo the escapes so the sentence reads as text.
+    text = str(err.args[0]) if err.args else str(err)
+    text = text.replace("\\n", "\n").replace("\\'", "'")
+    name, _, hint = text.partition("\n")
+    name = name.strip("\"' ")
+    arg = next((a for a in argv[1:] if f".{name}=" in a or f".{name}." in a
+                or a.endswith(f".{name}")), None)
     if isinstance(err, (AttributeError, KeyError)):
-      _fail(f"unknown config key in {arg or name}; README lists every key.")
-    _fail(f"bad config override {arg or ''} ({err}); give a value of the key's type.")
+      hint = hint.strip().strip("\"'").rstrip("?")
+      hint = f" ({hint}?)" if hint.startswith("Did you mean") else ""
+      _fail(f"unknown config key in {arg or name}{hint}; README lists every key.")
+    _fail(f"bad config override {arg or ''} ({' '.join(text.split())}); give a value of the "
+          "key's type.")
   return argv
+
+
+def max_seconds_flag(default: float) -> flags.FlagHolder:
+  """--max_seconds for the commands that decode user files (default: jaxaudio.audio.io's
+  DEFAULT_MAX_SECONDS, passed in so this module stays below audio), defined once per
+  process."""
+  if "max_seconds" in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS["max_seconds"])
+  return flags.DEFINE_float("max_seconds", default, "Longest audio file accepted, "
+                            "in seconds (longer ones are refused before decoding; memory is "
+                            "about 4 bytes per sample at the model's rate); 0 = no limit.",
+                            lower_bound=0.0)
+
+
+def seconds_limit(value: float) -> float | None:
+  """A --max_seconds / data.max_seconds value as decoding takes it (0 = no limit = None)."""
+  return float(value) if value else None
 
 
 def load_config(holder):

@@ -7,6 +7,7 @@ naming the key instead of a failure an hour into a run.
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -51,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
       "trim_db": 0.0,             # trim leading/trailing silence below this (0 = off)
       "window_hop": 0.5,          # overlap of windows cut from long clips (fraction of a window)
       "min_seconds": 0.1,         # shorter files are skipped and reported
+      "max_seconds": 3600.0,      # longer files are refused before decoding (memory bound:
+                                  # ~4 bytes per sample at the model's rate); 0 = no limit
       "strict": False,            # stop at the first bad file instead of skipping it
       "workers": 0,               # preparation processes (0 = auto: every core from 4 up)
       "loader_workers": 0,        # grain worker processes feeding training (0 = in-process)
@@ -147,7 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
 # a run trained (which may differ from today's default).
 _BEFORE_KEY_EXISTED = {("data", "group"): "", ("train", "epochs"): 0.0, ("train", "bn"): "batch",
                        ("train", "label_smoothing"): 0.0, ("train", "class_weights"): "none",
-                       ("train", "sampling"): "uniform", ("train", "ema_decay"): 0.0}
+                       ("train", "sampling"): "uniform", ("train", "ema_decay"): 0.0,
+                       # the default limit: it keeps such runs' prepared-data cache key
+                       ("data", "max_seconds"): 3600.0}
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
@@ -165,8 +170,22 @@ def _check(ok: bool, key: str, value, fix: str) -> None:
     raise ConfigError(f"config key {key}={value!r} is invalid; {fix}.")
 
 
+def _floats(c: ml_collections.ConfigDict, prefix: str = ""):
+  """(dotted key, value) of every float in the config, nested sections and tuples included."""
+  for key, value in c.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _floats(value, f"{name}.")
+    elif isinstance(value, dict):
+      yield from ((f"{name}.{k}", v) for k, v in value.items() if isinstance(v, float))
+    elif isinstance(value, float):
+      yield name, value
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
   """Reject bad values before any work starts."""
+  for key, value in _floats(c):
+    _check(math.isfinite(value), key, value, "give a finite number")
   get_model(c.model.name)
   d = c.data
   for key in ("val_fraction", "test_fraction"):
@@ -180,6 +199,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(d.cv_folds == 0 or (d.cv_folds >= 2 and 1 <= d.cv_fold <= d.cv_folds), "data.cv_fold",
          (d.cv_folds, d.cv_fold), "use cv_folds >= 2 with 1 <= cv_fold <= cv_folds, or 0 (off)")
   _check(d.min_seconds >= 0.0, "data.min_seconds", d.min_seconds, "use seconds >= 0")
+  _check(d.max_seconds == 0 or d.max_seconds > max(d.min_seconds, 0.0), "data.max_seconds",
+         d.max_seconds, "use seconds above data.min_seconds, or 0 for no limit")
   _check(d.workers >= 0 and d.loader_workers >= 0, "data.workers", d.workers,
          "use 0 (all cores) or a positive count")
   t = c.train
@@ -187,6 +208,21 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "use a positive step count, or 0 to count steps from train.epochs")
   _check(t.batch_size > 0, "train.batch_size", t.batch_size,
          "use a positive global batch size such as 32")
+  _check(t.learning_rate > 0, "train.learning_rate", t.learning_rate,
+         "use a positive learning rate such as 3e-4")
+  for group, mult in t.group_lr_mult.items():
+    _check(mult >= 0, f"train.group_lr_mult.{group}", mult,
+           "use a multiplier >= 0 (0 trains the group at no rate)")
+  _check(0.0 <= t.final_lr_fraction <= 1.0, "train.final_lr_fraction", t.final_lr_fraction,
+         "use a fraction of the peak learning rate in [0, 1]")
+  _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "use 0 or a step count")
+  _check(t.weight_decay >= 0 and t.grad_clip_norm >= 0, "train.weight_decay",
+         (t.weight_decay, t.grad_clip_norm), "use weight_decay and grad_clip_norm >= 0")
+  _check(0.0 <= t.adam_b1 < 1.0 and 0.0 <= t.adam_b2 < 1.0 and t.adam_eps > 0,
+         "train.adam_b1", (t.adam_b1, t.adam_b2, t.adam_eps),
+         "use betas in [0, 1) and adam_eps > 0, e.g. 0.9, 0.999, 1e-8")
+  _check(0.0 <= t.head_dropout < 1.0, "train.head_dropout", t.head_dropout,
+         "use a rate in [0, 1)")
   _check(t.epochs > 0 or t.num_steps > 0, "train.epochs", t.epochs,
          "give train.epochs > 0 or train.num_steps > 0")
   _check(t.eval_every > 0 and t.log_every > 0, "train.eval_every", t.eval_every,

@@ -28,6 +28,7 @@ xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
 from jaxaudio import cli, rundir  # noqa: E402
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
 from jaxaudio.embedder import Embedder, audio_files  # noqa: E402
 from jaxaudio.errors import AudioError, CheckpointError, JaxAudioError  # noqa: E402
 from jaxaudio.models.registry import get_model  # noqa: E402
@@ -45,6 +46,7 @@ _OUT = flags.DEFINE_string("out", None, "Output .npz.", required=True)
 _HOP = flags.DEFINE_float("hop", 0.5, "Window hop as a fraction of the model window.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Windows per forward pass.")
 _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unreadable audio file.")
+_MAX_SECONDS = cli.max_seconds_flag(DEFAULT_MAX_SECONDS)
 
 
 def _load_mel(path: str, n_mels: int) -> np.ndarray:
@@ -96,13 +98,17 @@ def main(argv):
     print(f"wrote {emb.shape[0]} embeddings of dim {emb.shape[1]} to {_OUT.value} "
           f"({emb.shape[0] / (time.perf_counter() - start):.1f} windows/s)")
     return 0
-  files = audio_files(_AUDIO.value)
+  unlisted: list[dict[str, str]] = []
+  files = audio_files(_AUDIO.value, unlisted)
+  for s in unlisted:
+    print(f"skipped: {s['reason']}", file=sys.stderr)
   if not files:
     raise JaxAudioError(f"{_AUDIO.value}: no audio files found; check --audio.")
   names, offsets, embeddings, taggrams, skipped = [], [], [], [], []
   for path in files:
     try:
-      windows, offs = embedder.file_windows(path, _HOP.value)
+      windows, offs = embedder.file_windows(path, _HOP.value,
+                                            cli.seconds_limit(_MAX_SECONDS.value))
     except AudioError as err:
       if _STRICT.value:
         raise

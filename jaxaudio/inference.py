@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS
 from jaxaudio.audio.spec import FrontendSpec
 from jaxaudio.data import featurize
 from jaxaudio.errors import AudioError
@@ -170,10 +171,12 @@ class Predictor:
     return in_batches(lambda x: self.model(x)["logits"], windows, batch, len(self.classes))
 
   def featurize(self, path: str | None = None, waveform: np.ndarray | None = None,
-                rate: int = 0) -> featurize.Result:
-    """Windows of a file or waveform as the training data was cut; AudioError if unusable."""
+                rate: int = 0, max_seconds: float | None = DEFAULT_MAX_SECONDS
+                ) -> featurize.Result:
+    """Windows of a file or waveform as the training data was cut; AudioError if unusable
+    or longer than `max_seconds` (refused before decoding)."""
     res = featurize.featurize(0, self.spec.to_dict(), self.settings, path=path,
-                              waveform=waveform, rate=rate)
+                              waveform=waveform, rate=rate, max_seconds=max_seconds)
     if res.error:
       raise AudioError(res.error if path else res.error.replace("example 0", "the waveform"))
     return res

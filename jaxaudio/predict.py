@@ -30,6 +30,7 @@ xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
 from jaxaudio import cli, exported, inference, predictions  # noqa: E402
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
 from jaxaudio.data.prepare import Featurizer, auto_workers  # noqa: E402
 from jaxaudio.embedder import audio_files  # noqa: E402
 from jaxaudio.errors import AudioError, ConfigError, JaxAudioError  # noqa: E402
@@ -58,6 +59,7 @@ _HOP = flags.DEFINE_float("hop", None, "Window hop as a fraction of a window (de
                           "training data's; smaller = finer event times).")
 _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first file that cannot be decoded.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0 = auto).")
+_MAX_SECONDS = cli.max_seconds_flag(DEFAULT_MAX_SECONDS)
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Windows per forward pass.", lower_bound=1)
 
 
@@ -117,7 +119,10 @@ def main(argv):
   del argv
   if not os.path.exists(_AUDIO.value):
     raise JaxAudioError(f"{_AUDIO.value}: no such audio file or folder; check --audio.")
-  files = audio_files(_AUDIO.value)
+  unlisted: list[dict[str, str]] = []
+  files = audio_files(_AUDIO.value, unlisted)
+  for s in unlisted:
+    print(f"skipped: {s['reason']}", file=sys.stderr)
   if not files:
     raise JaxAudioError(f"{_AUDIO.value}: no audio files found (extensions: wav, flac, ogg, "
                         "mp3, ...); check --audio.")
@@ -145,7 +150,8 @@ def main(argv):
   try:
     tasks = ((i, p, None, 0) for i, p in enumerate(files))
     for res in featurizer.map(tasks, predictor.spec.to_dict(), predictor.settings,
-                              total=len(files), desc="predict"):
+                              total=len(files), desc="predict",
+                              max_seconds=cli.seconds_limit(_MAX_SECONDS.value)):
       path = files[res.index]
       if res.error:
         if _STRICT.value:

@@ -52,3 +52,20 @@ def test_a_run_saved_before_a_key_existed_still_opens():
           cfg.train.label_smoothing, cfg.data.group) == ("batch", 0.0, "uniform", "none", 0.0, "")
   configs.validate(cfg)
   assert configs.from_saved(configs.base_config().to_dict()) == configs.base_config()
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--config=configs/nope.py", "--config.train.num_steps=3"),
+     "no such config file configs/nope.py"),
+    (("--config=configs/finetune.py", "--config.train.lerning_rate=3"),
+     'unknown config key in --config.train.lerning_rate=3 (Did you mean "learning_rate"'),
+    (("--config=configs/finetune.py", "--config.train.learning_rate=-0.1"),
+     "config key train.learning_rate=-0.1 is invalid; use a positive learning rate"),
+])
+def test_cli_config_errors_with_overrides_are_one_plain_sentence(cli, args, words):
+  """A missing file with an override (a traceback before), a misspelt key (literal \\' and
+  \\n before) and an impossible learning rate (trained to loss 37.8 before)."""
+  r = cli("jaxaudio.main", *args)
+  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
+  assert "\\'" not in lines[0] and "\\n" not in lines[0]

@@ -1,4 +1,12 @@
-"""Decode any audio file to a mono float32 waveform at a target sample rate.
+"""Decode any audio file to a mono float32 waveform at a target sample rate, within bounds.
+
+Bounds: a file's header is read before any sample is: a declared sample rate outside
+[MIN_RATE, MAX_RATE] or a duration over `max_seconds` is refused with one sentence, so a tiny
+file whose header says 1 Hz (it would resample to hours of audio) cannot exhaust memory.
+Decoding runs in blocks of at most BLOCK_BYTES whatever the channel count, mixed to mono as
+it goes, and `load_audio` resamples block by block (soxr's stream gives the same samples as
+its one-shot resampler, bit for bit), so a file costs 4 bytes per mono sample it yields and
+per sample at its own rate (read_audio), or only per sample at the target rate (load_audio).
 
 Level: Essentia's EasyLoader (the aiSFX reference path) leaves the level of a file at the
 model's rate untouched (measured gain 1.0; see tests/golden/README.md), so nothing is scaled
@@ -15,6 +23,11 @@ import warnings
 import numpy as np
 
 from jaxaudio.errors import AudioError
+
+MIN_RATE = 1_000        # Hz: below any real recording's rate (telephone audio is 8 kHz)
+MAX_RATE = 768_000      # Hz: the highest rate audio interfaces record at
+DEFAULT_MAX_SECONDS = 3600.0   # per file; data.max_seconds, --max_seconds raise it
+BLOCK_BYTES = 1 << 24   # one decoded block of interleaved samples, any channel count
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
                     ".m4a", ".aac", ".wma", ".caf", ".w64")
@@ -40,33 +53,83 @@ def _wav_missing_bytes(path: str) -> int:
   return 0
 
 
-def _decode(path: str) -> tuple[np.ndarray, int]:
+def _check_rate(path: str, rate: float) -> None:
+  if not MIN_RATE <= rate <= MAX_RATE:
+    raise AudioError(f"{path}: the header declares a sample rate of {rate:g} Hz, outside "
+                     f"{MIN_RATE}-{MAX_RATE} Hz; the file is damaged or mislabelled: re-export "
+                     "it at its real rate.")
+
+
+def _check_seconds(path: str, seconds: float, max_seconds: float | None) -> None:
+  if max_seconds is not None and seconds > max_seconds:
+    raise AudioError(f"{path}: {seconds:.0f} s of audio is longer than the limit of "
+                     f"{max_seconds:.0f} s per file; cut it into shorter files or raise the "
+                     "limit (data.max_seconds, or --max_seconds).")
+
+
+def _blocks_soundfile(path: str, max_seconds: float | None):
+  """(rate, iterator of mono float32 blocks) through libsndfile; None if it cannot open it."""
   import soundfile as sf  # pylint: disable=import-outside-toplevel
   try:
-    data, sr = sf.read(path, dtype="float32", always_2d=True)
-    return data.mean(axis=1), int(sr)
-  except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as sf_err:
-    first = sf_err
-  try:  # formats libsndfile lacks (m4a, wma, ...) go through audioread/ffmpeg
-    import librosa  # pylint: disable=import-outside-toplevel
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      data, sr = librosa.load(path, sr=None, mono=True, dtype=np.float32)
-    return data, int(sr)
+    f = sf.SoundFile(path)
+  except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+    return None
+  rate, frames, channels = f.samplerate, f.frames, max(1, f.channels)
+  try:
+    _check_rate(path, rate)
+    _check_seconds(path, frames / rate, max_seconds)
+  except AudioError:
+    f.close()
+    raise
+  block = max(1, BLOCK_BYTES // (4 * channels))
+
+  def blocks():
+    with f:
+      while True:
+        try:
+          data = f.read(block, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+          raise AudioError(f"{path}: cannot decode audio past {f.tell() / rate:.1f} s ({err}): "
+                           "the file is corrupt or truncated; re-export it or remove it.") from err
+        if not len(data):
+          return
+        yield data.mean(axis=1)
+  return rate, blocks()
+
+
+def _blocks_audioread(path: str, max_seconds: float | None):
+  """(rate, [mono float32]) for formats libsndfile lacks (m4a, wma, ...), through
+  audioread/ffmpeg; the header is checked first (rate before duration, which divides by
+  it) and the read stops just past the limit."""
+  import audioread  # pylint: disable=import-outside-toplevel
+  import librosa  # pylint: disable=import-outside-toplevel
+  with audioread.audio_open(path) as f:
+    _check_rate(path, f.samplerate)
+    _check_seconds(path, f.duration, max_seconds)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    data, rate = librosa.load(path, sr=None, mono=True, dtype=np.float32,
+                              duration=None if max_seconds is None else max_seconds + 1.0)
+  _check_seconds(path, len(data) / rate, max_seconds)  # a header that understated it
+  return int(rate), iter([data])
+
+
+def _open_blocks(path: str, max_seconds: float | None):
+  """(source rate, iterator of mono float32 blocks), header checked, or one AudioError."""
+  opened = _blocks_soundfile(path, max_seconds)
+  if opened is not None:
+    return opened
+  try:
+    return _blocks_audioread(path, max_seconds)
+  except AudioError:
+    raise
   except Exception as err:  # pylint: disable=broad-except
-    raise AudioError(f"{path}: cannot decode audio ({first}; {type(err).__name__}): the file is "
-                     "corrupt or in an unsupported format; re-export it or remove it.") from err
+    raise AudioError(f"{path}: cannot decode audio ({type(err).__name__}: {err}): the file "
+                     "is corrupt or in an unsupported format; re-export it or remove it."
+                     ) from err
 
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-  if sr_in == sr_out:
-    return x
-  import soxr  # pylint: disable=import-outside-toplevel
-  return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32)
-
-
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-  """(mono float32 waveform, its own sample rate); AudioError names the file and the fix."""
+def _checked_path(path: str | os.PathLike) -> str:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise AudioError(f"{path}: no such audio file; check the path.")
@@ -76,15 +139,56 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   if missing:
     raise AudioError(f"{path}: the WAV file is truncated ({missing} bytes of audio missing); "
                      "re-copy or re-export it.")
-  x, sr = _decode(path)
+  return path
+
+
+def _checked_samples(path: str, x: np.ndarray) -> np.ndarray:
   if x.size == 0:
     raise AudioError(f"{path}: decodes to zero samples; remove it or re-export the audio.")
   if not np.all(np.isfinite(x)):
     raise AudioError(f"{path}: holds NaN or infinite samples; re-export the audio.")
-  return x, sr
+  return x
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+  return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+  if sr_in == sr_out:
+    return x
+  import soxr  # pylint: disable=import-outside-toplevel
+  return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32)
+
+
+def read_audio(path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS
+               ) -> tuple[np.ndarray, int]:
+  """(mono float32 waveform, its own sample rate); AudioError names the file and the fix.
+  `max_seconds=None` lifts the duration limit (the rate range always holds)."""
+  path = _checked_path(path)
+  rate, blocks = _open_blocks(path, max_seconds)
+  return _checked_samples(path, _concat(list(blocks))), int(rate)
+
+
+def decode(path: str | os.PathLike, sample_rate: int,
+           max_seconds: float | None = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, int]:
+  """(mono float32 waveform at `sample_rate`, the file's own rate), resampled block by block
+  as it decodes, so the file's own rate is never held whole."""
+  path = _checked_path(path)
+  rate, blocks = _open_blocks(path, max_seconds)
+  if rate == sample_rate:
+    return _checked_samples(path, _concat(list(blocks))), int(rate)
+  import soxr  # pylint: disable=import-outside-toplevel
+  stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+  out, block = [], next(blocks, None)
+  while block is not None:
+    following = next(blocks, None)
+    out.append(stream.resample_chunk(block, last=following is None))
+    block = following
+  return _checked_samples(path, _concat(out)), int(rate)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int,
+               max_seconds: float | None = DEFAULT_MAX_SECONDS) -> np.ndarray:
   """Mono float32 waveform of `path` at `sample_rate`."""
-  x, sr = read_audio(path)
-  return resample(x, sr, sample_rate)
+  return decode(path, sample_rate, max_seconds)[0]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from jaxaudio.audio import frontend, preprocess
-from jaxaudio.audio.io import read_audio, resample
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, decode, resample
 from jaxaudio.audio.spec import FrontendSpec
 from jaxaudio.errors import AudioError
 
@@ -48,22 +48,26 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
               path: str | None = None, waveform: np.ndarray | None = None,
-              rate: int = 0) -> Result:
+              rate: int = 0, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> Result:
   """Decode (or take `waveform` at `rate`), clean up and cut into log-mel windows.
 
-  Bad audio comes back as Result.error, one sentence, so a worker never dies on a file.
+  Bad audio comes back as Result.error, one sentence, so a worker never dies on a file; a
+  file declaring more than `max_seconds` is refused before it is decoded (jaxaudio.audio.io).
   """
   spec = FrontendSpec.from_dict(spec_dict)
   try:
-    if path is not None:
-      x, rate = read_audio(path)  # decoded once; its rate goes into the report
+    if path is not None:  # decoded once, resampled as it decodes; its rate goes into the report
+      x, rate = decode(path, spec.sample_rate, max_seconds)
     else:
       x = _as_float(np.asarray(waveform)).reshape(-1) if waveform is not None else np.zeros(0)
       if x.size == 0:
         raise AudioError(f"example {index}: empty waveform; drop it from the dataset.")
       if not np.all(np.isfinite(x)):
         raise AudioError(f"example {index}: NaN or infinite samples; drop it from the dataset.")
-    x = resample(x, rate, spec.sample_rate)
+      if max_seconds is not None and len(x) > max_seconds * rate:
+        raise AudioError(f"example {index}: {len(x) / rate:.0f} s is longer than "
+                         f"data.max_seconds={max_seconds:g}; drop it or raise the limit.")
+      x = resample(x, rate, spec.sample_rate)
     seconds = len(x) / spec.sample_rate
     lo = 0
     if settings.trim_db > 0:

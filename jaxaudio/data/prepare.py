@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import numpy as np
 from absl import logging as absl_logging
 
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS
 from jaxaudio.audio.spec import FrontendSpec, check_same_spec
 from jaxaudio.data import featurize
 from jaxaudio.data.sources import SPLITS, Listing, list_source
@@ -49,12 +50,17 @@ def settings_from_config(cfg) -> featurize.Settings:
                             window_hop=float(cfg.window_hop), min_seconds=float(cfg.min_seconds))
 
 
-def cache_key(listing: Listing, spec: FrontendSpec, settings: featurize.Settings) -> str:
+def cache_key(listing: Listing, spec: FrontendSpec, settings: featurize.Settings,
+              max_seconds: float | None = DEFAULT_MAX_SECONDS) -> str:
+  """The prepared data's identity; the duration limit enters it only when it is not the
+  default (it decides which files are kept, and builds before it existed kept the same)."""
   blob = json.dumps({"format": FORMAT_VERSION, "source": listing.source, "tfds": listing.tfds,
                      "items": listing.fingerprint_items(), "classes": listing.classes,
                      "spec": spec.to_dict(), "settings": dataclasses.asdict(settings),
                      # trimming became librosa.effects.trim: earlier trimmed builds differ
-                     **({"trim": "librosa"} if settings.trim_db > 0 else {})},
+                     **({"trim": "librosa"} if settings.trim_db > 0 else {}),
+                     **({"max_seconds": max_seconds}
+                        if max_seconds != DEFAULT_MAX_SECONDS else {})},
                     sort_keys=True, default=str).encode()
   return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -121,9 +127,10 @@ def _tasks(listing: Listing, split: str) -> Iterator[tuple[int, str | None, Any,
     yield i, c.path, ex[t["audio_key"]], t["sample_rate"]
 
 
-def _run(task, spec_dict, settings):
+def _run(task, spec_dict, settings, max_seconds):
   i, path, wave, rate = task
-  return featurize.featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate)
+  return featurize.featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate,
+                             max_seconds=max_seconds)
 
 
 _SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -174,24 +181,25 @@ class Featurizer:
       with _worker_start_environment():
         self._pool = multiprocessing.get_context("spawn").Pool(workers)
 
-  def map(self, tasks, spec_dict, settings, total: int = 0, desc: str | None = None
-          ) -> Iterator[featurize.Result]:
+  def map(self, tasks, spec_dict, settings, total: int = 0, desc: str | None = None,
+          max_seconds: float | None = DEFAULT_MAX_SECONDS) -> Iterator[featurize.Result]:
     """Results in task order, with progress on stderr (jaxaudio.progress) when `desc` is
     given. With a pool, a sliding window of `_WINDOW * workers` tasks is in flight, so workers
-    keep computing while the caller writes the previous results."""
+    keep computing while the caller writes the previous results. Files declaring more than
+    `max_seconds` come back as errors, undecoded."""
     with progress(total, desc, "file") as bar:
-      for res in self._results(tasks, spec_dict, settings):
+      for res in self._results(tasks, spec_dict, settings, max_seconds):
         bar.update(1)
         yield res
 
-  def _results(self, tasks, spec_dict, settings) -> Iterator[featurize.Result]:
+  def _results(self, tasks, spec_dict, settings, max_seconds) -> Iterator[featurize.Result]:
     if self._pool is None:
       for task in tasks:
-        yield _run(task, spec_dict, settings)
+        yield _run(task, spec_dict, settings, max_seconds)
       return
     pending: collections.deque = collections.deque()
     for task in tasks:
-      pending.append(self._pool.apply_async(_run, (task, spec_dict, settings)))
+      pending.append(self._pool.apply_async(_run, (task, spec_dict, settings, max_seconds)))
       if len(pending) >= _WINDOW * self.workers:
         yield pending.popleft().get()
     while pending:
@@ -243,7 +251,8 @@ def _report_markdown(report: dict[str, Any]) -> str:
 
 
 def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, out: str,
-           workers: int, strict: bool, progress: bool, key: str) -> dict[str, Any]:
+           workers: int, strict: bool, progress: bool, key: str,
+           max_seconds: float | None) -> dict[str, Any]:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.core.dataset_builders import adhoc_builder  # pylint: disable=import-outside-toplevel
 
@@ -276,7 +285,8 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
     report["splits"][split] = stats
     tasks = _tasks(listing, split)
     for res in featurizer.map(tasks, spec_dict, settings, total=len(clips),
-                              desc=f"prepare {split}" if progress else None):
+                              desc=f"prepare {split}" if progress else None,
+                              max_seconds=max_seconds):
       clip = clips[res.index]
       if res.error:
         if strict:
@@ -398,7 +408,8 @@ def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, b
   """Prepare the config's `data` section for `spec`; returns (prepared, built_now)."""
   listing = list_source(cfg)
   settings = settings_from_config(cfg)
-  key = cache_key(listing, spec, settings)
+  max_seconds = float(cfg.max_seconds) if cfg.max_seconds else None
+  key = cache_key(listing, spec, settings, max_seconds)
   slug = "".join(ch if ch.isalnum() else "_" for ch in listing.source.split(":")[0])
   root = os.path.join(prepared_root(cfg), f"{slug}-{key}")
   if is_complete(root):
@@ -416,7 +427,7 @@ def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, b
   os.makedirs(tmp)
   workers = int(cfg.workers) or auto_workers()
   try:
-    _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key)
+    _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key, max_seconds)
     # Another host or process may have finished the same build meanwhile: the rename is
     # atomic and fails onto an existing build, so the first finished build wins and no one
     # deletes a build that is complete (others may be reading it already).

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 import re
 import warnings
@@ -31,6 +32,8 @@ from jaxaudio.audio.io import AUDIO_EXTENSIONS
 from jaxaudio.data import demo
 from jaxaudio.errors import DataError
 from jaxaudio.weights.sources import cache_dir
+
+log = logging.getLogger("jaxaudio")
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation",
@@ -380,6 +383,23 @@ def validate(listing: Listing) -> None:
     if unseen:
       raise DataError(f"{listing.source}: label(s) {unseen[:5]} appear in {split} but never in "
                       "train; add training clips for them or remove those clips.")
+  for label, splits in unmeasured_classes(listing).items():
+    log.warning("warning: class %r has %d training clip(s) and none in %s, so its scores are "
+                "never measured there (validation and test average over the other classes); "
+                "give it at least 3 clips, or files of its own in those splits.",
+                label, train[label], " or ".join(splits))
+
+
+def unmeasured_classes(listing: Listing) -> dict[str, list[str]]:
+  """{class: the splits of validation and test that hold none of its clips}: a class with
+  one or two clips stays whole in train when splits are carved (jaxaudio cannot split it)."""
+  held = {s: {l for c in listing.split(s) for l in c.labels} for s in ("validation", "test")}
+  out: dict[str, list[str]] = {}
+  for label in listing.classes:
+    missing = [s for s in ("validation", "test") if label not in held[s]]
+    if missing:
+      out[label] = missing
+  return out
 
 
 def list_source(cfg) -> Listing:

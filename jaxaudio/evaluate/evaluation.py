@@ -98,7 +98,8 @@ def robustness(run: TrainedRun, split: str, apply: Callable, batch_size: int,
   index = {c: i for i, c in enumerate(listing.classes)}
   settings = settings_from_config(run.cfg.data)
   spec = run.info.spec.to_dict()
-  audio = [read_audio(c.path) for c in clips]
+  limit = float(run.cfg.data.max_seconds) or None
+  audio = [read_audio(c.path, limit) for c in clips]
   results = {}
   for name, fn in perturb.conditions().items():
     rng = np.random.default_rng(seed)
