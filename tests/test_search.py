@@ -323,10 +323,16 @@ def test_approximate_index_is_extended_not_rebuilt_on_update(collection, export_
   m5 = store.read_manifest(index)
   assert m5.ann["last_update"] == "built" and m5.ann["graph_rows"] == m5.live_rows
   check_against_exact()
-  # Every file deleted: an empty graph that finds nothing, as exact search does.
+  # Every file deleted: an empty folder is refused (an unmounted disk must not empty the
+  # index); a folder whose only file does not decode leaves an empty graph that finds
+  # nothing, as exact search does.
   query = Searcher(index).embed_audio(os.path.join(audio, "new.wav"))
   shutil.rmtree(audio)
   os.makedirs(audio)
+  with pytest.raises(SearchIndexError, match="holds no audio files"):
+    indexer.update(index, audio, export_dir, workers=1, progress=False)
+  assert store.read_manifest(index).files == m5.files
+  shutil.copy(os.path.join(collection, "broken.wav"), audio)
   indexer.update(index, audio, export_dir, workers=1, progress=False)
   assert Searcher(index, use_ann=True).search([query], k=3) == [[]]
   assert Searcher(index).search([query], k=3) == [[]]

@@ -50,7 +50,9 @@ def build(embeddings: np.ndarray, threads: int = 0) -> Any:
 
 
 def save(index: Any, file: str) -> None:
+  """Write the graph and fsync it: a manifest will name it (store.write_manifest)."""
   _faiss().write_index(index, file)
+  store.fsync_path(file)
 
 
 def load(file: str) -> Any:

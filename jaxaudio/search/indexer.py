@@ -6,6 +6,16 @@ offsets are times in the file), embedded, L2-normalised and stored with its wind
 Rerunning on the folder embeds only files that are new or whose size or mtime changed, and
 drops files that no longer exist. Files that cannot be decoded are reported and skipped
 (strict=True stops at the first).
+
+An update commits as it goes: every COMMIT_FILES embedded files or COMMIT_SECONDS, whichever
+comes first, a new segment with the rows embedded since the last commit and a manifest that
+names them are swapped in (jaxaudio.search.store), so a killed run loses at most one commit
+interval and rerunning the same command embeds only what was not committed. A changed file
+keeps its old rows until the commit that adds its new ones, so no path ever has two live
+entries. Compaction and the approximate index wait for the final commit; the intermediate
+manifests record what the run set out to do (store.Manifest.unfinished), so the rerun
+finishes it (a `--rebuild` rerun continues its own unfinished rebuild instead of starting
+over: the rows it committed came from the same model).
 """
 
 from __future__ import annotations
@@ -13,22 +23,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
 from jaxaudio import exported
+from jaxaudio.audio.io import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS
 from jaxaudio.data import featurize
 from jaxaudio.data.prepare import Featurizer, auto_workers
 from jaxaudio.embedder import audio_files
 from jaxaudio.errors import SearchIndexError
+from jaxaudio.progress import progress as progress_bar
 from jaxaudio.search import ann, store
 from jaxaudio.search.exact import ExactIndex
 
 log = logging.getLogger("jaxaudio")
 
-EMBED_CHUNK = 512   # windows gathered across files before a forward pass
+EMBED_CHUNK = 512      # windows gathered across files before a forward pass
+COMMIT_FILES = 256     # an update commits after this many embedded files ...
+COMMIT_SECONDS = 60.0  # ... or this many seconds, whichever comes first: what a kill can lose
 
 
 def search_settings(meta: dict[str, Any], hop: float | None = None) -> featurize.Settings:
@@ -78,6 +93,12 @@ class _Embedder:
     if self.pending_windows >= EMBED_CHUNK:
       self.flush()
 
+  def take(self) -> list[tuple[str, int, int, np.ndarray, np.ndarray, float]]:
+    """Every file embedded so far (pending windows included), handed over once."""
+    self.flush()
+    done, self.done = self.done, []
+    return done
+
   def flush(self):
     if not self.pending:
       return
@@ -92,128 +113,218 @@ class _Embedder:
 
 def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
            strict: bool = False, with_ann: bool | None = None, workers: int = 0,
-           batch_size: int = 64, progress: bool = True, hop: float | None = None
-           ) -> dict[str, Any]:
+           batch_size: int = 64, progress: bool = True, hop: float | None = None,
+           max_seconds: float | None = DEFAULT_MAX_SECONDS, commit_files: int = COMMIT_FILES,
+           commit_seconds: float = COMMIT_SECONDS) -> dict[str, Any]:
   """Bring the index at `index_path` up to date with the audio under `audio`.
 
   with_ann: True builds the approximate index, False removes it, None keeps what the index
   had. hop: window hop as a fraction of a window (smaller = finer offsets, more rows); None
-  keeps the index's, or for a new index the model's training hop. Returns a summary (files
-  added, updated, removed, skipped, rows, timings)."""
+  keeps the index's, or for a new index the model's training hop. max_seconds: files
+  declaring a longer duration are skipped undecoded. commit_files / commit_seconds: the
+  commit interval. Returns a summary of this run (files added, updated, removed, unchanged,
+  skipped, rows, timings)."""
   t0 = time.perf_counter()
   if not os.path.exists(audio):
     raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
                            "audio to index.")
+  scanned = {}
+  for p in audio_files(audio):
+    p = os.path.abspath(p)
+    scanned[p] = _stat(p)
+  if not scanned:
+    raise SearchIndexError(f"{audio} holds no audio files ({' '.join(AUDIO_EXTENSIONS)}); pass "
+                           "--audio=FOLDER with the audio to index.")
   index_path = os.path.abspath(index_path)
-  if (os.path.exists(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST))
-      and set(os.listdir(index_path)) - {store.LOCK}):
-    raise SearchIndexError(f"{index_path} exists, is not empty and is not a search index; "
-                           "pass a new or empty folder as --index.")
+  if os.path.exists(index_path) and not os.path.isdir(index_path):
+    raise SearchIndexError(f"{index_path} is a file, not a search index folder; pass a new or "
+                           "empty folder as --index.")
+  if os.path.isdir(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST)):
+    foreign = store.foreign_files(index_path)
+    if foreign:
+      raise SearchIndexError(f"{index_path} exists and is not a search index (it holds "
+                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+                             "); pass a new or empty folder as --index.")
   os.makedirs(index_path, exist_ok=True)
   with store.writer_lock(index_path):
-    return _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers,
-                   batch_size, progress, t0, hop)
+    return _update(index_path, scanned, export_dir, rebuild, strict, with_ann, workers,
+                   batch_size, progress, t0, hop, max_seconds, commit_files, commit_seconds)
 
 
-def _update(index_path, audio, export_dir, rebuild, strict, with_ann, workers, batch_size,
-            progress, t0, hop) -> dict[str, Any]:
+class _Writer:
+  """The index as this update rebuilds it, committed as it goes: `live` maps each path to
+  its entry (committed or still the previous index's), `segments` the rows each segment
+  stores."""
+
+  def __init__(self, path: str, export_dir: str, ident: dict[str, Any],
+               old: store.Manifest | None, fresh: bool, live: dict[str, store.Entry],
+               with_ann: bool | None):
+    self.path, self.export_dir, self.ident, self.live = path, export_dir, ident, live
+    self.segments = {} if fresh else dict(old.segments)
+    self.generation = old.generation if old else 0
+    self.prev_ann = None if fresh else old.ann
+    self.with_ann = with_ann
+    resumed_fresh = bool(old and old.unfinished and old.unfinished.get("fresh"))
+    self.unfinished = {"fresh": fresh or resumed_fresh,
+                       "ann": bool(with_ann or (with_ann is None and self.prev_ann))}
+    self.need_model = fresh or not os.path.isdir(os.path.join(path, store.MODEL))
+
+  def commit(self, done, final: bool, unchanged: bool = False) -> store.Manifest:
+    """Write `done` (files embedded since the last commit) as a new segment and swap in a
+    manifest naming it; the final commit also compacts, upkeeps the approximate index and
+    clears `unfinished`."""
+    self.generation += 1
+    if done:
+      name = store.segment_name(self.generation)
+      emb = np.concatenate([d[3] for d in done])
+      store.write_segment(self.path, name, emb, np.concatenate([d[4] for d in done]))
+      self.segments[name] = len(emb)
+      start = 0
+      for path, size, mtime, rows, _, seconds in done:
+        self.live[path] = store.Entry(path, size, mtime, name, start, len(rows), float(seconds))
+        start += len(rows)
+    files = sorted(self.live.values(), key=lambda e: e.path)
+    referenced = {e.segment for e in files}
+    self.segments = {s: r for s, r in self.segments.items() if s in referenced}
+    manifest = store.Manifest(model=self.ident, files=files, segments=dict(self.segments),
+                              generation=self.generation)
+    stored = sum(manifest.segments.values())
+    rows, compacted = None, False
+    if final and stored - manifest.live_rows > store.COMPACT_DEAD_FRACTION * stored:
+      manifest, rows = _compact(self.path, manifest)
+      compacted = True
+    if self.need_model:
+      store.install_model(self.path, self.export_dir)
+      self.need_model = False
+    if final:
+      manifest.ann = _ann_upkeep(self.path, self.prev_ann, manifest, rows, compacted,
+                                 self.with_ann, unchanged)
+    else:
+      manifest.ann = None if self.with_ann is False else self.prev_ann
+      manifest.unfinished = self.unfinished
+    store.write_manifest(self.path, manifest)
+    store.remove_unreferenced(self.path, manifest)
+    return manifest
+
+
+def _update(index_path, scanned, export_dir, rebuild, strict, with_ann, workers, batch_size,
+            progress, t0, hop, max_seconds, commit_files, commit_seconds) -> dict[str, Any]:
   model = exported.load(export_dir)
   exists = os.path.isfile(os.path.join(index_path, store.MANIFEST))
   old = store.read_manifest(index_path) if exists else None
+  store.remove_unreferenced(index_path, old)   # what a killed run wrote and never committed
   if hop is None and old is not None and not rebuild:
     hop = old.model.get("settings", {}).get("window_hop")
   if hop is not None and not 0.0 < hop <= 1.0:
     raise SearchIndexError(f"--hop={hop} is not a fraction of a window in (0, 1]; e.g. 0.25 "
                            "for a window every quarter window.")
   ident = _identity(model, hop)
+  if old is not None and old.unfinished:
+    if with_ann is None:
+      with_ann = old.unfinished.get("ann") or None
+    if rebuild and old.unfinished.get("fresh") and old.model == ident:
+      rebuild = False   # the same rebuild, killed before: its committed rows stand
   if old is not None and not rebuild:
     _check_same_model(index_path, old.model, ident)
-  generation = (old.generation if old else 0) + 1
   previous = {} if old is None or rebuild else {e.path: e for e in old.files}
 
-  scanned = {}
-  for p in audio_files(audio):
-    p = os.path.abspath(p)
-    scanned[p] = _stat(p)
-  keep, removed = [], 0
+  live, removed = {}, 0
   for path, e in previous.items():
-    if not os.path.exists(path):
+    if os.path.exists(path):
+      live[path] = e     # a changed file keeps its old rows until its new ones are committed
+    else:
       removed += 1
-    elif path not in scanned or scanned[path] == (e.size, e.mtime_ns):
-      keep.append(e)
-  kept = {e.path for e in keep}
-  todo = [p for p in sorted(scanned) if p not in kept]
+  todo = [p for p in sorted(scanned)
+          if p not in live or scanned[p] != (live[p].size, live[p].mtime_ns)]
   updated = sum(p in previous for p in todo)
+  unchanged = len(previous) - removed - updated
 
+  writer = _Writer(index_path, export_dir, ident, old, old is None or rebuild, live, with_ann)
   settings = search_settings(model.meta, hop)
   embedder = _Embedder(model, batch_size)
   skipped = []
   featurizer = Featurizer(workers or auto_workers()) if todo else None
+  bar = progress_bar(len(todo), "index" if progress and todo else None, "file")
+  tally = _Tally(sum(scanned[p][0] for p in todo))
   try:
     tasks = ((i, p, None, 0) for i, p in enumerate(todo))
     results = featurizer.map(tasks, model.meta["frontend"], settings, total=len(todo),
-                             desc="index" if progress else None) if todo else ()
+                             max_seconds=max_seconds) if todo else ()
+    since, last = 0, time.monotonic()
     for res in results:
       path = todo[res.index]
+      bar.update(1)
+      tally.add(scanned[path][0], res)
+      if hasattr(bar, "set_postfix_str"):
+        bar.set_postfix_str(tally.rates(), refresh=False)
       if res.error:
         if strict:
           raise SearchIndexError(f"{res.error} (strict mode stops at the first bad file; "
                                  "without --strict such files are reported and skipped)")
         skipped.append({"path": path, "reason": res.error})
+        live.pop(path, None)    # a changed file that no longer decodes loses its old rows
         continue
       embedder.add(path, *scanned[path], res.windows, res.offsets, res.seconds)
-    embedder.flush()
+      since += 1
+      if since >= commit_files or time.monotonic() - last >= commit_seconds:
+        writer.commit(embedder.take(), final=False)
+        if progress:
+          bar.write(f"index: committed {tally.files}/{len(todo)} files ({tally.rates()}, "
+                    f"{tally.eta()})", file=sys.stderr)
+        since, last = 0, time.monotonic()
+    done = embedder.take()
   finally:
+    bar.close()
     if featurizer is not None:
       featurizer.close()
   t_embed = time.perf_counter() - t0
-
-  segments = {} if old is None or rebuild else dict(old.segments)
-  entries = list(keep)
-  new_rows = None   # (segment, embeddings) of this update's rows
-  if embedder.done:
-    name = store.segment_name(generation)
-    new_rows = (name, np.concatenate([d[3] for d in embedder.done]))
-    store.write_segment(index_path, name, new_rows[1],
-                        np.concatenate([d[4] for d in embedder.done]))
-    segments[name] = len(new_rows[1])
-    start = 0
-    for path, size, mtime, emb, offsets, seconds in embedder.done:
-      entries.append(store.Entry(path, size, mtime, name, start, len(emb), float(seconds)))
-      start += len(emb)
-  referenced = {e.segment for e in entries}
-  manifest = store.Manifest(model=ident, files=sorted(entries, key=lambda e: e.path),
-                            segments={s: r for s, r in segments.items() if s in referenced},
-                            generation=generation)
-  stored = sum(manifest.segments.values())
-  rows = None   # the live rows, once loaded (compaction and the ANN upkeep both need them)
-  if stored - manifest.live_rows > store.COMPACT_DEAD_FRACTION * stored:
-    manifest, rows = _compact(index_path, manifest)
-  if not exists or rebuild or not os.path.isdir(os.path.join(index_path, "model")):
-    store.install_model(index_path, export_dir)
-  unchanged = old is not None and not rebuild and not todo and not removed
-  manifest.ann = _ann_upkeep(index_path, None if rebuild else old, manifest, rows, new_rows,
-                             with_ann, unchanged)
+  nothing_to_do = (old is not None and not old.unfinished and not rebuild and not todo
+                   and not removed)
+  manifest = writer.commit(done, final=True, unchanged=nothing_to_do)
   ann_recall = manifest.ann["recall_at_10"] if manifest.ann else None
-  store.write_manifest(index_path, manifest)
-  store.remove_unreferenced(index_path, manifest)
   return {"index": index_path, "files": len(manifest.files), "rows": manifest.live_rows,
           "added": len(todo) - updated - len(skipped), "updated": updated, "removed": removed,
-          "unchanged": len(keep), "skipped": skipped, "embed_seconds": t_embed,
+          "unchanged": unchanged, "skipped": skipped, "embed_seconds": t_embed,
           "files_per_second": len(todo) / t_embed if todo else 0.0,
           "ann_recall_at_10": ann_recall, "seconds": time.perf_counter() - t0}
 
 
-def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Manifest,
-                rows: store.Rows | None, new_rows: tuple[str, np.ndarray] | None,
-                with_ann: bool | None, unchanged: bool) -> dict[str, Any] | None:
+class _Tally:
+  """What an update has featurized so far, for the progress display: files, hours of audio,
+  windows/s and an ETA from the bytes still to read."""
+
+  def __init__(self, total_bytes: int):
+    self.total_bytes, self.bytes, self.files, self.windows, self.seconds = (total_bytes, 0, 0,
+                                                                            0, 0.0)
+    self.start = time.monotonic()
+
+  def add(self, size: int, res: featurize.Result) -> None:
+    self.files += 1
+    self.bytes += size
+    if not res.error:
+      self.windows += len(res.windows)
+      self.seconds += res.seconds
+
+  def rates(self) -> str:
+    elapsed = max(time.monotonic() - self.start, 1e-9)
+    return f"{self.seconds / 3600:.2f} h of audio, {self.windows / elapsed:.0f} windows/s"
+
+  def eta(self) -> str:
+    elapsed = time.monotonic() - self.start
+    left = elapsed * (self.total_bytes - self.bytes) / max(self.bytes, 1)
+    return f"ETA {left / 60:.0f} min" if left >= 90 else f"ETA {left:.0f} s"
+
+
+def _ann_upkeep(index_path: str, prev: dict[str, Any] | None, manifest: store.Manifest,
+                rows: store.Rows | None, compacted: bool, with_ann: bool | None,
+                unchanged: bool) -> dict[str, Any] | None:
   """The manifest's approximate-index entry after this update (None: no graph).
 
   with_ann None keeps a graph if the index had one. An intact graph is extended with the
-  update's new rows when it still holds every other live row and at most a quarter of it is
-  dead; otherwise (first build, compaction, damaged or missing file) it is built over the
-  live rows. Recall against exact search is measured again after any change."""
-  prev = old.ann if old is not None else None
+  rows of every segment it does not cover yet (this run's commits and a killed run's) when it
+  then holds every live row and at most a quarter of it is dead; otherwise (first build,
+  compaction, damaged or missing file) it is built over the live rows. Recall against exact
+  search is measured again after any change."""
   if with_ann is False or not (with_ann or prev):
     return None
   t = time.perf_counter()
@@ -221,9 +332,11 @@ def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Man
   intact = bool(prev) and os.path.isfile(file) and os.path.getsize(file) == prev.get("bytes")
   if unchanged and intact:
     return prev
-  graph = None
-  if intact:
-    spans = prev["spans"] + ([[new_rows[0], 0, len(new_rows[1])]] if new_rows else [])
+  graph, added = None, []
+  if intact and not compacted:
+    covered = {span[0] for span in prev["spans"]}
+    added = [s for s in sorted(manifest.segments) if s not in covered]
+    spans = prev["spans"] + [[s, 0, manifest.segments[s]] for s in added]
     to_live = ann.live_ids(spans, manifest)
     if (np.sum(to_live >= 0) == manifest.live_rows   # not compacted, and not too many dead
         and len(to_live) - manifest.live_rows <= store.COMPACT_DEAD_FRACTION * len(to_live)):
@@ -235,15 +348,16 @@ def _ann_upkeep(index_path: str, old: store.Manifest | None, manifest: store.Man
         log.warning("%s holds %d rows, its manifest %d; building a new approximate index",
                     file, graph.ntotal, prev["graph_rows"])
         graph = None
-  elif prev:
+  elif prev and not intact:
     log.warning("%s is missing or not the file the manifest names; building a new approximate "
                 "index", file)
   if rows is None:
     rows = store.load_rows(index_path, manifest)
   if graph is not None:
-    how = "extended" if new_rows else "kept"
-    if new_rows:
-      ann.add(graph, new_rows[1])
+    how = "extended" if added else "kept"
+    dim = int(manifest.model["embedding_dim"])
+    for s in added:
+      ann.add(graph, store.load_segment(index_path, s, manifest.segments[s], dim)[0])
   else:
     how, (spans, to_live) = "built", ann.layout(manifest.files)
     same = np.array_equal(to_live, np.arange(len(to_live)))   # no copy of the rows then

@@ -9,12 +9,15 @@ PATH/
   ann-NNNNNN.faiss    optional approximate index (jaxaudio.search.ann): graph ids are the
                       segment rows its manifest entry's spans name, dead ones skipped
 
-Updates never rewrite what is still valid: new and changed files go into a new segment,
+Updates never rewrite what is still valid: new and changed files go into new segments,
 rows of changed and deleted files are dropped from the manifest, and the segments are
-compacted into one when more than a quarter of their rows are dead. Every file is written
-before the manifest that names it is swapped in atomically, so an interrupted update leaves
-the previous index intact (and its orphan files are removed by the next update); an flock
-on PATH/.lock keeps a second writer out.
+compacted into one when more than a quarter of their rows are dead. An update commits as it
+goes (jaxaudio.search.indexer): every file is written and fsynced before the manifest that
+names it is swapped in atomically, and the folder is fsynced after the swap, so a killed
+update (or a power cut) leaves the last commit intact and its orphan files are removed by
+the next run; a first build killed before its first commit leaves only files this writer
+makes (OWN_FILES), which the next run recognises and clears. An flock on PATH/.lock keeps a
+second writer out.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ FORMAT_VERSION = 1
 MANIFEST = "index.json"
 LOCK = ".lock"
 COMPACT_DEAD_FRACTION = 0.25
+MODEL = "model"
+# Every name the index writer creates in PATH; a folder holding only these is an unfinished
+# build of its own, anything else makes it someone else's folder.
+OWN_FILES = re.compile(r"(\.lock|index\.json|model|model\.(tmp|old)-\d+|seg-\d+c?\.(emb|off)\.npy"
+                       r"|ann-\d+\.faiss|\.index\.json\.tmp-\d+)")
 
 
 @dataclasses.dataclass
@@ -58,6 +66,10 @@ class Manifest:
   files: list[Entry]
   generation: int = 0
   ann: dict[str, Any] | None = None
+  # Set by an update's intermediate commits, None once it finished: {"fresh": the run was a
+  # first build or a rebuild, "ann": it was to end with an approximate index}, so that a
+  # rerun of the killed command completes what it set out to do.
+  unfinished: dict[str, Any] | None = None
 
   @property
   def live_rows(self) -> int:
@@ -66,7 +78,7 @@ class Manifest:
   def to_json(self) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, "generation": self.generation,
             "model": self.model, "segments": self.segments, "ann": self.ann,
-            "files": [dataclasses.asdict(e) for e in self.files]}
+            "unfinished": self.unfinished, "files": [dataclasses.asdict(e) for e in self.files]}
 
 
 def model_identity(meta: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +107,7 @@ def read_manifest(path: str) -> Manifest:
                         f"{FORMAT_VERSION}; rebuild it with this jaxaudio (--rebuild).")
     return Manifest(model=raw["model"], segments={k: int(v) for k, v in raw["segments"].items()},
                     files=[Entry(**e) for e in raw["files"]], generation=int(raw["generation"]),
-                    ann=raw.get("ann"))
+                    ann=raw.get("ann"), unfinished=raw.get("unfinished"))
   except (ValueError, KeyError, TypeError) as err:
     raise _damaged(path, f"{MANIFEST} is unreadable: {err}") from err
 
@@ -115,13 +127,27 @@ def writer_lock(path: str):
     os.close(fd)
 
 
+def fsync_path(path: str) -> None:
+  """Flush a file's or a folder's data and metadata to disk (a folder: its entries, so a
+  rename or a new file in it survives a power cut)."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
 def write_manifest(path: str, manifest: Manifest) -> None:
+  """Swap in `manifest` atomically: written and fsynced under a temporary name, renamed over
+  index.json, then the folder fsynced so the rename itself is durable. Every file it names
+  must already be fsynced (write_segment, install_model and ann.save do that)."""
   tmp = os.path.join(path, f".{MANIFEST}.tmp-{os.getpid()}")
   with open(tmp, "w") as f:
     json.dump(manifest.to_json(), f)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, os.path.join(path, MANIFEST))
+  fsync_path(path)
 
 
 def segment_name(generation: int) -> str:
@@ -129,11 +155,18 @@ def segment_name(generation: int) -> str:
 
 
 def write_segment(path: str, name: str, embeddings: np.ndarray, offsets: np.ndarray) -> None:
-  np.save(os.path.join(path, f"{name}.emb.npy"), np.ascontiguousarray(embeddings, np.float32))
-  np.save(os.path.join(path, f"{name}.off.npy"), np.ascontiguousarray(offsets, np.float32))
+  """Write and fsync a segment's two arrays; no manifest names it yet, so a crash midway
+  leaves only orphans for remove_unreferenced."""
+  for kind, arr in (("emb", embeddings), ("off", offsets)):
+    with open(os.path.join(path, f"{name}.{kind}.npy"), "wb") as f:
+      np.save(f, np.ascontiguousarray(arr, np.float32))
+      f.flush()
+      os.fsync(f.fileno())
 
 
-def _load_segment(path: str, name: str, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def load_segment(path: str, name: str, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+  """(embeddings [rows, dim], offsets [rows]) of one segment, memory-mapped and checked
+  against the shape the manifest records."""
   out = []
   for kind, shape in (("emb", (rows, dim)), ("off", (rows,))):
     file = os.path.join(path, f"{name}.{kind}.npy")
@@ -165,7 +198,7 @@ def load_rows(path: str, manifest: Manifest, embeddings: bool = True) -> Rows:
   `embeddings` only offsets and file ids (approximate search keeps its own copy of the
   vectors, so it need not read them)."""
   dim = int(manifest.model["embedding_dim"])
-  segments = {name: _load_segment(path, name, rows, dim)
+  segments = {name: load_segment(path, name, rows, dim)
               for name, rows in manifest.segments.items()}
   n = manifest.live_rows
   emb = np.empty((n, dim), np.float32) if embeddings else None
@@ -190,22 +223,48 @@ def load_rows(path: str, manifest: Manifest, embeddings: bool = True) -> Rows:
   return Rows(emb, off, fid, list(manifest.files))
 
 
-def remove_unreferenced(path: str, manifest: Manifest) -> None:
-  """Delete segment, ANN and temp files the manifest no longer names."""
-  keep = {f"{s}.{k}.npy" for s in manifest.segments for k in ("emb", "off")}
-  if manifest.ann:
-    keep.add(manifest.ann["file"])
+def foreign_files(path: str) -> list[str]:
+  """Names in the folder `path` that the index writer never makes (sorted)."""
+  return sorted(n for n in os.listdir(path) if not OWN_FILES.fullmatch(n))
+
+
+def remove_unreferenced(path: str, manifest: Manifest | None) -> None:
+  """Delete what a killed or finished writer left that `manifest` does not name: segments,
+  ANN graphs, temporary manifests and model copies; with no manifest (a first build that
+  never committed), every such file but the lock. Only the lock holder may call this."""
+  keep = {LOCK, MANIFEST}
+  if manifest is not None:
+    keep |= {MODEL} | {f"{s}.{k}.npy" for s in manifest.segments for k in ("emb", "off")}
+    if manifest.ann:
+      keep.add(manifest.ann["file"])
   for name in os.listdir(path):
-    if re.fullmatch(r"(seg-\d+c?\.(emb|off)\.npy|ann-\d+\.faiss|\.index\.json\.tmp-\d+)",
-                    name) and name not in keep:
-      os.remove(os.path.join(path, name))
+    if name in keep or not OWN_FILES.fullmatch(name):
+      continue
+    file = os.path.join(path, name)
+    if os.path.isdir(file) and not os.path.islink(file):
+      shutil.rmtree(file)
+    else:
+      os.remove(file)
+
+
+def _fsync_tree(root: str) -> None:
+  for folder, _, files in os.walk(root):
+    for f in files:
+      fsync_path(os.path.join(folder, f))
+    fsync_path(folder)
 
 
 def install_model(path: str, export_dir: str) -> None:
-  """Copy the exported model into the index (replacing any previous copy atomically)."""
-  dst = os.path.join(path, "model")
-  tmp = f"{dst}.tmp-{os.getpid()}"
+  """Copy the exported model into PATH/model, fsynced, replacing any previous copy by
+  renames, so a crash leaves either copy whole (plus a model.tmp-/model.old- leftover that
+  remove_unreferenced clears)."""
+  dst = os.path.join(path, MODEL)
+  tmp, old = f"{dst}.tmp-{os.getpid()}", f"{dst}.old-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   shutil.copytree(export_dir, tmp)
-  shutil.rmtree(dst, ignore_errors=True)
+  _fsync_tree(tmp)
+  if os.path.isdir(dst):
+    os.replace(dst, old)
   os.replace(tmp, dst)
+  fsync_path(path)
+  shutil.rmtree(old, ignore_errors=True)
