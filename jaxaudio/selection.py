@@ -286,6 +286,14 @@ def finetune_command(argv: list[str], best: dict[str, Any], workdir: str) -> str
   return " ".join(["python -m jaxaudio.main"] + [shlex.quote(a) for a in keep])
 
 
+UNGROUPED_CAUTION = (
+    "the folds deal clips at random (no data.group), so clips of one speaker, room, "
+    "instrument or recording land on both sides of a fold; if the test split holds sources "
+    "the training clips lack, these scores reward memorisation (on held-out instruments an "
+    "ungrouped selection scored aiSFX macro-F1 0.95 where its run's test split gave 0.40): "
+    "set data.group to what sets them apart.")
+
+
 def markdown(result: dict[str, Any]) -> str:
   metric, rows = result["metric"], result["models"]
   fmt = lambda r, k: f"{r[k]:.4f} ± {r[k + '_std']:.4f}" if k in r else "n/a"  # noqa: E731
@@ -320,6 +328,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"Runner-up {ru['name']}: {metric} {ru['mean_difference']:.4f} lower on "
                  f"average; 95% interval of the paired difference [{ru['ci95'][0]:+.4f}, "
                  f"{ru['ci95'][1]:+.4f}], paired t-test p = {ru['p_value']:.3f} — {verdict}.")
+  if not result["grouped"]:
+    lines += ["", f"**Caution:** {UNGROUPED_CAUTION}"]
   lines += ["", "Fine-tune it:", "", "```bash", result["command"], "```"]
   return "\n".join(lines) + "\n"
 
@@ -374,6 +384,8 @@ def select(cfg: ml_collections.ConfigDict, workdir: str, candidates: list[Candid
   fold_of, grouped = pool_folds(cfg, folds)
   log.info("%d train and validation clips in %d folds%s; %d candidate models", len(fold_of),
            folds, " (whole groups per fold)" if grouped else "", len(candidates))
+  if not grouped:
+    log.warning("caution: %s", UNGROUPED_CAUTION)
   rows = []
   for i, cand in enumerate(candidates, start=1):
     log.info("model %d/%d: %s", i, len(candidates), cand.label)

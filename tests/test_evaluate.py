@@ -105,3 +105,48 @@ print("ok")
     exported.load(out)
   with pytest.raises(ValueError, match="is not an exported jaxaudio model"):
     exported.load(str(tmp_path))
+
+
+def test_shift_warning_fires_only_beyond_both_intervals():
+  from jaxaudio.evaluate.evaluation import shift_warning
+  val = {"macro_f1": 0.977, "macro_f1_ci95": [0.95, 0.99]}
+  far = {"macro_f1": 0.396, "macro_f1_ci95": [0.33, 0.46]}
+  near = {"macro_f1": 0.93, "macro_f1_ci95": [0.88, 0.96]}
+  found = shift_warning(val, far, grouped=False)
+  assert found["metric"] == "macro_f1" and found["test_ci95"] == [0.33, 0.46]
+  assert "test macro_f1 0.396" in found["message"] and "set data.group" in found["message"]
+  assert "not by what separates" in shift_warning(val, far, grouped=True)["message"]
+  assert shift_warning(val, near, grouped=False) is None
+  assert shift_warning({"mAP": 0.9, "mAP_ci95": [0.85, 0.95]},
+                       {"mAP": 0.2, "mAP_ci95": [0.1, 0.3]}, grouped=False)["metric"] == "mAP"
+  assert shift_warning({"macro_f1": 0.9}, far, grouped=False) is None   # no intervals
+
+
+def test_a_test_split_far_below_validation_is_reported_with_the_fix(tmp_path):
+  """Test clips whose labels are another class's (a test set unlike anything validation
+  held): the run's evaluation says so in evaluation.json and .md and names data.group."""
+  from datafixtures import write_class_folder
+  from jaxaudio import configs, experiment
+  root = write_class_folder(str(tmp_path / "clips"), splits={"train": 8, "validation": 3,
+                                                              "test": 3})
+  test = os.path.join(root, "test")   # low -> mid -> high -> low: every test label wrong
+  os.rename(os.path.join(test, "low"), os.path.join(test, "tmp"))
+  os.rename(os.path.join(test, "high"), os.path.join(test, "low"))
+  os.rename(os.path.join(test, "mid"), os.path.join(test, "high"))
+  os.rename(os.path.join(test, "tmp"), os.path.join(test, "mid"))
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{root}", str(tmp_path / "prepared")
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=80, eval_every=20, log_every=20, batch_size=8, warmup_steps=3,
+                   probe_steps=10, param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
+                   group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=3e-3)
+  cfg.evaluate.bootstrap = 200
+  workdir = str(tmp_path / "run")
+  experiment.run(cfg, workdir)
+  result = json.load(open(os.path.join(workdir, "report", "evaluation.json")))
+  shift = result["validation_shift"]
+  assert shift is not None, json.load(open(os.path.join(workdir, "report", "test_metrics.json")))
+  assert shift["test_ci95"][1] < shift["validation_ci95"][0]
+  assert "set data.group" in shift["message"]
+  md = open(os.path.join(workdir, "report", "evaluation.md")).read()
+  assert "## Warning: validation does not mirror the test split" in md

@@ -52,6 +52,9 @@ def test_select_ranks_models_on_folds_of_train_and_validation(cli, clips, tmp_pa
   assert result["command"].startswith("python -m jaxaudio.main --config=configs/finetune.py")
   assert os.path.isfile(work / "report" / "select.png")
   assert os.path.isfile(work / "report" / "select.md")
+  # Ungrouped folds: the report and the console carry the caution and name data.group.
+  assert not result["grouped"] and "caution: the folds deal clips at random" in r.stderr
+  assert "**Caution:** the folds deal clips" in open(work / "report" / "select.md").read()
   assert glob.glob(str(work / "tensorboard" / "events.out.tfevents.*"))
   bad = cli("jaxaudio.select", f"--config.data.source=folder:{clips}", "--models=aisfx,musicn",
             f"--workdir={tmp_path / 'bad'}")
