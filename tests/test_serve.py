@@ -5,12 +5,16 @@ import concurrent.futures
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import httpx2 as httpx
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
@@ -39,8 +43,9 @@ def served(trained, tmp_path_factory):
 
 
 def _client(index, **kwargs):
+  """A test client of the app, addressed as a browser on this machine addresses it."""
   from jaxaudio.search.service import create_app
-  return TestClient(create_app(index, **kwargs))
+  return TestClient(create_app(index, **kwargs), base_url="http://127.0.0.1:8000")
 
 
 def _upload(path):
@@ -68,19 +73,19 @@ def test_query_classify_index_and_health(served):
   assert r.status_code == 200, r.text
   body = r.json()
   first = body["results"][0]
-  assert first["file"] == path and first["score"] == pytest.approx(1.0, abs=1e-5)
-  assert first["id"] == file_id(path) and first["audio_url"] == f"/api/audio/{first['id']}"
-  assert len(body["results"]) == 5 and len({h["file"] for h in body["results"]}) == 5
+  assert first["id"] == file_id(path) and first["score"] == pytest.approx(1.0, abs=1e-5)
+  assert first["name"] == "mid_1.wav" and first["audio_url"] == f"/api/audio/{first['id']}"
+  assert len(body["results"]) == 5 and len({h["id"] for h in body["results"]}) == 5
   # The same query by id, without an upload, ranks the same.
   by_id = client.post("/api/query", data={"id": first["id"], "k": "5"}).json()
-  assert [h["file"] for h in by_id["results"]] == [h["file"] for h in body["results"]]
+  assert [h["id"] for h in by_id["results"]] == [h["id"] for h in body["results"]]
   # A part of the long file, per window: its own window at that offset comes first.
   long = os.path.join(audio, "long_sweep.wav")
   r = client.post("/api/query", files=_upload(long),
                   data={"start": str(3 * HOP_SECONDS), "end": str(5 * HOP_SECONDS),
                         "per_file": "false", "k": "3"})
   hit = r.json()["results"][0]
-  assert hit["file"] == long and hit["offset"] == pytest.approx(3 * HOP_SECONDS, abs=1e-3)
+  assert hit["id"] == file_id(long) and hit["offset"] == pytest.approx(3 * HOP_SECONDS, abs=1e-3)
   # classify gives what predict gives for the file.
   c = client.post("/api/classify", files=_upload(path), data={"top_k": "2"}).json()
   want = exported.load(export_dir).predict(path)
@@ -105,7 +110,8 @@ def test_audio_is_served_by_id_with_ranges_and_nothing_else_is(served):
   assert part.headers["content-range"] == f"bytes 100-1099/{len(data)}"
   tail = client.get(url, headers={"Range": "bytes=-10"})
   assert tail.status_code == 206 and tail.content == data[-10:]
-  assert client.get(url, headers={"Range": f"bytes={len(data) + 5}-"}).status_code == 416
+  assert "Range" in _one_sentence(client.get(url, headers={"Range": f"bytes={len(data) + 5}-"}),
+                                  416)
   env = client.get(f"/api/waveform/{file_id(path)}?bins=50").json()
   assert len(env["peaks"]) == 50 and max(env["peaks"]) == 1.0
   assert env["seconds"] == pytest.approx(2.0, abs=1e-3)
@@ -169,6 +175,175 @@ def test_token_guards_every_api_call_but_not_the_page(served):
   assert client.get("/page.js").status_code == 200 and client.get("/docs").status_code == 200
 
 
+def _wav_declaring(path, rate, frames=32000):
+  """A 16-bit WAV of `frames` silent samples whose header declares `rate` Hz (the file is
+  what any 16 kHz recording of that size is; only the header's two rate fields change)."""
+  sf.write(str(path), np.zeros(frames, np.int16), SR, subtype="PCM_16")
+  data = bytearray(open(path, "rb").read())
+  data[24:32] = struct.pack("<II", rate, rate * 2)   # sample rate, byte rate (mono 16 bit)
+  open(path, "wb").write(bytes(data))
+  return str(path)
+
+
+def test_hostile_uploads_get_json_4xx_and_memory_stays_flat(served, tmp_path):
+  """The issue's table: a 64 KB WAV declaring 1 Hz (8.9 hours once resampled) sent to
+  classify, a 0 Hz header sent to query, end=inf / 1e308 / nan, and an upload longer than
+  --max_upload_seconds: each a one-sentence 4xx, the server's memory unchanged."""
+  index, audio, _ = served
+  client = _client(index, max_upload_seconds=5.0)
+  path = os.path.join(audio, "low", "low_0.wav")
+  one_hz = _wav_declaring(tmp_path / "one_hz.wav", 1)
+  assert os.path.getsize(one_hz) < 65 * 1024
+  client.post("/api/classify", files=_upload(path))          # warm: programs compiled
+  rss = psutil.Process().memory_info().rss
+  for route in ("/api/classify", "/api/query"):
+    assert "Hz" in _one_sentence(client.post(route, files=_upload(one_hz)), 400)
+  assert psutil.Process().memory_info().rss - rss < 50e6      # 8.9 h at 16 kHz would be 2 GB
+  zero_hz = _wav_declaring(tmp_path / "zero_hz.wav", 0)
+  for route in ("/api/query", "/api/classify"):
+    assert "zero_hz" not in _one_sentence(client.post(route, files=_upload(zero_hz)), 400)
+  for span in ({"end": "inf"}, {"end": "1e308"}, {"start": "nan"}, {"start": "-inf"},
+               {"start": "0", "end": "-1"}):
+    _one_sentence(client.post("/api/query", files=_upload(path), data=span), 400)
+  long = os.path.join(audio, "long_sweep.wav")   # 7 s > 5 s
+  for route in ("/api/query", "/api/classify"):
+    assert "--max_upload_seconds" in _one_sentence(client.post(route, files=_upload(long)), 413)
+  # An indexed file is not an upload: the same file by id is answered.
+  from jaxaudio.search.service import file_id
+  assert client.post("/api/query", data={"id": file_id(long)}).status_code == 200
+  # A filename the temporary file could not carry (a NUL, a slash) is only a name.
+  r = client.post("/api/query", files={"audio": ("x.w\0a/v", open(path, "rb"), "audio/wav")})
+  assert r.status_code == 200, r.text
+
+
+def test_only_names_and_ids_unless_show_paths(served):
+  """No response carries a server path (the index's, an audio file's, an upload's temporary
+  file) unless the server is started with --show_paths."""
+  from jaxaudio.search.service import file_id
+  index, audio, _ = served
+  roots = (os.path.dirname(index), audio, tempfile.gettempdir())
+  path = os.path.join(audio, "mid", "mid_1.wav")
+  client = _client(index)
+  answers = [client.get("/api/index"), client.post("/api/query", files=_upload(path)),
+             client.post("/api/query", data={"id": file_id(path), "per_file": "false"}),
+             client.post("/api/classify", files=_upload(path)),
+             client.post("/api/classify", data={"id": file_id(path)}),
+             client.post("/api/query", data={"id": file_id(path), "start": "50"})]
+  for r in answers:
+    assert r.status_code in (200, 400), r.text
+    assert not any(root in r.text for root in roots), r.text
+  assert answers[0].json()["index"] == "index"
+  assert "file" not in answers[1].json()["results"][0]
+  shown = _client(index, show_paths=True)
+  assert shown.get("/api/index").json()["index"] == index
+  assert shown.post("/api/query", files=_upload(path)).json()["results"][0]["file"] == path
+
+
+def test_hosts_outside_the_allowlist_are_refused_and_cors_is_closed(served):
+  """A DNS-rebinding page reaches the server under its own name in the Host header: only the
+  bound address, loopback names (when bound to loopback) and --allow_host names are
+  answered; and no CORS header is sent unless --allow_origin names the origin."""
+  index = served[0]
+  client = _client(index)
+  for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+    assert client.get("/api/health", headers={"Host": host}).status_code == 200, host
+  for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", ""):
+    r = client.get("/api/index", headers={"Host": host})
+    assert "--allow_host" in _one_sentence(r, 400), host
+  _one_sentence(client.get("/", headers={"Host": "evil.example"}), 400)
+  allowed = _client(index, allow_hosts=["search.lab.example, other.example"],
+                    allow_origins=["https://tools.example"])
+  assert allowed.get("/api/health", headers={"Host": "search.lab.example"}).status_code == 200
+  assert allowed.get("/api/health", headers={"Host": "other.example"}).status_code == 200
+  assert allowed.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
+  asked = {"Origin": "https://evil.example"}
+  assert not any(h.startswith("access-control")
+                 for h in client.get("/api/index", headers=asked).headers)
+  r = allowed.get("/api/index", headers={"Origin": "https://tools.example"})
+  assert r.headers["access-control-allow-origin"] == "https://tools.example"
+  assert "access-control-allow-origin" not in allowed.get("/api/index", headers=asked).headers
+  wide = _client(index, host="0.0.0.0")
+  assert wide.get("/api/health", headers={"Host": socket.gethostname()}).status_code == 200
+  assert wide.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_batched_and_lock_paths_answer_alike(served):
+  """The micro-batcher gives each request the rows of its own windows: the same ranking and
+  scores, and the same labels, as the lock-per-query path."""
+  index, audio, _ = served
+  batched, locked = _client(index), _client(index, batching=False)
+  for name in ("long_sweep.wav", "a b&c é.wav", os.path.join("high", "high_2.wav")):
+    path = os.path.join(audio, name)
+    a = batched.post("/api/query", files=_upload(path), data={"per_file": "false"}).json()
+    b = locked.post("/api/query", files=_upload(path), data={"per_file": "false"}).json()
+    assert [h["id"] for h in a["results"]] == [h["id"] for h in b["results"]]
+    np.testing.assert_allclose([h["score"] for h in a["results"]],
+                               [h["score"] for h in b["results"]], atol=1e-5)
+    ca = batched.post("/api/classify", files=_upload(path)).json()
+    cb = locked.post("/api/classify", files=_upload(path)).json()
+    assert ca["label"] == cb["label"]
+    np.testing.assert_allclose(list(ca["probabilities"].values()),
+                               list(cb["probabilities"].values()), atol=1e-5)
+
+
+class _Model:
+  """A stand-in exported model: embedding = the window's mean, logits = its sum; records
+  batch shapes; each pass waits for `gate` (to hold the worker)."""
+
+  meta = {"embedding_dim": 1, "classes": ["a"]}
+
+  def __init__(self):
+    self.shapes, self.gate, self.entered = [], threading.Event(), 0
+    self.gate.set()
+
+  def __call__(self, x):
+    self.entered += 1
+    self.gate.wait()
+    self.shapes.append(x.shape[0])
+    return {"embedding": x.mean(axis=(1, 2))[:, None], "logits": x.sum(axis=(1, 2))[:, None]}
+
+
+def _until(condition):
+  """Wait for `condition` (a state the test brings about, not a time)."""
+  while not condition():
+    time.sleep(0.005)
+
+
+def test_batcher_batches_concurrent_jobs_pads_to_powers_of_two_and_refuses_when_full():
+  from jaxaudio.search.service import Batcher, Busy
+  model, batcher = _Model(), Batcher(max_batch=16, window_ms=0.0, max_queued=64)
+  jobs = [np.full((n, 2, 3), float(i), np.float32) for i, n in enumerate((1, 3, 2, 5, 4))]
+  model.gate.clear()   # the first job holds the worker until the other four are queued
+  with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+    futures = [pool.submit(batcher.run, model, jobs[0])]
+    _until(lambda: model.entered == 1)
+    futures += [pool.submit(batcher.run, model, w) for w in jobs[1:]]
+    _until(lambda: batcher._queue.qsize() == 4)   # pylint: disable=protected-access
+    model.gate.set()
+    outs = [f.result(timeout=60) for f in futures]
+  for i, (w, (emb, logits)) in enumerate(zip(jobs, outs)):
+    assert emb.shape == (len(w), 1) and np.all(emb == i) and np.all(logits == 6 * i)
+  assert batcher.batches == 2 and model.shapes == [1, 16]   # 14 windows padded to 16
+  big = np.ones((40, 2, 3), np.float32)   # more than a batch: passes of max_batch
+  assert batcher.run(model, big)[0].shape == (40, 1) and model.shapes[-3:] == [16, 16, 16]
+  batcher.close()
+  # Full queue: the worker held in a pass, one job waiting, the next is refused at once.
+  model = _Model()
+  model.gate.clear()
+  small = Batcher(max_batch=4, window_ms=0.0, max_queued=1)
+  pool = concurrent.futures.ThreadPoolExecutor(2)
+  held = pool.submit(small.run, model, np.ones((4, 2, 3), np.float32))   # a whole batch:
+  _until(lambda: model.entered == 1)   # the worker took it and waits at the gate
+  queued = pool.submit(small.run, model, np.ones((4, 2, 3), np.float32))
+  _until(lambda: small._queue.qsize() == 1)   # pylint: disable=protected-access
+  with pytest.raises(Busy):
+    small.run(model, np.ones((1, 2, 3), np.float32))
+  model.gate.set()
+  assert held.result(timeout=30)[0].shape == (4, 1) and queued.result(timeout=30)[0].shape == (4, 1)
+  pool.shutdown()
+  small.close()
+
+
 def test_the_server_follows_index_updates_and_keeps_serving_through_a_broken_one(served,
                                                                                  tmp_path):
   from jaxaudio.search import indexer, service, store
@@ -183,7 +358,7 @@ def test_the_server_follows_index_updates_and_keeps_serving_through_a_broken_one
   indexer.update(index, str(folder), export_dir, workers=1, progress=False)
   time.sleep(service.RELOAD_CHECK_SECONDS + 0.1)
   r = client.post("/api/query", files=_upload(new), data={"k": "1"})
-  assert r.json()["results"][0]["file"] == new
+  assert r.json()["results"][0]["id"] == service.file_id(new)
   assert client.get("/api/index").json()["files"] == 12
   # A manifest caught half-written (or naming a segment that is gone): the loaded index
   # keeps answering, and the next good manifest is picked up.
@@ -193,7 +368,7 @@ def test_the_server_follows_index_updates_and_keeps_serving_through_a_broken_one
     f.write(good[: len(good) // 2])
   time.sleep(service.RELOAD_CHECK_SECONDS + 0.1)
   r = client.post("/api/query", files=_upload(new), data={"k": "1"})
-  assert r.status_code == 200 and r.json()["results"][0]["file"] == new
+  assert r.status_code == 200 and r.json()["results"][0]["id"] == service.file_id(new)
   with open(manifest, "w") as f:   # the writer finishes
     f.write(good)
   os.remove(new)
@@ -235,6 +410,7 @@ def server(served):
 
 
 def test_concurrent_clients_each_get_their_own_answer(served, server):
+  from jaxaudio.search.service import file_id
   _, audio, _ = served
   paths = sorted(os.path.join(audio, c, f"{c}_{i}.wav") for c in ("low", "mid", "high")
                  for i in range(3))[:8]
@@ -243,11 +419,11 @@ def test_concurrent_clients_each_get_their_own_answer(served, server):
     with open(path, "rb") as f:
       r = httpx.post(f"{server}/api/query", files={"audio": (os.path.basename(path), f)},
                      data={"k": "3"}, timeout=60)
-    return r.json()["results"][0]["file"]
+    return r.json()["results"][0]["id"]
 
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     for _ in range(2):
-      assert list(pool.map(ask, paths)) == paths
+      assert list(pool.map(ask, paths)) == [file_id(p) for p in paths]
 
 
 def _chromium():

@@ -7,13 +7,14 @@ and the model stored in it, then answers any number of queries; the CLI is one q
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
 import numpy as np
 
 from jaxaudio import exported
-from jaxaudio.audio.io import read_audio
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, read_audio
 from jaxaudio.data.featurize import featurize
 from jaxaudio.errors import AudioError, SearchIndexError
 from jaxaudio.inference import pow2
@@ -110,18 +111,25 @@ class Searcher:
     and featurised exactly as the index's files were."""
     return self.embed_windows(self.query_windows(path, start, end))
 
-  def query_windows(self, path: str, start: float | None = None, end: float | None = None
-                    ) -> np.ndarray:
+  def query_windows(self, path: str, start: float | None = None, end: float | None = None,
+                    max_seconds: float | None = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """Log-mel windows of a file (or its [start, end) seconds) as the index's files were cut:
-    the decoding half of embed_audio, which needs no model (a server runs it in parallel)."""
-    x, rate = read_audio(path)
+    the decoding half of embed_audio, which needs no model (a server runs it in parallel).
+    A file declaring more than `max_seconds` of audio is refused before it is decoded; an
+    end past the file's end means its end."""
+    lo = 0.0 if start is None else start
+    if not (math.isfinite(lo) and (end is None or math.isfinite(end))):
+      raise AudioError(f"{path}: --start={start} --end={end} is not a span of seconds; pass "
+                       "finite numbers, 0 <= start < end.")
+    x, rate = read_audio(path, max_seconds=max_seconds)
     seconds = len(x) / rate
-    lo, hi = start or 0.0, seconds if end is None else end
+    hi = seconds if end is None else end
     if not 0 <= lo < hi or lo >= seconds:
       raise AudioError(f"{path}: --start={lo} --end={hi} is not a span inside the file's "
                        f"{seconds:.2f} s; pass 0 <= start < end with start before the end.")
-    res = featurize(0, self.spec_dict, self.settings, waveform=x[int(lo * rate):int(hi * rate)],
-                    rate=rate)
+    res = featurize(0, self.spec_dict, self.settings,
+                    waveform=x[int(lo * rate):int(min(hi, seconds) * rate)], rate=rate,
+                    max_seconds=max_seconds)
     if res.error:
       raise AudioError(res.error.replace("example 0", path))
     return res.windows

@@ -257,7 +257,7 @@ function showResults(answer) {
         <audio preload="metadata" controls></audio>
         <button type="button" class="again">Search with this</button></div>`;
     li.querySelector(".name").textContent = r.name;
-    li.querySelector(".name").title = r.file;
+    li.querySelector(".name").title = r.file || r.name;   // the path only with --show_paths
     li.querySelector(".score").textContent = `score ${r.score.toFixed(3)}`;
     li.querySelector(".at").textContent = `match ${r.offset.toFixed(2)}–${r.end.toFixed(2)} s`;
     const canvas = li.querySelector("canvas");
