@@ -191,6 +191,60 @@ def test_tfds_catalog_dataset_with_mock_data(tmp_path, monkeypatch):
   assert rec["label"] == 1 and rec["mel"].shape == (100, 96) and rec["mel"].max() > 0.3
 
 
+def test_a_real_tfds_dataset_on_disk_gives_the_features_of_the_same_audio_as_files(tmp_path):
+  """A tiny TFDS dataset written to a data_dir (Audio at 8 kHz, ClassLabel; train, validation,
+  test), read by tfds:NAME through the real catalog lookup, load and decode, untouched; its
+  prepared windows equal those of the same waveforms written as WAV files (folder source)."""
+  import soundfile as sf
+  import tensorflow_datasets as tfds
+  from jaxaudio.data import prepare as prep
+  from jaxaudio.models.registry import AISFX_SPEC
+  classes = ("low", "mid", "high")
+  splits = {"train": 2, "validation": 1, "test": 1}
+
+  def wave(c, i, split):
+    seed = 10 * classes.index(c) + i + 100 * list(splits).index(split)
+    t = np.arange(6000 + 400 * i) / 8000
+    noise = 0.01 * np.random.default_rng(seed).standard_normal(len(t))
+    return (0.5 * np.sin(2 * np.pi * 200 * (classes.index(c) + 1) * t) + noise) * 2 ** 15 * 0.9
+
+  examples = {s: [{"audio": wave(c, i, s).astype(np.int16), "label": c}
+                  for i in range(n) for c in classes] for s, n in splits.items()}
+  features = tfds.features.FeaturesDict({
+      "audio": tfds.features.Audio(sample_rate=8000, dtype=np.int16),
+      "label": tfds.features.ClassLabel(names=list(classes))})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="jaxaudio_tiny_tones", version="1.0.0", features=features,
+      split_datasets={s: iter(enumerate(rows)) for s, rows in examples.items()},
+      data_dir=str(tmp_path / "tfds"), disable_shuffling=True)
+  folder = tmp_path / "files"
+  for s, rows in examples.items():
+    for j, ex in enumerate(rows):
+      d = folder / s / ex["label"]
+      os.makedirs(d, exist_ok=True)
+      sf.write(str(d / f"{j}.wav"), ex["audio"], 8000, subtype="PCM_16")
+
+  cfg = data_config(tmp_path / "t", "tfds:jaxaudio_tiny_tones")
+  cfg.tfds.data_dir = str(tmp_path / "tfds")
+  listing = list_source(cfg)
+  assert listing.tfds["sample_rate"] == 8000 and sorted(listing.classes) == sorted(classes)
+  assert [len(listing.split(s)) for s in splits] == [6, 3, 3]
+  from_tfds, built = prep.prepare(cfg, AISFX_SPEC, progress=False)
+  assert built
+  from_files, _ = prep.prepare(data_config(tmp_path / "f", f"folder:{folder}"), AISFX_SPEC,
+                               progress=False)
+  for s in splits:
+    a, b = from_tfds.data_source(s), from_files.data_source(s)
+    assert len(a) == len(b) == len(examples[s])   # one window per 0.75-0.85 s clip
+    by_label = {}
+    for r in (b[i] for i in range(len(b))):
+      by_label.setdefault(from_files.classes[int(r["label"])], []).append(r["mel"])
+    for r in (a[i] for i in range(len(a))):
+      label = from_tfds.classes[int(r["label"])]
+      assert r["mel"].shape == (100, 96) and r["mel"].max() > 0.3
+      assert any(np.array_equal(r["mel"], m) for m in by_label[label]), (s, label)
+
+
 def test_demo_is_deterministic_and_sound_like(tmp_path):
   a = demo.demo_dir(str(tmp_path / "a"), 3, {"train": 2, "test": 1}, 1.0, 16000)
   b = demo.demo_dir(str(tmp_path / "b"), 3, {"train": 2, "test": 1}, 1.0, 16000)
