@@ -356,3 +356,53 @@ def test_search_cli_indexes_and_queries(cli, collection, export_dir, tmp_path):
   assert r.returncode == 2 and "is not a jaxaudio search index" in r.stderr
   r = cli("jaxaudio.search", f"--index={index}", f"--audio={query}")
   assert r.returncode == 2 and "the first argument must be the command" in r.stderr
+
+
+def test_search_cli_turns_hostile_input_into_sentences_and_skips(cli, collection, export_dir,
+                                                                  tmp_path):
+  """Issue 23's cases: a 0 Hz and a 1 Hz header, end=inf, a symlink loop, a dangling link and
+  a named pipe in the folder, a folder without audio: one sentence and exit 2, or a reported
+  skip while the rest is indexed and queried."""
+  import struct
+
+  def wav(rate, frames=16000):
+    data = bytes(2 * frames)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16)
+            + struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16) + b"data"
+            + struct.pack("<I", len(data)) + data)
+  audio = tmp_path / "audio"
+  shutil.copytree(os.path.join(collection, "low"), audio)
+  (audio / "zero_hz.wav").write_bytes(wav(0))
+  (audio / "one_hz.wav").write_bytes(wav(1))
+  os.symlink(audio / "loop_b.wav", audio / "loop_a.wav")
+  os.symlink(audio / "loop_a.wav", audio / "loop_b.wav")
+  os.symlink(audio / "gone.wav", audio / "dangling.wav")
+  os.mkfifo(audio / "pipe.wav")
+  index = str(tmp_path / "index")
+  r = cli("jaxaudio.search", "index", f"--model={export_dir}", f"--audio={audio}",
+          f"--index={index}", "--workers=1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "3 files" in r.stdout and "skipped 6" in r.stdout, r.stdout
+  for name, words in (("zero_hz.wav", "sample rate of 0 Hz"), ("one_hz.wav", "of 1 Hz"),
+                      ("loop_a.wav", "symlink is broken or loops"),
+                      ("pipe.wav", "not a regular file")):
+    assert any(name in l and words in l for l in r.stdout.splitlines()), (name, r.stdout)
+  # query: one bad file is one sentence; a folder skips and reports its bad files.
+  for args, words in (((f"--audio={audio / 'zero_hz.wav'}",), "sample rate of 0 Hz"),
+                      ((f"--audio={audio / 'low_0.wav'}", "--end=inf"), "not a span of seconds"),
+                      ((f"--audio={audio / 'low_0.wav'}", "--end=1e308", "--start=1e307"),
+                       "not a span"),
+                      ((f"--audio={tmp_path}",), "no audio file there could be queried")):
+    if args == (f"--audio={tmp_path}",):
+      os.makedirs(tmp_path / "empty", exist_ok=True)
+      args = (f"--audio={tmp_path / 'empty'}",)
+    r = cli("jaxaudio.search", "query", f"--index={index}", *args)
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and words in lines[0], (args, r.stderr)
+  r = cli("jaxaudio.search", "query", f"--index={index}", f"--audio={audio}", "--json", "--k=1")
+  assert r.returncode == 0, r.stderr[-2000:]
+  found = json.loads(r.stdout)
+  assert sorted(os.path.basename(q["query"]) for q in found) == ["low_0.wav", "low_1.wav",
+                                                                 "low_2.wav"]
+  assert all(q["results"][0]["file"] == q["query"] for q in found)
+  assert sum("skipped:" in l for l in r.stderr.splitlines()) == 6

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 from absl import flags
 
@@ -27,7 +28,8 @@ xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
 from jaxaudio import cli  # noqa: E402
-from jaxaudio.errors import JaxAudioError  # noqa: E402
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
+from jaxaudio.errors import AudioError, JaxAudioError  # noqa: E402
 
 _INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.")
@@ -46,6 +48,7 @@ _WORKERS = flags.DEFINE_integer("workers", 0, "index: featurisation processes (0
 _START = flags.DEFINE_float("start", None, "query: start of the query span, seconds.")
 _END = flags.DEFINE_float("end", None, "query: end of the query span, seconds.")
 _K = flags.DEFINE_integer("k", 10, "query: results per query.", lower_bound=1)
+_MAX_SECONDS = cli.max_seconds_flag(DEFAULT_MAX_SECONDS)
 _PER_FILE = flags.DEFINE_bool("per_file", True, "query: one hit per file (its best window); "
                               "--noper_file ranks windows.")
 _EF = flags.DEFINE_integer("ef", 128, "query --ann: HNSW search breadth (recall vs speed).")
@@ -57,6 +60,27 @@ _TOKEN = flags.DEFINE_string("token", None, "serve: every API call must carry th
                              "(Authorization: Bearer TOKEN, or ?token=TOKEN).")
 _MAX_UPLOAD = flags.DEFINE_float("max_upload_mb", 50.0, "serve: largest upload accepted, MB.",
                                  lower_bound=0.001)
+_MAX_UPLOAD_SECONDS = flags.DEFINE_float(
+    "max_upload_seconds", 600.0, "serve: longest upload decoded, seconds of audio as its "
+    "header declares them (longer ones get 413 before anything is decoded).", lower_bound=0.1)
+_ALLOW_HOST = flags.DEFINE_multi_string(
+    "allow_host", [], "serve: another name the server answers to in the Host header (repeat "
+    "or comma-separate; '*' for any); besides --host and, on loopback, localhost.")
+_ALLOW_ORIGIN = flags.DEFINE_multi_string(
+    "allow_origin", [], "serve: a web origin allowed to call the API from its pages (CORS; "
+    "none by default), e.g. https://tools.example.org.")
+_SHOW_PATHS = flags.DEFINE_bool("show_paths", False, "serve: responses show the index's and "
+                                "its files' paths on the server (by default names and ids only).")
+_BATCHING = flags.DEFINE_bool("batching", True, "serve: batch concurrent requests' forward "
+                              "passes; --nobatching runs them one at a time under a lock.")
+_BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 2.0, "serve: how long a forward pass "
+                                      "waits for other requests' windows, ms.", lower_bound=0)
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "serve: windows per batched forward pass "
+                                  "(a power of two).", lower_bound=1)
+_MAX_QUEUED = flags.DEFINE_integer("max_queued", 64, "serve: forward passes that may wait; "
+                                   "more are refused with 503 and Retry-After.", lower_bound=1)
+_BATCH_WORKERS = flags.DEFINE_integer("batch_workers", 1, "serve: batched forward passes "
+                                      "run at once.", lower_bound=1)
 
 
 def _need_audio(command: str) -> str:
@@ -77,7 +101,7 @@ def _index() -> int:
   export_dir = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value))
   summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
                    strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
-                   hop=_HOP.value)
+                   hop=_HOP.value, max_seconds=cli.seconds_limit(_MAX_SECONDS.value))
   for s in summary["skipped"]:
     print(f"skipped: {s['reason']}")
   print(f"index {summary['index']}: {summary['files']} files, {summary['rows']} windows "
@@ -94,17 +118,34 @@ def _query() -> int:
   # pylint: disable=import-outside-toplevel
   from jaxaudio.embedder import audio_files
   from jaxaudio.search.searcher import Searcher
-  if not os.path.exists(_need_audio("query")):
-    raise JaxAudioError(f"{_AUDIO.value}: no such audio file or folder; check --audio.")
+  audio = _need_audio("query")
+  if not os.path.exists(audio):
+    raise JaxAudioError(f"{audio}: no such audio file or folder; check --audio.")
   searcher = Searcher(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value)
-  paths = audio_files(_AUDIO.value)
-  queries = [searcher.embed_audio(p, _START.value, _END.value) for p in paths]
+  limit = cli.seconds_limit(_MAX_SECONDS.value)
+  skipped: list[dict[str, str]] = []
+  paths, queries = [], []
+  for p in audio_files(audio, skipped):
+    try:
+      queries.append(searcher.embed_windows(
+          searcher.query_windows(p, _START.value, _END.value, limit)))
+      paths.append(p)
+    except AudioError as err:
+      if os.path.isfile(audio):
+        raise
+      skipped.append({"path": p, "reason": str(err)})
+  for s in skipped:
+    print(f"skipped: {s['reason']}", file=sys.stderr)
+  if not paths:
+    raise JaxAudioError(f"{audio}: no audio file there could be queried"
+                        f"{' (see the skipped lines above)' if skipped else ''}; pass an "
+                        "audio file or a folder holding some.")
   results = searcher.search(queries, _K.value, _PER_FILE.value)
   if _JSON.value:
     out = [{"query": os.path.abspath(p), "start": _START.value, "end": _END.value,
             "windows": len(q), "results": [dataclasses.asdict(h) for h in hits]}
            for p, q, hits in zip(paths, queries, results)]
-    print(json.dumps(out[0] if os.path.isfile(_AUDIO.value) else out, indent=1))
+    print(json.dumps(out[0] if os.path.isfile(audio) else out, indent=1))
     return 0
   for p, q, hits in zip(paths, queries, results):
     print(f"query {p} ({len(q)} windows)")
@@ -117,9 +158,14 @@ def _query() -> int:
 def _serve() -> int:
   # pylint: disable=import-outside-toplevel
   import uvicorn
-  from jaxaudio.search.service import create_app
-  app = create_app(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value, token=_TOKEN.value,
-                   max_upload_mb=_MAX_UPLOAD.value)
+  from jaxaudio.search import service
+  app = service.create_app(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value, token=_TOKEN.value,
+                   max_upload_mb=_MAX_UPLOAD.value, host=_HOST.value,
+                   allow_hosts=_ALLOW_HOST.value, allow_origins=_ALLOW_ORIGIN.value,
+                   show_paths=_SHOW_PATHS.value, max_upload_seconds=_MAX_UPLOAD_SECONDS.value,
+                   batching=_BATCHING.value, batch_window_ms=_BATCH_WINDOW_MS.value,
+                   max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value,
+                   batch_workers=_BATCH_WORKERS.value)
   info = app.state.service.current()
   where = f"http://{_HOST.value}:{_PORT.value}/"
   print(f"serving {app.state.service.path}: {len(info.files)} files, "
@@ -129,6 +175,9 @@ def _serve() -> int:
   if _HOST.value not in ("127.0.0.1", "localhost", "::1") and not _TOKEN.value:
     print(f"note: bound to {_HOST.value} without --token: anyone who reaches this port can "
           "query the index and listen to its files.")
+  if _HOST.value in service.EVERY_INTERFACE and "*" not in app.state.allowed_hosts:
+    print(f"answers to the Host names {', '.join(app.state.allowed_hosts)}; add others (a DNS "
+          "name, an interface address) with --allow_host=NAME.")
   uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning")
   return 0
 
