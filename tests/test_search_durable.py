@@ -20,7 +20,8 @@ from datafixtures import SR, tone
 from jaxaudio.errors import SearchIndexError
 from jaxaudio.search import indexer, store
 from jaxaudio.search.searcher import Searcher
-from test_search import _rows_by_file, collection, export_dir  # noqa: F401  pylint: disable=unused-import
+# pylint: disable-next=unused-import
+from test_search import _rows_by_file, collection, export_dir  # noqa: F401 (the fixtures)
 
 # The child: wrap store.<name> so that the process dies by SIGKILL after its N-th call.
 _DRIVER = """
@@ -107,6 +108,7 @@ def test_a_killed_update_resumes_to_the_uninterrupted_result(collection, export_
   for path, freq in zip(changed, (1700, 2300)):
     sf.write(path, tone(freq, 2.5, seed=9), SR)
   os.remove(os.path.join(audio, "low", "low_1.wav"))
+  os.symlink(str(tmp_path / "gone.wav"), os.path.join(audio, "zz_dangling.wav"))
   kw = dict(index_path=index, audio=audio, export_dir=export_dir, workers=1, progress=False,
             commit_files=2)
   # Killed after its first commit (aa_new.wav and high_1.wav of the four files to embed; no
@@ -128,6 +130,8 @@ def test_a_killed_update_resumes_to_the_uninterrupted_result(collection, export_
   assert store.read_manifest(index).generation == m.generation
   summary = indexer.update(**kw)
   assert (summary["added"] + summary["updated"], summary["removed"], summary["files"]) == (2, 0, 11)
+  assert [os.path.basename(s["path"]) for s in summary["skipped"]] == ["zz_dangling.wav",
+                                                                       "broken.wav"]
   _assert_no_leftovers(index)
   m = store.read_manifest(index)
   assert m.ann and m.ann["graph_rows"] - m.ann["dead_rows"] == m.live_rows

@@ -114,24 +114,28 @@ class _Embedder:
 def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
            strict: bool = False, with_ann: bool | None = None, workers: int = 0,
            batch_size: int = 64, progress: bool = True, hop: float | None = None,
-           max_seconds: float | None = DEFAULT_MAX_SECONDS, commit_files: int = COMMIT_FILES,
-           commit_seconds: float = COMMIT_SECONDS) -> dict[str, Any]:
+           max_seconds: float | None = DEFAULT_MAX_SECONDS, commit_files: int | None = None,
+           commit_seconds: float | None = None) -> dict[str, Any]:
   """Bring the index at `index_path` up to date with the audio under `audio`.
 
   with_ann: True builds the approximate index, False removes it, None keeps what the index
   had. hop: window hop as a fraction of a window (smaller = finer offsets, more rows); None
   keeps the index's, or for a new index the model's training hop. max_seconds: files
   declaring a longer duration are skipped undecoded. commit_files / commit_seconds: the
-  commit interval. Returns a summary of this run (files added, updated, removed, unchanged,
-  skipped, rows, timings)."""
+  commit interval (None: COMMIT_FILES / COMMIT_SECONDS as they are at the call). Returns a
+  summary of this run (files added, updated, removed, unchanged, skipped, rows, timings)."""
   t0 = time.perf_counter()
   if not os.path.exists(audio):
     raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
                            "audio to index.")
+  listed_skipped: list[dict[str, str]] = []   # dangling symlinks, pipes: reported, not read
   scanned = {}
-  for p in audio_files(audio):
+  for p in audio_files(audio, listed_skipped):
     p = os.path.abspath(p)
     scanned[p] = _stat(p)
+  if strict and listed_skipped:
+    raise SearchIndexError(f"{listed_skipped[0]['reason']} (strict mode stops at the first bad "
+                           "file; without --strict such files are reported and skipped)")
   if not scanned:
     raise SearchIndexError(f"{audio} holds no audio files ({' '.join(AUDIO_EXTENSIONS)}); pass "
                            "--audio=FOLDER with the audio to index.")
@@ -147,8 +151,11 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
                              "); pass a new or empty folder as --index.")
   os.makedirs(index_path, exist_ok=True)
   with store.writer_lock(index_path):
-    return _update(index_path, scanned, export_dir, rebuild, strict, with_ann, workers,
-                   batch_size, progress, t0, hop, max_seconds, commit_files, commit_seconds)
+    summary = _update(index_path, scanned, export_dir, rebuild, strict, with_ann, workers,
+                      batch_size, progress, t0, hop, max_seconds, commit_files or COMMIT_FILES,
+                      commit_seconds or COMMIT_SECONDS)
+  summary["skipped"] = listed_skipped + summary["skipped"]
+  return summary
 
 
 class _Writer:
@@ -167,7 +174,8 @@ class _Writer:
     resumed_fresh = bool(old and old.unfinished and old.unfinished.get("fresh"))
     self.unfinished = {"fresh": fresh or resumed_fresh,
                        "ann": bool(with_ann or (with_ann is None and self.prev_ann))}
-    self.need_model = fresh or not os.path.isdir(os.path.join(path, store.MODEL))
+    # a rebuild killed between its model install and its first commit left another model
+    self.need_model = fresh or store.installed_weights(path) != ident["weights_sha256"]
 
   def commit(self, done, final: bool, unchanged: bool = False) -> store.Manifest:
     """Write `done` (files embedded since the last commit) as a new segment and swap in a

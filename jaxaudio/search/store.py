@@ -254,6 +254,15 @@ def _fsync_tree(root: str) -> None:
     fsync_path(folder)
 
 
+def installed_weights(path: str) -> str | None:
+  """The weights sha256 of the model copy in PATH/model, None when there is no whole one."""
+  try:
+    with open(os.path.join(path, MODEL, "meta.json")) as f:
+      return json.load(f).get("weights_sha256")
+  except (OSError, ValueError, AttributeError):
+    return None
+
+
 def install_model(path: str, export_dir: str) -> None:
   """Copy the exported model into PATH/model, fsynced, replacing any previous copy by
   renames, so a crash leaves either copy whole (plus a model.tmp-/model.old- leftover that

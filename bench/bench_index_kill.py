@@ -1,0 +1,254 @@
+"""`search index` SIGKILLed at random moments of a first build and of an update, then rerun.
+
+  python bench/bench_index_kill.py [--files=1000] [--kills=10] [--seed=0] [--model=EXPORT_DIR]
+                                   [--commit_files=64]
+
+Writes --files short synthetic recordings (each a different mixture of tones and noise),
+builds an uninterrupted reference index with `python -m jaxaudio.search index --ann`, then
+builds the same folder again while killing the command with SIGKILL --kills times at random
+moments (a seeded draw over the startup and the work still to do), and a final rerun. Then
+it changes the folder (new, changed and deleted files), updates the reference without
+interruption and the killed index with --kills more kills and a rerun. For each phase it
+prints whether every file is indexed exactly once with rows (offsets and embeddings) equal
+to the reference bit for bit, whether a sample of files each find themselves first, and the
+work each kill lost: the seconds since the killed run's last commit (or since its embedding
+began), against the commit interval (--commit_files, set as indexer.COMMIT_FILES in the
+command's process, or COMMIT_SECONDS: 64 files makes several commits per run here). Without
+--model it trains the tests' tiny scratch model first (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# pylint: disable=wrong-import-position
+from jaxaudio import exported  # noqa: E402
+from jaxaudio.errors import SearchIndexError  # noqa: E402
+from jaxaudio.search import indexer, store  # noqa: E402
+from jaxaudio.search.searcher import Searcher  # noqa: E402
+
+
+def tiny_model(tmp: str) -> str:
+  """The tests' tiny scratch run (tests/conftest.py `trained`), exported. Its imports (the
+  trainer, TensorFlow) are left out of a run given --model."""
+  from datafixtures import write_class_folder  # pylint: disable=import-outside-toplevel
+  from jaxaudio import configs, experiment  # pylint: disable=import-outside-toplevel
+  clips = write_class_folder(os.path.join(tmp, "clips"), per_class=10, seconds=1.5)
+  cfg = configs.base_config()
+  cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", os.path.join(tmp, "prepared")
+  cfg.data.val_fraction, cfg.data.test_fraction = 0.2, 0.3
+  cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
+  cfg.train.update(num_steps=30, eval_every=10, log_every=10, batch_size=8, warmup_steps=3,
+                   probe_steps=10, learning_rate=1e-2)
+  workdir = os.path.join(tmp, "run")
+  experiment.run(cfg, workdir)
+  return exported.for_run(workdir)
+
+
+def write_audio(folder: str, names: list[str], rate: int, seed: int) -> None:
+  """One recording per name, 0.5-2 s: two to four random tones with random envelopes plus
+  noise, so no two files embed alike."""
+  rng = np.random.default_rng(seed)
+  for name in names:
+    n = int(rate * rng.uniform(0.5, 2.0))
+    t = np.arange(n) / rate
+    x = 0.02 * rng.uniform(0.2, 1.0) * rng.standard_normal(n)
+    for _ in range(rng.integers(2, 5)):
+      env = np.clip(np.sin(np.pi * (t / t[-1] * rng.uniform(0.5, 3) + rng.uniform())), 0, 1)
+      x += rng.uniform(0.05, 0.3) * env * np.sin(2 * np.pi * rng.uniform(80, 6000) * t)
+    path = os.path.join(folder, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, x.astype(np.float32), rate)
+
+
+# `python -m jaxaudio.search` with indexer.COMMIT_FILES set first (the CLI has no flag for it).
+_CLI = """
+import runpy, sys
+from jaxaudio.search import indexer
+indexer.COMMIT_FILES = int(sys.argv.pop(1))
+runpy.run_module("jaxaudio.search", run_name="__main__", alter_sys=True)
+"""
+
+
+def command(model: str, audio: str, commit_files: int):
+  """index -> the argv of `search index --ann` of `audio` into it."""
+  return lambda index: [sys.executable, "-c", _CLI, str(commit_files), "index",
+                        f"--model={model}", f"--audio={audio}", f"--index={index}", "--ann"]
+
+
+def run_whole(cmd, index: str) -> tuple[float, list[float]]:
+  """One uninterrupted run: (wall seconds, the seconds after its start at which each of its
+  commits landed, watched on the manifest's mtime)."""
+  manifest = os.path.join(index, store.MANIFEST)
+  start = time.time()
+  proc = subprocess.Popen(cmd(index), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  commits, seen = [], 0.0
+  while proc.poll() is None:
+    mtime = os.path.getmtime(manifest) if os.path.exists(manifest) else 0.0
+    if mtime > max(seen, start):
+      commits.append(mtime - start)
+      seen = mtime
+    time.sleep(0.02)
+  _, err = proc.communicate()
+  if proc.returncode:
+    raise SystemExit(f"search index failed:\n{err[-3000:]}")
+  return time.time() - start, commits
+
+
+def pace(commits: list[float], commit_files: int) -> tuple[float, float]:
+  """(seconds from a run's start until it embeds, seconds per commit interval) from a whole
+  run's commit times: the intermediate commits are one interval apart."""
+  gaps = np.diff(commits[:-1]) if len(commits) > 2 else np.array([commits[0] / 2])
+  interval = float(np.median(gaps))
+  return max(commits[0] - interval, 0.0), interval
+
+
+def committed(index: str) -> tuple[int, float, bool]:
+  """(files whose committed rows are of the file as it is now on disk, the manifest's mtime,
+  whether the manifest is a finished one); (0, 0, False) before the first commit."""
+  try:
+    m = store.read_manifest(index)
+  except SearchIndexError:
+    return 0, 0.0, False
+  current = 0
+  for e in m.files:
+    if os.path.exists(e.path):
+      st = os.stat(e.path)
+      current += (st.st_size, st.st_mtime_ns) == (e.size, e.mtime_ns)
+  return current, os.path.getmtime(os.path.join(index, store.MANIFEST)), m.unfinished is None
+
+
+def kill_runs(cmd, index, kills, rng, startup, seconds_left):
+  """`kills` runs of the command, each SIGKILLed at a random moment between half the
+  startup and the end of the work `seconds_left(committed files)` estimates: one row per
+  run."""
+  rows = []
+  for _ in range(kills):
+    before, _, _ = committed(index)
+    left = seconds_left(before)
+    delay = rng.uniform(0.5 * startup, startup + left)
+    start = time.time()
+    proc = subprocess.Popen(cmd(index), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+      proc.wait(timeout=delay)
+      finished = True
+    except subprocess.TimeoutExpired:
+      os.kill(proc.pid, signal.SIGKILL)
+      proc.wait()
+      finished = False
+    killed_at = time.time()
+    after, mtime, done = committed(index)
+    began = start + startup
+    last = mtime if mtime > start else began
+    lost = max(0.0, killed_at - last) if not finished else 0.0
+    rows.append({"delay": delay, "finished": finished, "before": before, "after": after,
+                 "lost_s": lost, "complete": done,
+                 "phase": "startup" if killed_at < began else "work"})
+  return rows
+
+
+def compare(index: str, reference: str, sample: int, rng) -> dict[str, object]:
+  m, ref = store.read_manifest(index), store.read_manifest(reference)
+  paths = [e.path for e in m.files]
+  once = len(paths) == len(set(paths)) and set(paths) == {e.path for e in ref.files}
+  a, b = store.load_rows(index, m), store.load_rows(reference, ref)
+  equal = once
+  if once:
+    pos = {e.path: i for i, e in enumerate(b.files)}
+    for i, e in enumerate(a.files):
+      mine, theirs = a.file_of_row == i, b.file_of_row == pos[e.path]
+      equal = (equal and np.array_equal(a.offsets[mine], b.offsets[theirs])
+               and np.array_equal(a.embeddings[mine], b.embeddings[theirs]))
+  searcher = Searcher(index)
+  picks = rng.choice(len(paths), size=min(sample, len(paths)), replace=False)
+  first = sum(searcher.search([searcher.embed_audio(paths[i])], k=1)[0][0].file == paths[i]
+              for i in picks)
+  return {"once": once, "equal": equal, "first": first, "sample": len(picks),
+          "files": len(paths), "ann": (m.ann or {}).get("last_update")}
+
+
+def report(phase: str, rows, result, interval_s: float, commit_files: int) -> None:
+  print(f"\n{phase}: {len(rows)} kills")
+  print(" kill  after s  at       files up to date before -> after   work lost s")
+  for i, r in enumerate(rows, 1):
+    at = "finished" if r["finished"] else r["phase"]
+    print(f"  {i:3d}  {r['delay']:7.1f}  {at:8s} {r['before']:6d} -> {r['after']:6d}"
+          f"{' (complete)' if r['complete'] else '':11s}       {r['lost_s']:6.1f}")
+  lost = [r["lost_s"] for r in rows if not r["finished"] and r["phase"] == "work"]
+  print(f"every file indexed exactly once: {'yes' if result['once'] else 'no'} "
+        f"({result['files']} files); rows equal to the uninterrupted build bit for bit: "
+        f"{'yes' if result['equal'] else 'no'}; approximate index: {result['ann']}")
+  print(f"queries return each file first: {result['first']}/{result['sample']} sampled files")
+  if lost:
+    print(f"work lost per kill during embedding: mean {np.mean(lost):.1f} s, max "
+          f"{max(lost):.1f} s; commit interval {interval_s:.1f} s ({commit_files} files, "
+          "as measured on the uninterrupted run)")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--files", type=int, default=1000)
+  parser.add_argument("--kills", type=int, default=10)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--sample", type=int, default=50, help="files queried per phase")
+  parser.add_argument("--model", help="an exported model (default: train the tiny one)")
+  parser.add_argument("--commit_files", type=int, default=64,
+                      help=f"files per commit (search index: {indexer.COMMIT_FILES})")
+  args = parser.parse_args()
+  rng = np.random.default_rng(args.seed)
+  tmp = tempfile.mkdtemp(prefix="bench-index-kill-")
+  model = args.model or tiny_model(tmp)
+  rate = int(exported.load(model).meta["frontend"]["sample_rate"])
+  audio, ref, index = (os.path.join(tmp, n) for n in ("audio", "reference", "killed"))
+  names = [f"d{i % 10}/f{i:05d}.wav" for i in range(args.files)]
+  write_audio(audio, names, rate, args.seed)
+
+  cmd = command(model, audio, args.commit_files)
+  wall, commits = run_whole(cmd, ref)
+  startup, interval = pace(commits, args.commit_files)
+  print(f"{args.files} files, a commit every {args.commit_files} files or "
+        f"{indexer.COMMIT_SECONDS:.0f} s; uninterrupted first build {wall:.1f} s: embedding "
+        f"starts {startup:.1f} s in (imports, model load, compilation), then a commit every "
+        f"{interval:.1f} s ({args.commit_files / interval:.0f} files/s)")
+  rows = kill_runs(cmd, index, args.kills, rng, startup,
+                   lambda done: (args.files - done) / args.commit_files * interval)
+  run_whole(cmd, index)
+  report("first build", rows, compare(index, ref, args.sample, rng), interval, args.commit_files)
+
+  order = rng.permutation(args.files)
+  changed = [names[i] for i in order[:args.files // 4]]
+  deleted = [names[i] for i in order[args.files // 4:args.files // 4 + args.files // 10]]
+  new = [f"n{i % 10}/g{i:05d}.wav" for i in range(args.files // 2)]
+  write_audio(audio, changed, rate, args.seed + 1)
+  write_audio(audio, new, rate, args.seed + 2)
+  for name in deleted:
+    os.remove(os.path.join(audio, name))
+  wall, commits = run_whole(cmd, ref)
+  startup, interval = pace(commits, args.commit_files)
+  print(f"\nupdate: {len(new)} new, {len(changed)} changed, {len(deleted)} deleted files; "
+        f"uninterrupted update {wall:.1f} s: embedding starts {startup:.1f} s in, then a "
+        f"commit every {interval:.1f} s")
+  total = args.files + len(new) - len(deleted)
+  rows = kill_runs(cmd, index, args.kills, rng, startup,
+                   lambda done: (total - done) / args.commit_files * interval)
+  run_whole(cmd, index)
+  report("update", rows, compare(index, ref, args.sample, rng), interval, args.commit_files)
+  print(f"\n(folders under {tmp})")
+
+
+if __name__ == "__main__":
+  main()
