@@ -79,8 +79,6 @@ _MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "serve: windows per batched f
                                   "(a power of two).", lower_bound=1)
 _MAX_QUEUED = flags.DEFINE_integer("max_queued", 64, "serve: forward passes that may wait; "
                                    "more are refused with 503 and Retry-After.", lower_bound=1)
-_BATCH_WORKERS = flags.DEFINE_integer("batch_workers", 1, "serve: batched forward passes "
-                                      "run at once.", lower_bound=1)
 
 
 def _need_audio(command: str) -> str:
@@ -164,8 +162,7 @@ def _serve() -> int:
                    allow_hosts=_ALLOW_HOST.value, allow_origins=_ALLOW_ORIGIN.value,
                    show_paths=_SHOW_PATHS.value, max_upload_seconds=_MAX_UPLOAD_SECONDS.value,
                    batching=_BATCHING.value, batch_window_ms=_BATCH_WINDOW_MS.value,
-                   max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value,
-                   batch_workers=_BATCH_WORKERS.value)
+                   max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value)
   info = app.state.service.current()
   where = f"http://{_HOST.value}:{_PORT.value}/"
   print(f"serving {app.state.service.path}: {len(info.files)} files, "
