@@ -91,6 +91,17 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   tmp, clips = dataset
   real_make = parallel.make
 
+  # A slow disk, as on a loaded CI machine: the async save's final rename (of step 100's
+  # folder) lags behind training. Events, not sleeps, order it: the first poisoned step waits
+  # until that rename has begun, and the rename until the divergence error closes the
+  # checkpoint manager, which must then wait for the step-100 checkpoint to be complete.
+  import threading
+  import orbax.checkpoint as ocp
+  from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
+  rename_begun, closing = threading.Event(), threading.Event()
+  renaming, lagging, pending_at_close = {"100": False}, [], []
+  bound = 300   # seconds; only a hang reaches it, and then the assertions below fail
+
   def poisoned_make(*a, **kw):
     par = real_make(*a, **kw)
     real_step, calls = par.train_step, {"n": 0}
@@ -99,6 +110,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
       state, metrics = real_step(state, batch)
       calls["n"] += 1
       if calls["n"] > 142:   # after the step-140 console line, the loss "explodes"
+        rename_begun.wait(bound)
         metrics = dict(metrics, loss=metrics["loss"] * np.nan)
         lagging.append(renaming["100"])
       return state, metrics
@@ -107,23 +119,29 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
     return par
 
   monkeypatch.setattr(fit.parallel, "make", poisoned_make)
-  # A slow disk: the async save's final rename (of step 100's folder) lags behind training,
-  # as it did on a loaded CI machine; the divergence error must still wait for the step-100
-  # checkpoint to be complete.
-  from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
-  real_rename = async_path.rename
-  renaming, lagging = {"100": False}, []
+  real_rename, real_close = async_path.rename, ocp.CheckpointManager.close
 
   async def slow_rename(src, dst, *a, **kw):
     if os.path.basename(str(dst)) != "100":
       return await real_rename(src, dst, *a, **kw)
     renaming["100"] = True
-    await asyncio.sleep(8)
+    rename_begun.set()
+    for _ in range(bound * 100):
+      if closing.is_set():
+        break
+      await asyncio.sleep(0.01)
     result = await real_rename(src, dst, *a, **kw)
     renaming["100"] = False
     return result
 
+  def close(self):
+    if lagging:   # the divergence error's close, after the poisoned steps
+      pending_at_close.append(renaming["100"])
+      closing.set()
+    return real_close(self)
+
   monkeypatch.setattr(async_path, "rename", slow_rename)
+  monkeypatch.setattr(ocp.CheckpointManager, "close", close)
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
   cfg.model.init, cfg.model.widths = "scratch", (4, 8, 8, 16)
@@ -135,6 +153,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
                                                   r"checkpoint \(step 100\) is intact"):
     experiment.run(cfg, str(tmp_path / "wd"))
   assert lagging[0], "the poisoned steps ran after step 100's save was complete: no lag tested"
+  assert pending_at_close[:1] == [True], "the error did not close while step 100 was pending"
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints"), key=int) == ["50", "100"]
   assert len(leaves(saved_state(str(tmp_path / "wd"), 100))) > 20
 
