@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -177,33 +178,51 @@ def test_worker_processes_give_identical_data(tmp_path, folder):
     np.testing.assert_array_equal(a[i]["mel"], b[i]["mel"])
 
 
+_PAUSING_PREPARE = """
+import os, runpy, sys, time
+from jaxaudio.data import featurize
+real, calls = featurize.featurize, [0]
+def paused(*args, **kwargs):
+  calls[0] += 1
+  if calls[0] == int(os.environ["PAUSE_AT"]):   # the last file: train and validation written
+    open(os.environ["PAUSED"], "w").close()
+    while True:
+      time.sleep(60)                                  # the test SIGKILLs the process here
+  return real(*args, **kwargs)
+featurize.featurize = paused
+sys.argv = ["jaxaudio.prepare"] + sys.argv[1:]
+runpy.run_module("jaxaudio.prepare", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_killed_prepare_never_looks_complete(tmp_path, cli):
-  """SIGKILL a real `python -m jaxaudio.prepare` mid-build, then run it again."""
+  """SIGKILL a real `python -m jaxaudio.prepare` mid-build, then run it again. The kill comes
+  at an event, not a time: the command pauses (and says so in a file) as it reaches the last
+  file of the test split, after the train and validation splits were written."""
   import signal
   import subprocess
   import sys
-  import time
-  root = write_class_folder(str(tmp_path / "clips"), per_class=40, seconds=2.0)
-  args = [sys.executable, "-m", "jaxaudio.prepare", "--config=configs/folder.py",
-          f"--config.data.source=folder:{root}", f"--config.data.prepared_dir={tmp_path / 'p'}",
-          "--config.data.workers=1", "--quiet"]
-  proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
-  deadline = time.time() + 120
-  while time.time() < deadline:
-    tmp_dirs = [d for d in os.listdir(tmp_path / "p")] if os.path.isdir(tmp_path / "p") else []
-    if any(".tmp-" in d for d in tmp_dirs) and any(
-        f.endswith(".array_record-00000-of-00001") or "incomplete" in f
-        for d in tmp_dirs for _, dirs, files in os.walk(tmp_path / "p" / d) for f in dirs + files):
-      break
+  root = write_class_folder(str(tmp_path / "clips"), per_class=5, seconds=1.0)
+  flags = ["--config=configs/folder.py", f"--config.data.source=folder:{root}",
+           f"--config.data.prepared_dir={tmp_path / 'p'}", "--config.data.workers=1", "--quiet"]
+  cwd = os.path.dirname(os.path.dirname(__file__))
+  paused = tmp_path / "paused"
+  proc = subprocess.Popen([sys.executable, "-c", _PAUSING_PREPARE, *flags],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          env=dict(os.environ, PAUSE_AT="15", PAUSED=str(paused)))
+  while not paused.exists() and proc.poll() is None:
     time.sleep(0.05)
+  assert paused.exists(), proc.stderr.read()[-3000:]
+  (building,) = os.listdir(tmp_path / "p")
+  written = [f for _, _, files in os.walk(tmp_path / "p" / building) for f in files]
+  assert ".tmp-" in building and any(".array_record" in f for f in written), written
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   left = os.listdir(tmp_path / "p")
   assert left and all(".tmp-" in d for d in left)           # only a temporary build remains
   assert not any(prep.is_complete(str(tmp_path / "p" / d)) for d in left)
-  r = subprocess.run(args, capture_output=True, text=True,
-                     cwd=os.path.dirname(os.path.dirname(__file__)))
+  r = subprocess.run([sys.executable, "-m", "jaxaudio.prepare", *flags], capture_output=True,
+                     text=True, cwd=cwd)
   assert r.returncode == 0, r.stderr
   out = json.loads(r.stdout.strip().splitlines()[-1])
   assert out["built"] and prep.is_complete(out["prepared"])
