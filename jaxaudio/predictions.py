@@ -43,7 +43,7 @@ class CsvWriter:
                             + ["labels"] * (thresholds is not None) + ["top_k"] * (top_k > 1))
     if windows:
       self._windows = self._open(self.paths[1], ["file", "start", "end", "label"] + classes)
-      self._events = self._open(self.paths[2], ["file", "start", "end", "label", "peak"])
+      self._events = self._open(self.paths[2], EVENT_COLUMNS)
 
   def _open(self, path: str, header: list[str]):
     f = open(path, "w", newline="")  # pylint: disable=consider-using-with  (closed in close)
@@ -64,14 +64,38 @@ class CsvWriter:
         self._windows.writerow([pred.file, f"{s:.3f}", f"{e:.3f}",
                                 self.classes[int(row.argmax())]] + [f"{p:.6f}" for p in row])
       for ev in pred.events:
-        self._events.writerow([pred.file, f"{ev.start:.3f}", f"{ev.end:.3f}", ev.label,
-                               f"{ev.peak:.6f}"])
+        self._events.writerow(_event_row(pred.file, ev))
     for f in self._files:
       f.flush()
 
   def close(self) -> None:
     for f in self._files:
       f.close()
+
+
+EVENT_COLUMNS = ["file", "start", "end", "label", "peak"]
+
+
+def _event_row(file: str, ev) -> list[str]:
+  return [file, f"{ev.start:.3f}", f"{ev.end:.3f}", ev.label, f"{ev.peak:.6f}"]
+
+
+class EventsWriter:
+  """An events CSV alone (the columns of predict's PREFIX.events.csv): search detect's."""
+
+  def __init__(self, out: str):
+    self.paths = [out]
+    self._f = open(out, "w", newline="")  # pylint: disable=consider-using-with
+    self._w = csv.writer(self._f)
+    self._w.writerow(EVENT_COLUMNS)
+
+  def add(self, pred: Prediction) -> None:
+    for ev in pred.events:
+      self._w.writerow(_event_row(pred.file, ev))
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
 
 
 class RavenWriter:

@@ -67,8 +67,23 @@ def _check_seconds(path: str, seconds: float, max_seconds: float | None) -> None
                      "limit (data.max_seconds, or --max_seconds).")
 
 
-def _blocks_soundfile(path: str, max_seconds: float | None):
-  """(rate, iterator of mono float32 blocks) through libsndfile; None if it cannot open it."""
+def _check_span(path: str, span: tuple[float, float] | None, seconds: float
+                ) -> tuple[float, float]:
+  """The [start, end) seconds to decode: the whole file, or a segment that starts inside it
+  (an end past the file's end is its end)."""
+  if span is None:
+    return 0.0, seconds
+  start, end = span
+  if not 0.0 <= start < end or start >= seconds:
+    raise AudioError(f"{path}: the segment {start:g}-{end:g} s is not inside the file's "
+                     f"{seconds:.3f} s; fix the segment's start and end.")
+  return start, min(end, seconds)
+
+
+def _blocks_soundfile(path: str, max_seconds: float | None,
+                      span: tuple[float, float] | None = None):
+  """(rate, iterator of mono float32 blocks) through libsndfile; None if it cannot open it.
+  With `span`, only that segment is read (a seek, not a decode of what comes before)."""
   import soundfile as sf  # pylint: disable=import-outside-toplevel
   try:
     f = sf.SoundFile(path)
@@ -77,17 +92,23 @@ def _blocks_soundfile(path: str, max_seconds: float | None):
   rate, frames, channels = f.samplerate, f.frames, max(1, f.channels)
   try:
     _check_rate(path, rate)
-    _check_seconds(path, frames / rate, max_seconds)
+    start, end = _check_span(path, span, frames / rate)
+    _check_seconds(path, end - start, max_seconds)
+    first, last = int(round(start * rate)), min(frames, int(round(end * rate)))
+    if first:
+      f.seek(first)
   except AudioError:
     f.close()
     raise
   block = max(1, BLOCK_BYTES // (4 * channels))
 
   def blocks():
+    left = last - first
     with f:
-      while True:
+      while left > 0:
         try:
-          data = f.read(block, dtype="float32", always_2d=True)
+          data = f.read(min(block, left), dtype="float32", always_2d=True)
+          left -= len(data)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
           raise AudioError(f"{path}: cannot decode audio past {f.tell() / rate:.1f} s ({err}): "
                            "the file is corrupt or truncated; re-export it or remove it.") from err
@@ -97,7 +118,8 @@ def _blocks_soundfile(path: str, max_seconds: float | None):
   return rate, blocks()
 
 
-def _blocks_audioread(path: str, max_seconds: float | None):
+def _blocks_audioread(path: str, max_seconds: float | None,
+                      span: tuple[float, float] | None = None):
   """(rate, [mono float32]) for formats libsndfile lacks (m4a, wma, ...), through
   audioread/ffmpeg; the header is checked first (rate before duration, which divides by
   it) and the read stops just past the limit."""
@@ -105,22 +127,26 @@ def _blocks_audioread(path: str, max_seconds: float | None):
   import librosa  # pylint: disable=import-outside-toplevel
   with audioread.audio_open(path) as f:
     _check_rate(path, f.samplerate)
-    _check_seconds(path, f.duration, max_seconds)
+    start, end = _check_span(path, span, f.duration)
+    _check_seconds(path, end - start, max_seconds)
+  duration = None if span is None else end - start
+  if max_seconds is not None:
+    duration = min(duration or max_seconds + 1.0, max_seconds + 1.0)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    data, rate = librosa.load(path, sr=None, mono=True, dtype=np.float32,
-                              duration=None if max_seconds is None else max_seconds + 1.0)
+    data, rate = librosa.load(path, sr=None, mono=True, dtype=np.float32, offset=start,
+                              duration=duration)
   _check_seconds(path, len(data) / rate, max_seconds)  # a header that understated it
   return int(rate), iter([data])
 
 
-def _open_blocks(path: str, max_seconds: float | None):
+def _open_blocks(path: str, max_seconds: float | None, span: tuple[float, float] | None):
   """(source rate, iterator of mono float32 blocks), header checked, or one AudioError."""
-  opened = _blocks_soundfile(path, max_seconds)
+  opened = _blocks_soundfile(path, max_seconds, span)
   if opened is not None:
     return opened
   try:
-    return _blocks_audioread(path, max_seconds)
+    return _blocks_audioread(path, max_seconds, span)
   except AudioError:
     raise
   except Exception as err:  # pylint: disable=broad-except
@@ -161,21 +187,23 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
   return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32)
 
 
-def read_audio(path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS
-               ) -> tuple[np.ndarray, int]:
+def read_audio(path: str | os.PathLike, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+               span: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
   """(mono float32 waveform, its own sample rate); AudioError names the file and the fix.
-  `max_seconds=None` lifts the duration limit (the rate range always holds)."""
+  `max_seconds=None` lifts the duration limit (the rate range always holds); `span` reads
+  only the segment [start, end) seconds (the limit then applies to the segment)."""
   path = _checked_path(path)
-  rate, blocks = _open_blocks(path, max_seconds)
+  rate, blocks = _open_blocks(path, max_seconds, span)
   return _checked_samples(path, _concat(list(blocks))), int(rate)
 
 
 def decode(path: str | os.PathLike, sample_rate: int,
-           max_seconds: float | None = DEFAULT_MAX_SECONDS) -> tuple[np.ndarray, int]:
+           max_seconds: float | None = DEFAULT_MAX_SECONDS,
+           span: tuple[float, float] | None = None) -> tuple[np.ndarray, int]:
   """(mono float32 waveform at `sample_rate`, the file's own rate), resampled block by block
-  as it decodes, so the file's own rate is never held whole."""
+  as it decodes, so the file's own rate is never held whole; `span` as in read_audio."""
   path = _checked_path(path)
-  rate, blocks = _open_blocks(path, max_seconds)
+  rate, blocks = _open_blocks(path, max_seconds, span)
   if rate == sample_rate:
     return _checked_samples(path, _concat(list(blocks))), int(rate)
   import soxr  # pylint: disable=import-outside-toplevel

@@ -48,16 +48,18 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
               path: str | None = None, waveform: np.ndarray | None = None,
-              rate: int = 0, max_seconds: float | None = DEFAULT_MAX_SECONDS) -> Result:
+              rate: int = 0, max_seconds: float | None = DEFAULT_MAX_SECONDS,
+              span: tuple[float, float] | None = None) -> Result:
   """Decode (or take `waveform` at `rate`), clean up and cut into log-mel windows.
 
   Bad audio comes back as Result.error, one sentence, so a worker never dies on a file; a
   file declaring more than `max_seconds` is refused before it is decoded (jaxaudio.audio.io).
+  `span` (start, end seconds) takes only that segment of the file: offsets count from it.
   """
   spec = FrontendSpec.from_dict(spec_dict)
   try:
     if path is not None:  # decoded once, resampled as it decodes; its rate goes into the report
-      x, rate = decode(path, spec.sample_rate, max_seconds)
+      x, rate = decode(path, spec.sample_rate, max_seconds, span)
     else:
       x = _as_float(np.asarray(waveform)).reshape(-1) if waveform is not None else np.zeros(0)
       if x.size == 0:

@@ -112,13 +112,13 @@ def open_prepared(root: str, expected_spec: FrontendSpec | None = None,
   return prepared
 
 
-def _tasks(listing: Listing, split: str) -> Iterator[tuple[int, str | None, Any, int]]:
-  """(index, path or None, waveform or None, rate) in listing order; TFDS audio is read
-  lazily."""
+def _tasks(listing: Listing, split: str) -> Iterator[tuple]:
+  """(index, path or None, waveform or None, rate[, segment]) in listing order; TFDS audio
+  is read lazily."""
   clips = listing.split(split)
   if listing.tfds is None:
     for i, c in enumerate(clips):
-      yield i, c.path, None, 0
+      yield (i, c.path, None, 0) + ((c.span,) if c.span else ())
     return
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   t = listing.tfds
@@ -128,9 +128,9 @@ def _tasks(listing: Listing, split: str) -> Iterator[tuple[int, str | None, Any,
 
 
 def _run(task, spec_dict, settings, max_seconds):
-  i, path, wave, rate = task
+  i, path, wave, rate, *span = task
   return featurize.featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate,
-                             max_seconds=max_seconds)
+                             max_seconds=max_seconds, span=span[0] if span else None)
 
 
 _SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -171,7 +171,8 @@ class Featurizer:
   """Feature extraction on every core: spawned workers (no inherited JAX/TF threads or
   state), bounded chunks so a large TFDS split is never all in memory, results in order.
 
-  Tasks are (index, path or None, waveform or None, rate), as featurize.featurize takes them;
+  Tasks are (index, path or None, waveform or None, rate[, (start, end) segment]), as
+  featurize.featurize takes them;
   prepare and the search indexer share this pool."""
 
   def __init__(self, workers: int):

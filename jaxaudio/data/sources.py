@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import os
 import re
 import warnings
@@ -52,6 +53,12 @@ class Clip:
   tfds_index: int = -1         # position in its TFDS split
   fold: int = 0                # a CSV's `fold` column (ESC-50), 0 when there is none
   group: str = ""              # speaker / session / source (data.group); "" = none
+  start: float = 0.0           # a segment of the file (a CSV's start/end columns), seconds;
+  end: float = 0.0             # end 0 = the whole file
+
+  @property
+  def span(self) -> tuple[float, float] | None:
+    return (self.start, self.end) if self.end > 0 else None
 
 
 @dataclasses.dataclass
@@ -281,11 +288,19 @@ def _list_csv(path: str, cfg) -> Listing:
   val_folds = {int(x) for x in cfg.validation_folds}
   test_folds = {int(x) for x in cfg.test_folds}
   clips, ignored = [], []
+  # A `negatives` column (search labels --export) makes the task multi-label: a row may hold
+  # no positive class at all, and the classes it names as absent are classes all the same.
+  with_negatives = "negatives" in header
+  negatives = set()
+  segments = "start" in header and "end" in header
   for line, r in enumerate(rows, start=2):
     labels = tuple(sorted({l.strip() for l in r[label_col].split(";") if l.strip()}))
-    if not labels:
+    if with_negatives:
+      negatives |= {l.strip() for l in r.get("negatives", "").split(";") if l.strip()}
+    if not labels and not (with_negatives and r.get("negatives")):
       ignored.append((f"{path}:{line}", "no label"))
       continue
+    start, end = _segment(path, line, r) if segments else (0.0, 0.0)
     if "split" in header and r.get("split"):
       split = _SPLIT_NAMES.get(r["split"].lower())
       if split is None:
@@ -301,17 +316,34 @@ def _list_csv(path: str, cfg) -> Listing:
     if group_col and not r.get(group_col):
       raise DataError(f"{path}:{line}: the {group_col!r} column is empty; give every clip its "
                       "group.")
-    clips.append(Clip(key=r[path_col], labels=labels, split=split, path=audio, fold=fold,
-                      group=r[group_col] if group_col else ""))
+    key = r[path_col] if not end else f"{r[path_col]}@{start:.3f}-{end:.3f}"
+    clips.append(Clip(key=key, labels=labels, split=split, path=audio, fold=fold,
+                      group=r[group_col] if group_col else "", start=start, end=end))
   if "fold" in header and "split" not in header:
     folds = {int(r["fold"]) for r in rows if r.get("fold")}
     missing = sorted((val_folds | test_folds) - folds)
     if missing:
       raise DataError(f"{path}: folds {missing} chosen in data.validation_folds/test_folds do "
                       f"not occur (folds present: {sorted(folds)}); pick existing folds.")
-    return _finish(f"csv:{path}", clips, ignored)
+    return _finish(f"csv:{path}", clips, ignored, with_negatives, negatives)
   clips = _with_groups(clips, cfg, f"csv:{path}")
-  return _finish(f"csv:{path}", _fill_missing_splits(clips, cfg), ignored)
+  return _finish(f"csv:{path}", _fill_missing_splits(clips, cfg), ignored, with_negatives,
+                 negatives)
+
+
+def _segment(path: str, line: int, r: dict[str, str]) -> tuple[float, float]:
+  """(start, end) of a CSV row's segment; empty cells mean the whole file."""
+  if not r.get("start") and not r.get("end"):
+    return 0.0, 0.0
+  try:
+    start, end = float(r.get("start") or 0.0), float(r["end"])
+  except (KeyError, ValueError) as err:
+    raise DataError(f"{path}:{line}: start={r.get('start')!r} end={r.get('end')!r} are not "
+                    "seconds; give numbers, or leave both empty for the whole file.") from err
+  if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end):
+    raise DataError(f"{path}:{line}: start={start:g} end={end:g} is not a segment; give "
+                    "0 <= start < end in seconds.")
+  return start, end
 
 
 def _list_tfds(name: str, cfg) -> Listing:
@@ -361,10 +393,14 @@ def _list_tfds(name: str, cfg) -> Listing:
   return listing
 
 
-def _finish(source: str, clips: list[Clip], ignored: list[tuple[str, str]]) -> Listing:
+def _finish(source: str, clips: list[Clip], ignored: list[tuple[str, str]],
+            multi_label: bool = False, more_classes: set[str] | frozenset = frozenset()
+            ) -> Listing:
+  """The sorted listing; `multi_label` forces a multi-label task (explicit negatives) and
+  `more_classes` adds classes that only negatives name."""
   clips = sorted(clips, key=lambda c: (SPLITS.index(c.split), c.key))
-  classes = tuple(sorted({l for c in clips for l in c.labels}))
-  multi = any(len(c.labels) > 1 for c in clips)
+  classes = tuple(sorted({l for c in clips for l in c.labels} | set(more_classes)))
+  multi = multi_label or any(len(c.labels) > 1 for c in clips)
   return Listing(source=source, clips=clips, classes=classes, multi_label=multi, ignored=ignored)
 
 
@@ -375,9 +411,10 @@ def validate(listing: Listing) -> None:
       raise DataError(f"{listing.source}: the {split} split has no clips; add files for it or "
                       "set data.val_fraction / data.test_fraction so it is carved from train.")
   train = Counter(l for c in listing.split("train") for l in c.labels)
-  if len(train) < 2:
+  if len(train) < (1 if listing.multi_label else 2):
     raise DataError(f"{listing.source}: train has {len(train)} class(es); a classifier needs at "
-                    "least two.")
+                    "least two (or one, with explicit negatives: a multi-label CSV with a "
+                    "`negatives` column).")
   for split in ("validation", "test"):
     unseen = sorted({l for c in listing.split(split) for l in c.labels} - set(train))
     if unseen:

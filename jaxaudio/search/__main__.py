@@ -4,6 +4,14 @@
   python -m jaxaudio.search query --index=PATH --audio=FILE [--start=S --end=E] [--k=10] [--json]
   python -m jaxaudio.search serve --index=PATH [--host=127.0.0.1] [--port=8000] [--token=T]
 
+Labels from search (agile modelling; jaxaudio/search/labels.py, learn.py):
+  python -m jaxaudio.search label --index=PATH --file=F --start=S --end=E --label=CLASS [--negative]
+  python -m jaxaudio.search label --index=PATH --from=RANKING.json --accept=1,3 [--reject=2]
+  python -m jaxaudio.search labels --index=PATH [--export=labels.csv]
+  python -m jaxaudio.search learn --index=PATH --label=CLASS[,CLASS...]
+  python -m jaxaudio.search rank --index=PATH --label=CLASS --k=K [--strategy=top|margin|mixed] [--json]
+  python -m jaxaudio.search detect --index=PATH --label=CLASS [--threshold=T] --out=FILE [--format=csv|raven]
+
 `index` embeds every audio file under FOLDER with the run's best checkpoint (exported to
 RUN/export/ on first use; or pass --model=EXPORT_DIR) and brings PATH up to date: only new
 or changed files are embedded, deleted ones are dropped. `query` prints the best-matching
@@ -77,6 +85,30 @@ _BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 2.0, "serve: how long a
                                       "waits for other requests' windows, ms.", lower_bound=0)
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "serve: windows per batched forward pass "
                                   "(a power of two).", lower_bound=1)
+_LABEL = flags.DEFINE_list("label", [], "label/learn/rank/detect: the class (learn: one or "
+                           "more, comma-separated).")
+_LABELS = flags.DEFINE_string("labels", None, "label database: an SQLAlchemy URL such as "
+                              "postgresql://USER@HOST/DB for a team (default: PATH/labels.sqlite).")
+_FILE = flags.DEFINE_string("file", None, "label: the indexed file the span belongs to.")
+_NEGATIVE = flags.DEFINE_bool("negative", False, "label: the span does not hold the class.")
+_FROM = flags.DEFINE_string("from", None, "label: a ranking or query written with --json; "
+                            "--accept/--reject name its results by rank (1-based).")
+_ACCEPT = flags.DEFINE_list("accept", [], "label --from: ranks that hold the class ('all' for "
+                            "every result).")
+_REJECT = flags.DEFINE_list("reject", [], "label --from: ranks that do not hold it ('rest' for "
+                            "every result not accepted).")
+_STRATEGY = flags.DEFINE_enum("strategy", "top", ["top", "margin", "mixed"], "rank: the "
+                              "classifier's best windows, the least certain ones, or both.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "detect: probability cut (default: the "
+                                "classifier's cross-validated threshold).")
+_OUT = flags.DEFINE_string("out", None, "detect: the events file to write.")
+_FORMAT = flags.DEFINE_enum("format", "csv", ["csv", "raven"], "detect: csv (file, start, end, "
+                            "label, peak) or a Raven selection table.")
+_EXPORT = flags.DEFINE_string("export", None, "labels: write every label to this CSV, the "
+                              "training set --config.data.source=csv:FILE reads.")
+_WEAK_WEIGHT = flags.DEFINE_float("weak_weight", 0.05, "learn: weight of each unlabelled "
+                                  "window as a negative (1 = a labelled negative).",
+                                  lower_bound=0.0)
 _MAX_QUEUED = flags.DEFINE_integer("max_queued", 64, "serve: forward passes that may wait; "
                                    "more are refused with 503 and Retry-After.", lower_bound=1)
 
@@ -179,9 +211,95 @@ def _serve() -> int:
   return 0
 
 
+def _labels_at() -> str:
+  return _LABELS.value or _INDEX.value
+
+
+def _one_label(command: str) -> str:
+  if len(_LABEL.value) != 1:
+    raise JaxAudioError(f"{command} needs one class: --label=CLASS.")
+  return _LABEL.value[0]
+
+
+def _label() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.search import agile
+  archive = agile.open_archive(_INDEX.value)
+  if _FROM.value:
+    stored = agile.label_ranking(archive, _labels_at(), _FROM.value, _ACCEPT.value,
+                                 _REJECT.value, _LABEL.value[0] if _LABEL.value else None)
+  else:
+    if _FILE.value is None or _START.value is None or _END.value is None:
+      raise JaxAudioError("label needs --file=F --start=S --end=E --label=CLASS (or --from="
+                          "RANKING.json --accept=...).")
+    stored = agile.label_span(archive, _labels_at(), _FILE.value, _START.value, _END.value,
+                              _one_label("label"), not _NEGATIVE.value)
+  for lab in stored:
+    print(f"{'yes' if lab.positive else 'not'} {lab.label}: {lab.file} {lab.start:.3f}-"
+          f"{lab.end:.3f} s")
+  print(f"stored {len(stored)} label(s)")
+  return 0
+
+
+def _list_labels() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.search import agile
+  counts, written = agile.list_labels(_INDEX.value, _labels_at(), _EXPORT.value)
+  for name, c in counts.items():
+    print(f"{name}: {c['positive']} positive, {c['negative']} negative")
+  if written:
+    print(f"wrote {written}")
+  return 0
+
+
+def _learn() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.search import learn
+  if not _LABEL.value:
+    raise JaxAudioError("learn needs --label=CLASS[,CLASS...].")
+  for clf in learn.learn(_INDEX.value, _LABEL.value, _LABELS.value, _WEAK_WEIGHT.value):
+    st = clf.stats
+    print(f"{clf.label}: {st['labels']['positive']} positive / {st['labels']['negative']} "
+          f"negative labels ({st['positive_windows']} / {st['negative_windows']} windows, "
+          f"{st['weak_windows']} weak negatives); threshold {clf.threshold:.3f} "
+          f"({st['threshold_from']}): precision {st['precision_at_threshold']:.2f}, recall "
+          f"{st['recall_at_threshold']:.2f} on the labelled windows; {st['seconds']:.1f} s")
+  return 0
+
+
+def _rank() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.search import agile
+  ranking = agile.ranking(_INDEX.value, _labels_at(), _one_label("rank"), _K.value,
+                          _STRATEGY.value)
+  if _JSON.value:
+    print(json.dumps(ranking, indent=1))
+    return 0
+  print(f"{ranking['label']} ({ranking['strategy']}; threshold {ranking['threshold']:.3f})")
+  print("rank   score  offset s  file")
+  for i, h in enumerate(ranking["results"], 1):
+    print(f"{i:4d}  {h['score']:.4f}  {h['offset']:8.2f}  {h['file']}")
+  return 0
+
+
+def _detect() -> int:
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.search import agile
+  if not _OUT.value:
+    raise JaxAudioError("detect needs --out=FILE for the events.")
+  n, files = agile.write_detections(_INDEX.value, _one_label("detect"), _THRESHOLD.value,
+                                    _OUT.value, _FORMAT.value)
+  print(f"{n} events in {files} files; wrote {_OUT.value}")
+  return 0
+
+
+COMMANDS = {"index": _index, "query": _query, "serve": _serve, "label": _label,
+            "labels": _list_labels, "learn": _learn, "rank": _rank, "detect": _detect}
+
+
 def main(argv):
-  return {"index": _index, "query": _query, "serve": _serve}[argv[1]]()
+  return COMMANDS[argv[1]]()
 
 
 if __name__ == "__main__":
-  cli.run(main, commands=("index", "query", "serve"))
+  cli.run(main, commands=tuple(COMMANDS))

@@ -1,0 +1,399 @@
+"""Learn in seconds: one-vs-rest linear classifiers on an index's window embeddings, trained
+in JAX from the labels kept beside the index, then ranking and detection over the archive.
+
+Targets. A window (row) is a positive of class C when it overlaps a positive label of C by
+more than half of the shorter of the two (window, labelled span), an explicit negative when
+it overlaps a negative label of C so, and a weak negative of C otherwise: unlabelled windows are
+mostly not C, so they count as negatives at a small weight (`weak_weight`, per window), as
+perch-hoplite's agile classifier treats them. Class balance: positives carry half of each
+class's loss, negatives (explicit and weak together) the other half, whatever the counts.
+
+Threshold. Labelled windows are dealt into folds by file (by labelled span when one file
+holds every label), so overlapping windows of one sound never sit on both sides; each fold is
+scored by a classifier trained on the others, and the threshold is the one that maximises F1
+over those out-of-fold scores of the labelled windows. Precision and recall at it are stated
+for the labelled windows (an estimate: which windows got labelled is not a random sample).
+
+A classifier is stored in PATH/classifiers/CLASS.json with the identity of the model whose
+embeddings it was trained on; another index's embeddings are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxaudio.errors import JaxAudioError
+from jaxaudio.inference import Prediction, detect_events
+from jaxaudio.search import store
+from jaxaudio.search.labels import Label, LabelError, LabelStore
+
+CLASSIFIERS = "classifiers"
+WEAK_WEIGHT = 0.05       # per unlabelled window, against 1 per labelled one
+MAX_WEAK = 20_000        # unlabelled windows sampled as weak negatives
+L2 = 1e-4
+STEPS = 300
+LEARNING_RATE = 0.05
+FOLDS = 5
+
+
+class ClassifierError(JaxAudioError):
+  """A stored classifier that is missing or belongs to another model's embeddings."""
+
+
+@dataclasses.dataclass
+class Archive:
+  """An index's rows as the classifier needs them."""
+
+  embeddings: np.ndarray      # float32 [N, D], L2-normalised
+  offsets: np.ndarray         # float32 [N], window start in seconds
+  file_of_row: np.ndarray     # int32 [N]
+  files: list[store.Entry]
+  window_seconds: float
+  hop_seconds: float
+  fmax: float                 # the frontend's top frequency (Raven tables draw up to it)
+  identity: dict[str, Any]    # model, weights_sha256, embedding_dim
+
+  @property
+  def durations(self) -> dict[str, float]:
+    return {e.path: e.seconds for e in self.files}
+
+  def file_rows(self) -> dict[str, tuple[int, int]]:
+    """{path: (first row, end row)}: rows are stored file by file."""
+    out, pos = {}, 0
+    for e in self.files:
+      out[e.path] = (pos, pos + e.count)
+      pos += e.count
+    return out
+
+
+def open_archive(index_path: str) -> Archive:
+  manifest = store.read_manifest(index_path)
+  rows = store.load_rows(index_path, manifest)
+  spec = manifest.model["frontend"]
+  window = spec["frames_per_window"] * spec["hop_length"] / spec["sample_rate"]
+  hop_frames = max(1, int(round(spec["frames_per_window"]
+                                * manifest.model.get("settings", {}).get("window_hop", 0.5))))
+  return Archive(rows.embeddings, rows.offsets, rows.file_of_row, rows.files, window,
+                 hop_frames * spec["hop_length"] / spec["sample_rate"], float(spec["fmax"]),
+                 _identity(manifest))
+
+
+def _identity(manifest: store.Manifest) -> dict[str, Any]:
+  return {k: manifest.model[k] for k in ("model", "weights_sha256", "embedding_dim")}
+
+
+def _overlapping(archive: Archive, rows: dict[str, tuple[int, int]], lab: Label) -> np.ndarray:
+  """Rows of `lab.file` whose window overlaps the span by more than half the shorter of the
+  two (a window half outside a long span is mostly something else)."""
+  lo, hi = rows.get(lab.file, (0, 0))
+  start = archive.offsets[lo:hi].astype(np.float64)
+  end = start + archive.window_seconds
+  overlap = np.minimum(end, lab.end) - np.maximum(start, lab.start)
+  need = 0.5 * min(archive.window_seconds, lab.end - lab.start)
+  return lo + np.flatnonzero(overlap > need + 1e-9)
+
+
+def targets(archive: Archive, labels: Sequence[Label], classes: Sequence[str]
+            ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+  """(positive [N, C] bool, negative [N, C] bool, the rows of each label)."""
+  n, index = len(archive.offsets), {c: j for j, c in enumerate(classes)}
+  pos, neg = np.zeros((n, len(classes)), bool), np.zeros((n, len(classes)), bool)
+  rows = archive.file_rows()
+  spans = []
+  for lab in labels:
+    hit = _overlapping(archive, rows, lab)
+    spans.append(hit)
+    if lab.label in index:
+      (pos if lab.positive else neg)[hit, index[lab.label]] = True
+  neg &= ~pos   # a window holding the sound somewhere is a positive
+  return pos, neg, spans
+
+
+@jax.jit
+def _fit(x, pos, neg, weak, weak_weight, l2):
+  """Weighted one-vs-rest logistic regression by full-batch Adam; rows with all three masks
+  False are padding. Returns (W [D, C], b [C])."""
+  pos, neg, weak = (m.astype(jnp.float32) for m in (pos, neg, weak))
+  n_pos = jnp.maximum(pos.sum(0), 1.0)
+  n_neg = neg.sum(0) + weak_weight * weak.sum(0)
+  w = 0.5 * pos / n_pos + 0.5 * (neg + weak_weight * weak) / jnp.maximum(n_neg, 1e-6)
+  prior = jnp.clip(pos.sum(0) / jnp.maximum(pos.sum(0) + neg.sum(0) + weak.sum(0), 1.0),
+                   1e-4, 1 - 1e-4)
+  params = {"w": jnp.zeros((x.shape[1], pos.shape[1])), "b": jnp.log(prior / (1 - prior))}
+  opt = optax.adam(LEARNING_RATE)
+
+  def loss(p):
+    logits = x @ p["w"] + p["b"]
+    bce = optax.sigmoid_binary_cross_entropy(logits, pos)
+    return jnp.sum(w * bce) / pos.shape[1] + l2 * jnp.sum(p["w"] ** 2)
+
+  def step(carry, _):
+    p, state = carry
+    g = jax.grad(loss)(p)
+    updates, state = opt.update(g, state, p)
+    return (optax.apply_updates(p, updates), state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=STEPS)
+  return params["w"], params["b"]
+
+
+def _padded(n: int) -> int:
+  """Row counts padded to 1/8-octave steps, so folds and re-learns reuse compilations."""
+  if n <= 256:
+    return 256
+  step = 2 ** (int(math.log2(n)) - 3)
+  return int(math.ceil(n / step) * step)
+
+
+def fit(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, weak: np.ndarray,
+        weak_weight: float = WEAK_WEIGHT, l2: float = L2) -> tuple[np.ndarray, np.ndarray]:
+  """Train on the rows given (masks [n, C]); returns numpy (W [D, C], b [C])."""
+  n = len(x)
+  size = _padded(n)
+  pad = lambda a: np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)])  # noqa: E731
+  w, b = _fit(jnp.asarray(pad(x)), pad(pos), pad(neg), pad(weak), jnp.float32(weak_weight),
+              jnp.float32(l2))
+  return np.asarray(w), np.asarray(b)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+  return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def best_threshold(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+  """(threshold, precision, recall) maximising F1 of `scores >= threshold` against `truth`;
+  the threshold sits midway between the cut score and the next lower one."""
+  order = np.argsort(-scores, kind="stable")
+  s, t = scores[order], truth[order].astype(np.float64)
+  tp = np.cumsum(t)
+  precision = tp / np.arange(1, len(t) + 1)
+  recall = tp / max(t.sum(), 1.0)
+  f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+  last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])   # only cut between distinct scores
+  i = int(last[np.argmax(f1[last])])
+  below = s[i + 1] if i + 1 < len(s) else s[i] - 1e-3
+  return float(0.5 * (s[i] + below)), float(precision[i]), float(recall[i])
+
+
+@dataclasses.dataclass
+class Classifier:
+  """One class's linear classifier over an index's embeddings."""
+
+  label: str
+  weights: np.ndarray    # float32 [D]
+  bias: float
+  threshold: float       # probability
+  identity: dict[str, Any]
+  stats: dict[str, Any]  # labels, windows, cross-validated precision/recall, seconds
+
+  def scores(self, embeddings: np.ndarray) -> np.ndarray:
+    return _sigmoid(embeddings @ self.weights + self.bias).astype(np.float32)
+
+  def save(self, index_path: str) -> str:
+    folder = os.path.join(index_path, CLASSIFIERS)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{_slug(self.label)}.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump({"label": self.label, "weights": self.weights.tolist(), "bias": self.bias,
+                 "threshold": self.threshold, "model": self.identity, "stats": self.stats}, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    store.fsync_path(folder)
+    return path
+
+
+def load_classifier(index_path: str, label: str, archive: Archive) -> Classifier:
+  path = os.path.join(index_path, CLASSIFIERS, f"{_slug(label)}.json")
+  if not os.path.isfile(path):
+    raise ClassifierError(f"{index_path} has no classifier for {label!r}; train it with "
+                          f"python -m jaxaudio.search learn --index={index_path} "
+                          f"--label={label}.")
+  with open(path) as f:
+    raw = json.load(f)
+  if raw["model"] != archive.identity:
+    raise ClassifierError(
+        f"the classifier for {label!r} was trained on embeddings of {raw['model']['model']} "
+        f"(weights sha256 {raw['model']['weights_sha256'][:12]}...), not on this index's "
+        f"{archive.identity['model']} ({archive.identity['weights_sha256'][:12]}...); run "
+        "learn again on this index (the labels carry over).")
+  return Classifier(raw["label"], np.asarray(raw["weights"], np.float32), float(raw["bias"]),
+                    float(raw["threshold"]), raw["model"], raw["stats"])
+
+
+def _slug(label: str) -> str:
+  return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label) or "_"
+
+
+def _folds(labels: Sequence[Label], spans: list[np.ndarray], n: int, folds: int,
+           seed: int) -> np.ndarray:
+  """Fold (0..K-1) of every row touched by a label, -1 elsewhere: whole files per fold, or
+  whole labelled spans when one file holds all labels."""
+  keys = [lab.file for lab in labels]
+  if len(set(keys)) < 2:
+    keys = [f"{lab.file}@{lab.start}" for lab in labels]
+  groups = sorted(set(keys))
+  rng = np.random.default_rng(seed)
+  fold_of_group = dict(zip(groups, rng.permutation(len(groups)) % folds))
+  fold = np.full(n, -1, np.int32)
+  for key, rows in zip(keys, spans):
+    fold[rows] = np.where(fold[rows] < 0, fold_of_group[key], fold[rows])
+  return fold
+
+
+def learn(index_path: str, classes: Sequence[str], labels_at: str | None = None,
+          weak_weight: float = WEAK_WEIGHT, folds: int = FOLDS, seed: int = 0,
+          archive: Archive | None = None) -> list[Classifier]:
+  """Train, cross-validate the threshold of, and store one classifier per class."""
+  t0 = time.perf_counter()
+  archive = archive or open_archive(index_path)
+  store_ = LabelStore(labels_at or index_path)
+  try:
+    labels = store_.all()
+  finally:
+    store_.close()
+  classes = list(dict.fromkeys(classes))
+  for c in classes:
+    have = [lab for lab in labels if lab.label == c]
+    if not any(lab.positive for lab in have):
+      raise LabelError(f"class {c!r} has no positive label{' (only negatives)' if have else ''}; "
+                       f"label at least one window that holds it (python -m jaxaudio.search "
+                       f"label ... --label={c}) before learn.")
+  pos, neg, spans = targets(archive, labels, classes)
+  for j, c in enumerate(classes):
+    if not pos[:, j].any():
+      raise LabelError(f"class {c!r}: no indexed window overlaps its positive labels (the "
+                       "files changed, or the spans are shorter than the index's windows "
+                       "allow); label spans inside indexed files.")
+  labelled = pos.any(1) | neg.any(1) | np.isin(np.arange(len(pos)), np.concatenate(spans))
+  rng = np.random.default_rng(seed)
+  unlabelled = np.flatnonzero(~labelled)
+  weak_rows = np.sort(rng.choice(unlabelled, min(MAX_WEAK, len(unlabelled)), replace=False))
+  lab_rows = np.flatnonzero(labelled)
+  rows = np.concatenate([lab_rows, weak_rows])
+  x = archive.embeddings[rows]
+  p, ng = pos[rows], neg[rows]
+  weak = ~(p | ng)          # weak for a class: not labelled for it
+  fold_of_row = _folds(labels, spans, len(pos), folds, seed)[rows]
+  fold_of_row[len(lab_rows):] = rng.integers(0, folds, len(weak_rows))
+  k = len(np.unique(fold_of_row[:len(lab_rows)]))
+  oof = np.full(p.shape, np.nan, np.float32)
+  if k >= 2:
+    for f in range(folds):
+      held = fold_of_row == f
+      if not held[:len(lab_rows)].any():
+        continue
+      w, b = fit(x[~held], p[~held], ng[~held], weak[~held], weak_weight)
+      oof[held] = _sigmoid(x[held] @ w + b)
+  w, b = fit(x, p, ng, weak, weak_weight)
+  out = []
+  for j, c in enumerate(classes):
+    truth_rows = np.flatnonzero(p[:, j] | ng[:, j])
+    judged = truth_rows[~np.isnan(oof[truth_rows, j])]
+    if k >= 2 and p[judged, j].any() and (~p[judged, j]).any():
+      threshold, precision, recall = best_threshold(oof[judged, j], p[judged, j])
+      how = f"{k}-fold cross-validation by {'file' if len({l.file for l in labels}) > 1 else 'labelled span'}"
+    else:
+      threshold, precision, recall = 0.5, float("nan"), float("nan")
+      how = "not cross-validated (too few labels or no negative label): 0.5"
+    counts = {"positive": sum(lab.positive for lab in labels if lab.label == c),
+              "negative": sum(not lab.positive for lab in labels if lab.label == c)}
+    stats = {"labels": counts, "positive_windows": int(p[:, j].sum()),
+             "negative_windows": int(ng[:, j].sum()), "weak_windows": int(weak[:, j].sum()),
+             "weak_weight": weak_weight, "threshold_from": how,
+             "precision_at_threshold": precision, "recall_at_threshold": recall,
+             "trained_at": time.time(), "seconds": time.perf_counter() - t0,
+             "archive_windows": int(len(pos))}
+    clf = Classifier(c, w[:, j].astype(np.float32), float(b[j]), threshold, archive.identity,
+                     stats)
+    clf.save(index_path)
+    out.append(clf)
+  return out
+
+
+@dataclasses.dataclass
+class Proposal:
+  """A window to label next (the same fields as a query hit, plus why it was chosen)."""
+
+  file: str
+  offset: float
+  end: float
+  score: float
+
+
+def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
+         strategy: str = "top") -> list[Proposal]:
+  """k windows to label next: the highest scores (top), the scores nearest the threshold
+  (margin: what the classifier is least sure of), or both alternating (mixed). Windows
+  overlapping any label of the class are never proposed, nor two overlapping windows."""
+  if strategy not in ("top", "margin", "mixed"):
+    raise JaxAudioError(f"--strategy={strategy} is not top, margin or mixed.")
+  scores = clf.scores(archive.embeddings)
+  taken = np.zeros(len(scores), bool)
+  rows = archive.file_rows()
+  for lab in labels:
+    if lab.label == clf.label:
+      taken[_overlapping(archive, rows, lab)] = True
+  orders = {"top": np.argsort(-scores, kind="stable"),
+            "margin": np.argsort(np.abs(scores - clf.threshold), kind="stable")}
+  if strategy == "mixed":
+    streams = [iter(orders["top"]), iter(orders["margin"])]
+  else:
+    streams = [iter(orders[strategy])]
+  chosen: list[int] = []
+  by_file: dict[int, list[float]] = {}
+  turn = 0
+  while len(chosen) < k and streams:
+    stream = streams[turn % len(streams)]
+    row = next((int(r) for r in stream if not taken[r]), None)
+    if row is None:
+      streams.remove(stream)
+      continue
+    taken[row] = True
+    f, start = int(archive.file_of_row[row]), float(archive.offsets[row])
+    if any(abs(start - s) < archive.window_seconds for s in by_file.get(f, ())):
+      continue   # overlaps a window already proposed: the same sound
+    by_file.setdefault(f, []).append(start)
+    chosen.append(row)
+    turn += 1
+  return [_proposal(archive, r, scores[r]) for r in chosen]
+
+
+def _proposal(archive: Archive, row: int, score: float) -> Proposal:
+  e = archive.files[int(archive.file_of_row[row])]
+  start = float(archive.offsets[row])
+  return Proposal(e.path, start, min(start + archive.window_seconds, e.seconds), float(score))
+
+
+def detect(archive: Archive, clf: Classifier, threshold: float | None = None
+           ) -> list[Prediction]:
+  """One Prediction per file with an event: its windows' scores and the runs of windows at
+  or above the threshold (the classifier's own unless given), merged across hops as predict
+  --windows merges them, so predict's writers write them."""
+  cut = clf.threshold if threshold is None else float(threshold)
+  scores = clf.scores(archive.embeddings)
+  out = []
+  for e, (lo, hi) in zip(archive.files, archive.file_rows().values()):
+    if hi == lo or scores[lo:hi].max() < cut:
+      continue
+    order = np.argsort(archive.offsets[lo:hi], kind="stable")
+    start = archive.offsets[lo:hi][order].astype(np.float64)
+    probs = scores[lo:hi][order][:, None]
+    events = detect_events(start, probs, [clf.label], np.array([cut]),
+                           archive.window_seconds, archive.hop_seconds, e.seconds)
+    out.append(Prediction(file=e.path, classes=[clf.label], multi_label=True,
+                          probabilities=probs.mean(axis=0), window_start=start,
+                          window_end=np.minimum(start + archive.window_seconds, e.seconds),
+                          window_probabilities=probs, seconds=e.seconds, events=events))
+  return out
