@@ -1,6 +1,6 @@
 """The JAX process group of a multi-host run: joining it, and failing loudly when a peer dies.
 
-Every process runs the same program on its shard of the data (see DESIGN.md, "Many hosts").
+Every process runs the same program on its shard of the data (docs/design.md, "Many hosts").
 On CPU the cross-process collectives are gloo's, so several processes on one machine form a
 real multi-host job (`launch/local.sh`); on TPU and GPU the backend brings its own.
 """
