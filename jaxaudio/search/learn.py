@@ -21,6 +21,7 @@ embeddings it was trained on; another index's embeddings are refused.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,7 +40,8 @@ from jaxaudio.search.labels import Label, LabelError, LabelStore
 
 CLASSIFIERS = "classifiers"
 WEAK_WEIGHT = 0.05       # per unlabelled window, against 1 per labelled one
-MAX_WEAK = 20_000        # unlabelled windows sampled as weak negatives
+MAX_POOL = 65_536        # unlabelled windows drawn (once) as the weak negatives' pool
+POOL_BATCH = 2_048       # of which each training step sees a fresh sample
 L2 = 1e-4
 STEPS = 300
 LEARNING_RATE = 0.05
@@ -119,51 +121,73 @@ def targets(archive: Archive, labels: Sequence[Label], classes: Sequence[str]
   return pos, neg, spans
 
 
-@jax.jit
-def _fit(x, pos, neg, weak, weak_weight, l2):
-  """Weighted one-vs-rest logistic regression by full-batch Adam; rows with all three masks
-  False are padding. Returns (W [D, C], b [C])."""
-  pos, neg, weak = (m.astype(jnp.float32) for m in (pos, neg, weak))
+@functools.partial(jax.jit, static_argnames=("batch",))
+def _fit(x, pos, neg, weak, train, pool, n_pool, weak_weight, l2, key, batch):
+  """Weighted one-vs-rest logistic regression by Adam: the labelled rows `x` [L, D] (masks
+  [L, C]; `train` [L] picks a fold's training rows, padding is 0) every step, and `batch`
+  rows sampled afresh each step from `pool` [M, D] of unlabelled windows, which stand for
+  all `n_pool` of them. Returns (W [D, C], b [C])."""
+  pos, neg, weak = (m.astype(jnp.float32) * train[:, None] for m in (pos, neg, weak))
   n_pos = jnp.maximum(pos.sum(0), 1.0)
-  n_neg = neg.sum(0) + weak_weight * weak.sum(0)
-  w = 0.5 * pos / n_pos + 0.5 * (neg + weak_weight * weak) / jnp.maximum(n_neg, 1e-6)
-  prior = jnp.clip(pos.sum(0) / jnp.maximum(pos.sum(0) + neg.sum(0) + weak.sum(0), 1.0),
-                   1e-4, 1 - 1e-4)
+  mass = neg.sum(0) + weak_weight * (weak.sum(0) + n_pool)     # the negatives' total weight
+  w_lab = 0.5 * pos / n_pos + 0.5 * (neg + weak_weight * weak) / jnp.maximum(mass, 1e-6)
+  w_pool = 0.5 * weak_weight * n_pool / batch / jnp.maximum(mass, 1e-6)    # per sampled row
+  prior = jnp.clip(pos.sum(0) / (pos.sum(0) + neg.sum(0) + weak.sum(0) + n_pool), 1e-4,
+                   1 - 1e-4)
   params = {"w": jnp.zeros((x.shape[1], pos.shape[1])), "b": jnp.log(prior / (1 - prior))}
   opt = optax.adam(LEARNING_RATE)
 
-  def loss(p):
-    logits = x @ p["w"] + p["b"]
-    bce = optax.sigmoid_binary_cross_entropy(logits, pos)
-    return jnp.sum(w * bce) / pos.shape[1] + l2 * jnp.sum(p["w"] ** 2)
+  def loss(p, rows):
+    bce = optax.sigmoid_binary_cross_entropy(x @ p["w"] + p["b"], pos)
+    unlabelled = optax.sigmoid_binary_cross_entropy(rows @ p["w"] + p["b"], 0.0)
+    return ((jnp.sum(w_lab * bce) + jnp.sum(w_pool * unlabelled)) / pos.shape[1]
+            + l2 * jnp.sum(p["w"] ** 2))
 
-  def step(carry, _):
+  def step(carry, k):
     p, state = carry
-    g = jax.grad(loss)(p)
-    updates, state = opt.update(g, state, p)
+    rows = pool[jax.random.randint(k, (batch,), 0, pool.shape[0])]
+    updates, state = opt.update(jax.grad(loss)(p, rows), state, p)
     return (optax.apply_updates(p, updates), state), None
 
-  (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=STEPS)
+  (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, STEPS))
   return params["w"], params["b"]
 
 
 def _padded(n: int) -> int:
-  """Row counts padded to 1/8-octave steps, so folds and re-learns reuse compilations."""
+  """Row counts padded to 1/8-octave steps, so re-learns with a few more labels reuse the
+  compiled program."""
   if n <= 256:
     return 256
   step = 2 ** (int(math.log2(n)) - 3)
   return int(math.ceil(n / step) * step)
 
 
-def fit(x: np.ndarray, pos: np.ndarray, neg: np.ndarray, weak: np.ndarray,
-        weak_weight: float = WEAK_WEIGHT, l2: float = L2) -> tuple[np.ndarray, np.ndarray]:
-  """Train on the rows given (masks [n, C]); returns numpy (W [D, C], b [C])."""
-  n = len(x)
-  size = _padded(n)
-  pad = lambda a: np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)])  # noqa: E731
-  w, b = _fit(jnp.asarray(pad(x)), pad(pos), pad(neg), pad(weak), jnp.float32(weak_weight),
-              jnp.float32(l2))
-  return np.asarray(w), np.asarray(b)
+class _Problem:
+  """The labelled rows and the unlabelled pool on the device, padded once, so every fold
+  and the final fit run the same compiled program."""
+
+  def __init__(self, x, pos, neg, weak, pool, n_pool, weak_weight, l2, seed):
+    n = len(x)
+    size = _padded(n)
+    pad = lambda a: np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)])  # noqa: E731
+    self.n = n
+    self.x, self.pos, self.neg, self.weak = (jnp.asarray(pad(a)) for a in (x, pos, neg, weak))
+    if not len(pool):   # nothing unlabelled: one zero row that carries no weight
+      pool, n_pool = np.zeros((1, x.shape[1]), np.float32), 0
+    self.pool, self.n_pool = jnp.asarray(pool), float(n_pool)
+    self.batch = int(min(POOL_BATCH, len(pool)))
+    self.weak_weight, self.l2 = float(weak_weight), float(l2)
+    self.key = jax.random.PRNGKey(seed)
+
+  def fit(self, train: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) trained on the labelled rows where `train` is True (all by default)."""
+    mask = np.zeros(self.x.shape[0], np.float32)
+    mask[:self.n] = 1.0 if train is None else train
+    self.key, k = jax.random.split(self.key)
+    w, b = _fit(self.x, self.pos, self.neg, self.weak, jnp.asarray(mask), self.pool,
+                jnp.float32(self.n_pool), jnp.float32(self.weak_weight), jnp.float32(self.l2),
+                k, batch=self.batch)
+    return np.asarray(w), np.asarray(b)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -276,27 +300,25 @@ def learn(index_path: str, classes: Sequence[str], labels_at: str | None = None,
       raise LabelError(f"class {c!r}: no indexed window overlaps its positive labels (the "
                        "files changed, or the spans are shorter than the index's windows "
                        "allow); label spans inside indexed files.")
-  labelled = pos.any(1) | neg.any(1) | np.isin(np.arange(len(pos)), np.concatenate(spans))
+  labelled = pos.any(1) | neg.any(1)
+  labelled[np.concatenate(spans)] = True
   rng = np.random.default_rng(seed)
   unlabelled = np.flatnonzero(~labelled)
-  weak_rows = np.sort(rng.choice(unlabelled, min(MAX_WEAK, len(unlabelled)), replace=False))
-  lab_rows = np.flatnonzero(labelled)
-  rows = np.concatenate([lab_rows, weak_rows])
-  x = archive.embeddings[rows]
-  p, ng = pos[rows], neg[rows]
-  weak = ~(p | ng)          # weak for a class: not labelled for it
+  pool_rows = np.sort(rng.choice(unlabelled, min(MAX_POOL, len(unlabelled)), replace=False))
+  rows = np.flatnonzero(labelled)
+  x, p, ng = archive.embeddings[rows], pos[rows], neg[rows]
+  weak = ~(p | ng)          # weak for a class: labelled, but not for it
+  problem = _Problem(x, p, ng, weak, archive.embeddings[pool_rows], len(unlabelled),
+                     weak_weight, L2, seed)
   fold_of_row = _folds(labels, spans, len(pos), folds, seed)[rows]
-  fold_of_row[len(lab_rows):] = rng.integers(0, folds, len(weak_rows))
-  k = len(np.unique(fold_of_row[:len(lab_rows)]))
+  k = len(np.unique(fold_of_row))
   oof = np.full(p.shape, np.nan, np.float32)
   if k >= 2:
-    for f in range(folds):
+    for f in np.unique(fold_of_row):
       held = fold_of_row == f
-      if not held[:len(lab_rows)].any():
-        continue
-      w, b = fit(x[~held], p[~held], ng[~held], weak[~held], weak_weight)
+      w, b = problem.fit(~held)
       oof[held] = _sigmoid(x[held] @ w + b)
-  w, b = fit(x, p, ng, weak, weak_weight)
+  w, b = problem.fit()
   out = []
   for j, c in enumerate(classes):
     truth_rows = np.flatnonzero(p[:, j] | ng[:, j])
