@@ -1,6 +1,7 @@
 """The docs site cannot drift from the code: every config key of base_config() has a row in
 docs/reference/config.md with the code's default, every flag of every command has a row in
-its section of docs/reference/commands.md, and `mkdocs build --strict` is clean.
+its section of docs/reference/commands.md, every bench/config/launch/test file and command the
+pages name exists, and `mkdocs build --strict` is clean.
 
 The flags are read the way `python -m jaxaudio.X` defines them: one subprocess runs each
 command module as __main__ with absl's app.run stubbed out (so flags defined under the
@@ -241,3 +242,21 @@ def test_site_builds_strict(procs):
     procs["build"].kill()
     raise
   assert procs["build"].returncode == 0, f"mkdocs build --strict failed:\n{out[-4000:]}"
+
+
+def test_files_the_docs_name_exist():
+  """Every bench script, config, launch script and test the docs point at is in the tree,
+  and every `python -m jaxaudio.X` they show is a command."""
+  commands = set(_commands())
+  missing = []
+  for path in glob.glob(os.path.join(DOCS, "**", "*.md"), recursive=True):
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    for name in sorted(set(re.findall(r"\b((?:bench|configs|launch|tests)/[\w/.-]+\.(?:py|sh|md))",
+                                      text))):
+      if not os.path.exists(os.path.join(ROOT, name)):
+        missing.append(f"{os.path.relpath(path, ROOT)}: {name}")
+    for cmd in sorted(set(re.findall(r"python -m jaxaudio\.([a-z_]+)\b", text))):
+      if cmd not in commands:
+        missing.append(f"{os.path.relpath(path, ROOT)}: python -m jaxaudio.{cmd}")
+  assert not missing, "the docs name what the tree does not have:\n" + "\n".join(missing)
