@@ -49,10 +49,10 @@ def env(devices=1):
               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def local_sh(workdir, cfg, **kwargs):
+def local_sh(workdir, cfg, extra_env=None):
   return subprocess.Popen(["bash", "launch/local.sh", "2", workdir, *cfg], cwd=ROOT,
-                          env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, start_new_session=True, **kwargs)
+                          env=dict(env(), **(extra_env or {})), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def one_process(workdir, cfg):
@@ -129,12 +129,23 @@ def test_killed_pod_resumes_bitwise(pod_runs, dataset):
   pod = pod_runs(mode)
   tmp, clips = dataset
   killed = f"{tmp}/killed_{mode}"
-  proc = local_sh(killed, config(tmp, clips, mode))
-  deadline = time.time() + 300
-  while not os.path.isdir(f"{killed}/checkpoints/12") and time.time() < deadline:
-    time.sleep(0.02)
+  # Killed at an event: both processes pause once checkpoint 12 is on disk, before step 13
+  # (launch/local.sh starts them through tests/pause_after_checkpoint.py).
+  paused = f"{tmp}/paused_{mode}"
+  os.makedirs(paused)
+  python = f"{tmp}/pausing_python"
+  with open(python, "w") as f:
+    f.write(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = jaxaudio.main ]; then shift 2; exec '
+            f'"{sys.executable}" "{ROOT}/tests/pause_after_checkpoint.py" "$@"; fi\n'
+            f'exec "{sys.executable}" "$@"\n')
+  os.chmod(python, 0o755)
+  proc = local_sh(killed, config(tmp, clips, mode),
+                  {"PYTHON": python, "PAUSE_STEP": "12", "PAUSED_DIR": paused})
+  while len(os.listdir(paused)) < 2 and proc.poll() is None:
+    time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGKILL)    # the script and both processes at once
-  proc.communicate()
+  out, _ = proc.communicate()
+  assert len(os.listdir(paused)) == 2, out[-4000:]
   kept = sorted(int(d) for d in os.listdir(f"{killed}/checkpoints") if d.isdigit())
   assert 12 in kept and STEPS not in kept
   again = local_sh(killed, config(tmp, clips, mode))

@@ -14,6 +14,7 @@ import pytest
 from datafixtures import saved_state, write_class_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAUSER = os.path.join(ROOT, "tests", "pause_after_checkpoint.py")
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,15 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
   assert os.path.getsize(f"{tmp}/whole/report/confusion_matrix.png") > 1000
   assert os.listdir(f"{tmp}/whole/tensorboard")
 
-  proc = subprocess.Popen(args(tmp, clips, f"{tmp}/killed"), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, cwd=ROOT)
-  deadline = time.time() + 300
-  while not os.path.isdir(f"{tmp}/killed/checkpoints/12") and time.time() < deadline:
-    time.sleep(0.02)
+  # Killed at an event: the run pauses once checkpoint 12 is on disk, before step 13.
+  paused = os.path.join(tmp, "paused")
+  os.makedirs(paused)
+  proc = subprocess.Popen([sys.executable, PAUSER, *args(tmp, clips, f"{tmp}/killed")[3:]],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=dict(os.environ, PAUSE_STEP="12", PAUSED_DIR=paused))
+  while not os.listdir(paused) and proc.poll() is None:
+    time.sleep(0.05)
+  assert os.listdir(paused) == [str(proc.pid)], proc.stderr.read()[-3000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps_at_kill = sorted(int(d) for d in os.listdir(f"{tmp}/killed/checkpoints") if d.isdigit())
