@@ -74,37 +74,54 @@ def write_audio(folder: str, names: list[str], rate: int, seed: int) -> None:
     sf.write(path, x.astype(np.float32), rate)
 
 
-# `python -m jaxaudio.search` with indexer.COMMIT_FILES set first (the CLI has no flag for it).
+# `python -m jaxaudio.search` with indexer.COMMIT_FILES set first (the CLI has no flag for it)
+# and a line appended to a file for every file it has featurized (written at once, so it
+# survives SIGKILL): what a kill loses is that count less what the run committed.
 _CLI = """
 import runpy, sys
 from jaxaudio.search import indexer
 indexer.COMMIT_FILES = int(sys.argv.pop(1))
+ticks = open(sys.argv.pop(1), "a", buffering=1)
+add = indexer._Tally.add
+def counted(self, size, res):
+  add(self, size, res)
+  ticks.write("\\n")
+indexer._Tally.add = counted
 runpy.run_module("jaxaudio.search", run_name="__main__", alter_sys=True)
 """
 
 
 def command(model: str, audio: str, commit_files: int):
-  """index -> the argv of `search index --ann` of `audio` into it."""
-  return lambda index: [sys.executable, "-c", _CLI, str(commit_files), "index",
-                        f"--model={model}", f"--audio={audio}", f"--index={index}", "--ann"]
+  """(index, ticks file) -> the argv of `search index --ann` of `audio` into it."""
+  return lambda index, ticks=os.devnull: [
+      sys.executable, "-c", _CLI, str(commit_files), ticks, "index", f"--model={model}",
+      f"--audio={audio}", f"--index={index}", "--ann"]
 
 
-def run_whole(cmd, index: str) -> tuple[float, list[float]]:
-  """One uninterrupted run: (wall seconds, the seconds after its start at which each of its
-  commits landed, watched on the manifest's mtime)."""
-  manifest = os.path.join(index, store.MANIFEST)
-  start = time.time()
-  proc = subprocess.Popen(cmd(index), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  commits, seen = [], 0.0
-  while proc.poll() is None:
+def watch(proc, manifest: str, start: float, until: float) -> tuple[list[float], bool]:
+  """Poll `proc` until it exits or the clock reaches `until`: (the seconds after `start` at
+  which its commits landed, seen as changes of the manifest's mtime; whether it exited)."""
+  commits, seen = [], start
+  while time.time() < until:
+    if proc.poll() is not None:
+      return commits, True
     mtime = os.path.getmtime(manifest) if os.path.exists(manifest) else 0.0
-    if mtime > max(seen, start):
+    if mtime > seen:
       commits.append(mtime - start)
       seen = mtime
     time.sleep(0.02)
-  _, err = proc.communicate()
-  if proc.returncode:
-    raise SystemExit(f"search index failed:\n{err[-3000:]}")
+  return commits, proc.poll() is not None
+
+
+def run_whole(cmd, index: str) -> tuple[float, list[float]]:
+  """One uninterrupted run: (wall seconds, the seconds after its start of its commits)."""
+  start = time.time()
+  proc = subprocess.Popen(cmd(index), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  commits, _ = watch(proc, os.path.join(index, store.MANIFEST), start, float("inf"))
+  out, err = proc.communicate()
+  if proc.returncode or f"index {index}: " not in out:
+    raise SystemExit(f"search index failed (exit {proc.returncode}):\n{out[-2000:]}\n"
+                     f"{err[-3000:]}")
   return time.time() - start, commits
 
 
@@ -131,17 +148,21 @@ def committed(index: str) -> tuple[int, float, bool]:
   return current, os.path.getmtime(os.path.join(index, store.MANIFEST)), m.unfinished is None
 
 
-def kill_runs(cmd, index, kills, rng, startup, seconds_left):
-  """`kills` runs of the command, each SIGKILLed at a random moment between half the
-  startup and the end of the work `seconds_left(committed files)` estimates: one row per
-  run."""
+def kill_runs(cmd, index, kills, rng, startup, seconds_left, total, commit_files):
+  """Runs of the command SIGKILLed at a random moment between half the startup and the end
+  of the work `seconds_left(files up to date)` estimates, until `kills` of them were killed
+  while running (a run that finished first is listed and not counted) or nothing is left to
+  do: one row per run. The work a kill lost: the files the run had featurized and not
+  committed, also in commit intervals."""
   rows = []
-  for _ in range(kills):
-    before, _, _ = committed(index)
-    left = seconds_left(before)
-    delay = rng.uniform(0.5 * startup, startup + left)
-    start = time.time()
-    proc = subprocess.Popen(cmd(index), stdout=subprocess.DEVNULL,
+  ticks = os.path.join(os.path.dirname(index), "ticks")
+  while sum(not r["finished"] for r in rows) < kills and len(rows) < 3 * kills:
+    before, _, complete = committed(index)
+    if complete and before == total:
+      break
+    delay = rng.uniform(0.5 * startup, startup + seconds_left(before))
+    open(ticks, "w").close()
+    proc = subprocess.Popen(cmd(index, ticks), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
       proc.wait(timeout=delay)
@@ -150,14 +171,13 @@ def kill_runs(cmd, index, kills, rng, startup, seconds_left):
       os.kill(proc.pid, signal.SIGKILL)
       proc.wait()
       finished = False
-    killed_at = time.time()
-    after, mtime, done = committed(index)
-    began = start + startup
-    last = mtime if mtime > start else began
-    lost = max(0.0, killed_at - last) if not finished else 0.0
+    after, _, complete = committed(index)
+    with open(ticks) as f:
+      featurized = f.read().count("\n")
+    lost = 0 if finished else featurized - (after - before)
     rows.append({"delay": delay, "finished": finished, "before": before, "after": after,
-                 "lost_s": lost, "complete": done,
-                 "phase": "startup" if killed_at < began else "work"})
+                 "lost": lost, "intervals": lost / commit_files, "complete": complete,
+                 "phase": "work" if featurized else "startup"})
   return rows
 
 
@@ -182,21 +202,25 @@ def compare(index: str, reference: str, sample: int, rng) -> dict[str, object]:
 
 
 def report(phase: str, rows, result, interval_s: float, commit_files: int) -> None:
-  print(f"\n{phase}: {len(rows)} kills")
-  print(" kill  after s  at       files up to date before -> after   work lost s")
+  print(f"\n{phase}: {sum(not r['finished'] for r in rows)} kills")
+  print(" run  kill at s  when      files up to date before -> after   "
+        "work lost: files  intervals")
   for i, r in enumerate(rows, 1):
-    at = "finished" if r["finished"] else r["phase"]
-    print(f"  {i:3d}  {r['delay']:7.1f}  {at:8s} {r['before']:6d} -> {r['after']:6d}"
-          f"{' (complete)' if r['complete'] else '':11s}       {r['lost_s']:6.1f}")
-  lost = [r["lost_s"] for r in rows if not r["finished"] and r["phase"] == "work"]
+    when = "finished" if r["finished"] else r["phase"]
+    print(f"  {i:2d}  {r['delay']:8.1f}  {when:8s}  {r['before']:6d} -> {r['after']:6d}"
+          f"{' (complete)' if r['complete'] else '':11s}    {r['lost']:6d}  "
+          f"{r['intervals']:9.2f}")
+  lost = [r for r in rows if not r["finished"]]
   print(f"every file indexed exactly once: {'yes' if result['once'] else 'no'} "
         f"({result['files']} files); rows equal to the uninterrupted build bit for bit: "
         f"{'yes' if result['equal'] else 'no'}; approximate index: {result['ann']}")
   print(f"queries return each file first: {result['first']}/{result['sample']} sampled files")
   if lost:
-    print(f"work lost per kill during embedding: mean {np.mean(lost):.1f} s, max "
-          f"{max(lost):.1f} s; commit interval {interval_s:.1f} s ({commit_files} files, "
-          "as measured on the uninterrupted run)")
+    print(f"work lost per kill: mean {np.mean([r['lost'] for r in lost]):.1f} files, max "
+          f"{max(r['lost'] for r in lost)}; the commit interval is {commit_files} files "
+          f"({interval_s:.1f} s on the uninterrupted run): mean "
+          f"{np.mean([r['intervals'] for r in lost]):.2f}, max "
+          f"{max(r['intervals'] for r in lost):.2f} intervals")
 
 
 def main():
@@ -225,7 +249,8 @@ def main():
         f"starts {startup:.1f} s in (imports, model load, compilation), then a commit every "
         f"{interval:.1f} s ({args.commit_files / interval:.0f} files/s)")
   rows = kill_runs(cmd, index, args.kills, rng, startup,
-                   lambda done: (args.files - done) / args.commit_files * interval)
+                   lambda done: (args.files - done) / args.commit_files * interval, args.files,
+                   args.commit_files)
   run_whole(cmd, index)
   report("first build", rows, compare(index, ref, args.sample, rng), interval, args.commit_files)
 
@@ -244,7 +269,8 @@ def main():
         f"commit every {interval:.1f} s")
   total = args.files + len(new) - len(deleted)
   rows = kill_runs(cmd, index, args.kills, rng, startup,
-                   lambda done: (total - done) / args.commit_files * interval)
+                   lambda done: (total - done) / args.commit_files * interval, total,
+                   args.commit_files)
   run_whole(cmd, index)
   report("update", rows, compare(index, ref, args.sample, rng), interval, args.commit_files)
   print(f"\n(folders under {tmp})")

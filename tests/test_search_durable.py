@@ -7,6 +7,7 @@ not a moment on the clock), so every assertion holds however loaded the machine 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -144,7 +145,7 @@ def test_a_killed_update_resumes_to_the_uninterrupted_result(collection, export_
 
 
 def test_every_file_a_manifest_names_is_fsynced_before_it_and_the_folder_after(
-    collection, export_dir, tmp_path, monkeypatch):
+    collection, export_dir, tmp_path, monkeypatch, capsys):
   events = []
   real_fsync, real_replace = os.fsync, os.replace
 
@@ -164,9 +165,12 @@ def test_every_file_a_manifest_names_is_fsynced_before_it_and_the_folder_after(
   monkeypatch.setattr(os, "fsync", fsync)
   monkeypatch.setattr(os, "replace", replace)
   index = str(tmp_path / "index")
-  indexer.update(index, collection, export_dir, with_ann=True, workers=1, progress=False,
+  indexer.update(index, collection, export_dir, with_ann=True, workers=1, progress=True,
                  commit_files=3)
   monkeypatch.undo()
+  # Each commit is a progress line (stderr is no terminal here): files, audio, rate, ETA.
+  assert len(re.findall(r"index: committed \d+/11 files \(\d+\.\d min of audio, \d+ "
+                        r"windows/s, ETA \d+ s\)", capsys.readouterr().err)) == 3
   manifest = os.path.join(index, store.MANIFEST)
   commits = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == manifest]
   assert len(commits) == 4   # 10 files, a commit every 3 and the final one

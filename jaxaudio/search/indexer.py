@@ -315,7 +315,9 @@ class _Tally:
 
   def rates(self) -> str:
     elapsed = max(time.monotonic() - self.start, 1e-9)
-    return f"{self.seconds / 3600:.2f} h of audio, {self.windows / elapsed:.0f} windows/s"
+    audio = (f"{self.seconds / 3600:.2f} h" if self.seconds >= 360 else
+             f"{self.seconds / 60:.1f} min")
+    return f"{audio} of audio, {self.windows / elapsed:.0f} windows/s"
 
   def eta(self) -> str:
     elapsed = time.monotonic() - self.start
