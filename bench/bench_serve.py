@@ -195,7 +195,8 @@ def main():
       for mode, clients, p50, p95, rps in latency_table(index, files, args.requests):
         print(f"| {mode} | {clients} | {p50:.0f} | {p95:.0f} | {rps:.1f} |")
     hostile = one_hz_wav(os.path.join(tmp, "one_hz.wav"))
-    batched, locked = f"batched {args.batch_flags or '(default)'}", "lock per query (--nobatching)"
+    batched = f"batched {args.batch_flags or '(default)'}"
+    locked = "lock per query (--nobatching)"
     servers = {batched: args.batch_flags.split(), locked: ["--nobatching"]}
     rows = []   # rounds alternate the two servers, so a load that comes and goes hits both
     for i in range(args.rounds):

@@ -309,8 +309,11 @@ def _until(condition):
     time.sleep(0.005)
 
 
-def test_batcher_batches_concurrent_jobs_pads_to_powers_of_two_and_refuses_when_full():
-  from jaxaudio.search.service import Batcher, Busy
+def test_batcher_batches_concurrent_jobs_in_powers_of_two_and_refuses_when_full():
+  from jaxaudio.search.service import Batcher, Busy, pow2_chunks
+  assert pow2_chunks(0, 64) == [] and pow2_chunks(1, 64) == [(0, 1)]
+  assert pow2_chunks(27, 64) == [(0, 16), (16, 24), (24, 26), (26, 27)]
+  assert pow2_chunks(130, 64) == [(0, 64), (64, 128), (128, 130)]
   model, batcher = _Model(), Batcher(max_batch=16, window_ms=0.0, max_queued=64)
   jobs = [np.full((n, 2, 3), float(i), np.float32) for i, n in enumerate((1, 3, 2, 5, 4))]
   model.gate.clear()   # the first job holds the worker until the other four are queued
@@ -323,9 +326,14 @@ def test_batcher_batches_concurrent_jobs_pads_to_powers_of_two_and_refuses_when_
     outs = [f.result(timeout=60) for f in futures]
   for i, (w, (emb, logits)) in enumerate(zip(jobs, outs)):
     assert emb.shape == (len(w), 1) and np.all(emb == i) and np.all(logits == 6 * i)
-  assert batcher.batches == 2 and model.shapes == [1, 16]   # 14 windows padded to 16
-  big = np.ones((40, 2, 3), np.float32)   # more than a batch: passes of max_batch
-  assert batcher.run(model, big)[0].shape == (40, 1) and model.shapes[-3:] == [16, 16, 16]
+  assert batcher.batches == 2 and model.shapes == [1, 8, 4, 2]   # 14 windows, no padding
+  big = np.ones((40, 2, 3), np.float32)   # more than a batch: chunks of max_batch, then less
+  assert batcher.run(model, big)[0].shape == (40, 1) and model.shapes[-3:] == [16, 16, 8]
+  model.shapes.clear()
+  batcher.warm(model, (2, 3))   # compiles every batch size, ahead of the next job
+  assert batcher.run(model, jobs[0])[0].shape == (1, 1)
+  assert model.shapes == [1, 2, 4, 8, 16, 1]
+  assert [a.shape for a in batcher.run(model, np.zeros((0, 2, 3), np.float32))] == [(0, 1), (0, 1)]
   batcher.close()
   # Full queue: the worker held in a pass, one job waiting, the next is refused at once.
   model = _Model()

@@ -194,7 +194,8 @@ def _serve() -> int:
                    allow_hosts=_ALLOW_HOST.value, allow_origins=_ALLOW_ORIGIN.value,
                    show_paths=_SHOW_PATHS.value, max_upload_seconds=_MAX_UPLOAD_SECONDS.value,
                    batching=_BATCHING.value, batch_window_ms=_BATCH_WINDOW_MS.value,
-                   max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value)
+                   max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value,
+                   warm=True)
   info = app.state.service.current()
   where = f"http://{_HOST.value}:{_PORT.value}/"
   print(f"serving {app.state.service.path}: {len(info.files)} files, "

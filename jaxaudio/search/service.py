@@ -28,10 +28,10 @@ When `search index` rewrites the index (manifest replaced atomically), the next 
 loads the new one in the background of the old: until it is complete, and if it cannot be
 loaded, the previous index keeps answering. Decoding runs in the server's worker threads;
 their windows go to one micro-batcher (Batcher), which runs the windows of all requests
-waiting at that moment as one forward pass of a padded power-of-two batch (so a handful of
-compiled programs serve every load), and the search runs one request at a time (bounded
-memory). `batching=False` keeps the older path, one lock around each request's forward pass
-and search, for comparison (bench/bench_serve.py measures both).
+waiting at that moment as one forward pass in power-of-two chunks without padding (so a
+handful of programs, compiled at start, serve every load), and the search runs one request
+at a time (bounded memory). `batching=False` keeps the older path, one lock around each
+request's forward pass and search, for comparison (bench/bench_serve.py measures both).
 """
 
 from __future__ import annotations
@@ -189,19 +189,31 @@ class Busy(Exception):
 @dataclasses.dataclass
 class _Job:
   model: Any                 # an exported model: mel -> {"embedding", "logits"}
-  windows: np.ndarray        # float32 [N, frames, mels]
+  windows: np.ndarray        # float32 [N, frames, mels]; N = 0: compile (Batcher.warm)
   future: concurrent.futures.Future
 
 
 _STOP = object()
 
 
+def pow2_chunks(n: int, max_batch: int) -> list[tuple[int, int]]:
+  """[start, end) spans covering n rows, each a power of two <= max_batch long, longest
+  first: the batch sizes of the binary digits of n, so no row is padding (a pass of 17
+  windows padded to 32 nearly doubles the work where, as on a CPU, a pass costs the same
+  per window at any batch size) and still only log2(max_batch) + 1 programs compile."""
+  spans, start = [], 0
+  while start < n:
+    size = min(max_batch, 1 << ((n - start).bit_length() - 1))
+    spans.append((start, start + size))
+    start += size
+  return spans
+
+
 class Batcher:
   """Forward passes of concurrent requests, batched: `run(model, windows)` queues a
   request's windows and waits; one worker thread takes the first waiting job, waits up to
   `window_ms` for more (of the same model, up to `max_batch` windows together), runs them
-  as one padded batch and hands each job its rows. The batch is padded to a power of two
-  (inference.in_batches), so at most log2(max_batch) + 1 programs are ever compiled. At most
+  as one pass of power-of-two chunks (pow2_chunks) and hands each job its rows. At most
   `max_queued` jobs wait; past that `run` raises Busy at once, so load cannot grow memory."""
 
   def __init__(self, max_batch: int = DEFAULT_MAX_BATCH,
@@ -217,12 +229,22 @@ class Batcher:
 
   def run(self, model, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings [N, D], logits [N, classes]) of `windows` [N, frames, mels]."""
+    if not len(windows):   # nothing to run (and a job without windows means warm())
+      dim = int(model.meta["embedding_dim"])
+      return np.zeros((0, dim), np.float32), np.zeros((0, len(model.meta["classes"])), np.float32)
     job = _Job(model, np.asarray(windows, np.float32), concurrent.futures.Future())
     try:
       self._queue.put_nowait(job)
     except queue.Full as err:
       raise Busy() from err
     return job.future.result()
+
+  def warm(self, model, window_shape: tuple[int, ...]) -> None:
+    """Compiles `model` for every batch size the worker uses (1, 2, 4 .. max_batch), in the
+    worker, ahead of the jobs queued after this call: no request waits for a compilation
+    (about a second per size for aiSFX on a CPU) and memory is at its working size early."""
+    self._queue.put(_Job(model, np.zeros((0,) + tuple(window_shape), np.float32),
+                         concurrent.futures.Future()))
 
   def close(self) -> None:
     """Stops the worker once the jobs queued before this call have run."""
@@ -236,6 +258,9 @@ class Batcher:
       held = None
       if first is _STOP:
         return
+      if not len(first.windows):   # warm()
+        self._compile(first)
+        continue
       group, n = [first], len(first.windows)
       deadline = time.monotonic() + self.wait_s
       while n < self.max_batch:
@@ -243,12 +268,22 @@ class Batcher:
           job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
           break
-        if job is _STOP or job.model is not first.model or n + len(job.windows) > self.max_batch:
+        if (job is _STOP or job.model is not first.model or not len(job.windows)
+            or n + len(job.windows) > self.max_batch):
           held = job
           break
         group.append(job)
         n += len(job.windows)
       self._run(group)
+
+  def _compile(self, job: _Job) -> None:
+    try:
+      for size in (1 << i for i in range(self.max_batch.bit_length())):
+        job.model(np.zeros((size,) + job.windows.shape[1:], np.float32))
+      job.future.set_result(None)
+    except Exception as err:  # pylint: disable=broad-except  # the first request meets it
+      log.warning("could not compile the model ahead of requests: %s", err)
+      job.future.set_exception(err)
 
   def _run(self, group: list[_Job]) -> None:
     model = group[0].model
@@ -260,8 +295,8 @@ class Batcher:
 
     try:
       windows = np.concatenate([job.windows for job in group])
-      rows = inference.in_batches(both, windows, min(self.max_batch, inference.pow2(len(windows))),
-                                  dim + len(model.meta["classes"]))
+      rows = np.concatenate([both(windows[a:b]) for a, b in pow2_chunks(len(windows),
+                                                                        self.max_batch)])
       self.batches += 1
     except Exception as err:  # pylint: disable=broad-except  # each waiting request gets it
       for job in group:
@@ -447,16 +482,21 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
                max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS,
                batching: bool = True, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
                max_batch: int = DEFAULT_MAX_BATCH,
-               max_queued: int = DEFAULT_MAX_QUEUED) -> FastAPI:
+               max_queued: int = DEFAULT_MAX_QUEUED, warm: bool = False) -> FastAPI:
   """The ASGI app serving the index at `index_path` (loaded now; errors are raised here).
 
   `host`: the address the server is bound to, which with `allow_hosts` makes the Host
   allowlist (allowed_hosts); `allow_origins`: origins that get CORS headers (none by
   default); `show_paths`: responses may show server paths; `batching=False`: one lock per
-  request instead of the batcher."""
+  request instead of the batcher; `warm`: the batcher compiles the model's batch sizes
+  before the first request (Batcher.warm)."""
   service = Service(index_path, use_ann, ef)
   max_bytes = int(max_upload_mb * 1e6)
   batcher = Batcher(max_batch, batch_window_ms, max_queued) if batching else None
+  if batcher is not None and warm:
+    frontend = service.current().exact.spec_dict
+    batcher.warm(service.current().exact.model,
+                 (frontend["frames_per_window"], frontend["n_mels"]))
 
   @contextlib.asynccontextmanager
   async def lifespan(_):
