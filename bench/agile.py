@@ -20,10 +20,12 @@ on the same labels: the same figures with the fine-tuned embedding.
   python bench/make_agile_archive.py --out=/tmp/agile
   python bench/agile.py --archive=/tmp/agile --work=/tmp/agile-work --seeds=5
 
-The reference classifier of perch-hoplite is not run here (see the closing note of the
-issue): its wheel pins ml-collections<0.2 and absl-py<2 against jaxaudio's stack and trains
-through Keras and its own database; it needs its own virtual environment fed with the
-embeddings as files.
+The reference, perch-hoplite's own linear classifier (perch_hoplite.agile.classifier.
+train_linear_classifier), is trained on the same embeddings and the same labels (those of
+`--hoplite_on`, at every budget) in its own virtual environment (bench/hoplite_reference.py:
+its wheel pins ml-collections<0.2 and absl-py<2 against jaxaudio's stack), fed with files:
+
+  python bench/agile.py ... --hoplite_python=/root/hoplite-venv/bin/python --hoplite_on=top
 """
 
 from __future__ import annotations
@@ -120,8 +122,28 @@ def figures(scores, truth_j, threshold=None) -> dict[str, float]:
   return out
 
 
-def one_run(index, archive, truth, classes, strategy, seed, k, db_url):
-  """{budget: {class: figures}} of one strategy and seed; the labels at the end."""
+def hoplite(args, archive, truth, classes, labels, tag) -> dict[str, dict[str, float]]:
+  """AP of perch-hoplite's classifier trained on `labels` (bench/hoplite_reference.py)."""
+  arrays = os.path.join(args.work, "hoplite-in.npz")
+  if not os.path.exists(arrays):
+    np.savez(arrays, embeddings=archive.embeddings, file_of_row=archive.file_of_row,
+             offsets=archive.offsets, hop=archive.hop_seconds)
+  lab_file = os.path.join(args.work, f"hoplite-labels-{tag}.json")
+  with open(lab_file, "w") as f:
+    json.dump([{"row": row_of(archive, lab), "label": lab.label, "positive": lab.positive}
+               for lab in labels], f)
+  out = os.path.join(args.work, f"hoplite-out-{tag}.npz")
+  run([args.hoplite_python, os.path.join(ROOT, "bench", "hoplite_reference.py"), arrays,
+       lab_file, out])
+  got = np.load(out)
+  names = [str(c) for c in got["classes"]]
+  return {c: figures(got["logits"][:, names.index(c)], truth[:, j])
+          for j, c in enumerate(classes)}
+
+
+def one_run(index, archive, truth, classes, strategy, seed, k, db_url, args=None):
+  """{budget: {class: figures}} of one strategy and seed (with "hoplite" beside them when
+  the reference runs on this strategy's labels); the labels at the end."""
   rng = np.random.default_rng(seed)
   db = LabelStore(db_url)
   labels = []
@@ -153,6 +175,11 @@ def one_run(index, archive, truth, classes, strategy, seed, k, db_url):
       results[count] = evaluate(index, archive, truth, classes, strategy, labels, db_url)
       print(f"  seed {seed} {strategy:6s} {count:3d} labels/class: " + ", ".join(
           f"{c} AP {results[count][c]['ap']:.3f}" for c in classes), flush=True)
+      if args is not None and args.hoplite_python and strategy == args.hoplite_on:
+        results[count]["hoplite"] = hoplite(args, archive, truth, classes, labels,
+                                            f"{strategy}-{seed}-{count}")
+        print(f"  seed {seed} hoplite {count:3d} labels/class: " + ", ".join(
+            f"{c} AP {results[count]['hoplite'][c]['ap']:.3f}" for c in classes), flush=True)
   db.close()
   return results, labels
 
@@ -207,6 +234,10 @@ def main() -> None:
   parser.add_argument("--strategies", default=",".join(STRATEGIES))
   parser.add_argument("--finetune", action="store_true", help="fine-tune on the best "
                       "strategy's labels, re-index, learn again")
+  parser.add_argument("--hoplite_python", default="", help="python of a virtual environment "
+                      "with perch-hoplite and tensorflow-cpu: run the reference classifier")
+  parser.add_argument("--hoplite_on", default="top", help="the strategy whose labels the "
+                      "reference classifier is trained on")
   args = parser.parse_args()
   os.makedirs(args.work, exist_ok=True)
   py = sys.executable
@@ -234,7 +265,10 @@ def main() -> None:
       db = f"sqlite:///{os.path.join(args.work, f'labels-{strategy}-{seed}.sqlite')}"
       if os.path.exists(db.removeprefix("sqlite:///")):
         os.remove(db.removeprefix("sqlite:///"))
-      res, labels = one_run(index, archive, truth, classes, strategy, seed, args.k, db)
+      res, labels = one_run(index, archive, truth, classes, strategy, seed, args.k, db, args)
+      if any("hoplite" in r for r in res.values()):
+        all_results.setdefault(f"hoplite ({strategy}'s labels)", []).append(
+            {b: r.pop("hoplite") for b, r in res.items()})
       all_results[strategy].append(res)
       final_labels[(strategy, seed)] = db
   report = {"windows": int(len(archive.offsets)), "window_seconds": archive.window_seconds,
@@ -243,7 +277,7 @@ def main() -> None:
                         for s, rs in all_results.items()}}
   print(table(all_results, classes, BUDGETS))
   if args.finetune:
-    learned = [s for s in all_results if s != "search"]
+    learned = [s for s in all_results if s in ("top", "margin", "mixed")]
     best = max(learned, key=lambda s: np.mean([np.mean([r[max(BUDGETS)][c]["ap"]
                                                         for c in classes])
                                                for r in all_results[s]]))
