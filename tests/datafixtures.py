@@ -52,3 +52,12 @@ def saved_state(workdir, step):
   meta = ckptr.metadata(path)
   meta = getattr(meta, "item_metadata", meta)
   return ckptr.restore(path, jax.tree_util.tree_map(lambda m: np.zeros(m.shape, m.dtype), meta))
+
+
+def pausing_env(step, paused_dir, base=None):
+  """`base` (os.environ) in which every jaxaudio.main / jaxaudio.sweep process pauses once
+  checkpoint `step` is on disk and writes paused_dir/<pid> (tests/pausing/sitecustomize.py)."""
+  base = dict(os.environ if base is None else base)
+  here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pausing")
+  path = os.pathsep.join(filter(None, (here, base.get("PYTHONPATH"))))
+  return dict(base, PYTHONPATH=path, PAUSE_STEP=str(step), PAUSED_DIR=str(paused_dir))

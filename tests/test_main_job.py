@@ -43,6 +43,7 @@ def job(tmp_path_factory, aisfx_checkpoint):
   return {"tmp": tmp, "cache": cache, "env": env, "workdir": workdir, "result": r}
 
 
+@pytest.mark.network   # the aiSFX wheel, fetched once into the cache
 def test_the_readme_job_fine_tunes_pretrained_full_width_aisfx_on_the_demo(job):
   r = job["result"]
   assert r.returncode == 0, r.stderr[-3000:]
@@ -71,6 +72,7 @@ def test_the_readme_job_fine_tunes_pretrained_full_width_aisfx_on_the_demo(job):
   np.testing.assert_array_equal(kernel, np.transpose(conv, (2, 3, 1, 0)))   # OIHW -> HWIO
 
 
+@pytest.mark.network   # the aiSFX wheel, fetched once into the cache
 def test_a_converted_checkpoint_as_model_init_starts_where_pretrained_starts(job):
   """convert, then the same job with model.init=DIR: the same run, bitwise."""
   out = str(job["tmp"] / "converted")
@@ -92,6 +94,7 @@ def test_a_converted_checkpoint_as_model_init_starts_where_pretrained_starts(job
     assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
 
 
+@pytest.mark.network   # the aiSFX wheel, fetched once into the cache
 def test_exported_cli_and_search_index_rebuild(job):
   """`jaxaudio.exported` writes a model that computes what the run computes; an index built
   with the run's starting weights refuses that model until `--rebuild`, then holds it."""

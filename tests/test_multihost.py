@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from datafixtures import saved_state, write_class_folder
+from datafixtures import pausing_env, saved_state, write_class_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 18
@@ -130,17 +130,10 @@ def test_killed_pod_resumes_bitwise(pod_runs, dataset):
   tmp, clips = dataset
   killed = f"{tmp}/killed_{mode}"
   # Killed at an event: both processes pause once checkpoint 12 is on disk, before step 13
-  # (launch/local.sh starts them through tests/pause_after_checkpoint.py).
+  # (the sitecustomize of tests/pausing).
   paused = f"{tmp}/paused_{mode}"
   os.makedirs(paused)
-  python = f"{tmp}/pausing_python"
-  with open(python, "w") as f:
-    f.write(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = jaxaudio.main ]; then shift 2; exec '
-            f'"{sys.executable}" "{ROOT}/tests/pause_after_checkpoint.py" "$@"; fi\n'
-            f'exec "{sys.executable}" "$@"\n')
-  os.chmod(python, 0o755)
-  proc = local_sh(killed, config(tmp, clips, mode),
-                  {"PYTHON": python, "PAUSE_STEP": "12", "PAUSED_DIR": paused})
+  proc = local_sh(killed, config(tmp, clips, mode), pausing_env(12, paused, env()))
   while len(os.listdir(paused)) < 2 and proc.poll() is None:
     time.sleep(0.05)
   os.killpg(proc.pid, signal.SIGKILL)    # the script and both processes at once

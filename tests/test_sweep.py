@@ -234,23 +234,23 @@ def test_two_workers_killed_and_resumed_end_with_exactly_n_trials(tiny):
   workdir = str(tiny["tmp"] / "killed")
   url = f"sqlite:///{workdir}/study.db"
   cmd = _sweep_cmd(tiny, workdir, "--n_trials=2", "--workers=2")
+  # Killed at an event: every trial pauses once its checkpoint 10 is on disk
+  # (tests/pausing), so none can finish between looking and killing.
+  from datafixtures import pausing_env
+  paused = tiny["tmp"] / "paused"
+  paused.mkdir()
   first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           start_new_session=True)
-  deadline, running = time.time() + 240, {}
-  while time.time() < deadline and not running and first.poll() is None:
-    time.sleep(0.5)   # kill once a running trial has a checkpoint
-    if not os.path.isfile(f"{workdir}/study.db"):
-      continue
-    try:
-      trials = _trials(url)
-    except Exception:  # the study is still being created
-      continue
-    for t in trials:
-      ckpt = os.path.join(t.user_attrs.get("workdir", "/nonexistent"), "checkpoints")
-      steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
-      if t.state == optuna.trial.TrialState.RUNNING and steps:
-        running[t.number] = max(steps)
-  assert running, first.stderr.read().decode()[-3000:] if first.poll() is not None else "no ckpt"
+                           start_new_session=True, env=pausing_env(10, paused))
+  while not os.listdir(paused) and first.poll() is None:
+    time.sleep(0.2)
+  assert os.listdir(paused), first.stderr.read().decode()[-3000:]
+  running = {}
+  for t in _trials(url):
+    ckpt = os.path.join(t.user_attrs.get("workdir", "/nonexistent"), "checkpoints")
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    if t.state == optuna.trial.TrialState.RUNNING and steps:
+      running[t.number] = max(steps)
+  assert running and set(running.values()) == {10}, running
   os.killpg(first.pid, signal.SIGKILL)
   first.wait()
   killed = {t.number: t for t in _trials(url) if t.state == optuna.trial.TrialState.RUNNING}

@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from datafixtures import saved_state, write_class_folder
+from datafixtures import pausing_env, saved_state, write_class_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAUSER = os.path.join(ROOT, "tests", "pause_after_checkpoint.py")
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +59,9 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
   # Killed at an event: the run pauses once checkpoint 12 is on disk, before step 13.
   paused = os.path.join(tmp, "paused")
   os.makedirs(paused)
-  proc = subprocess.Popen([sys.executable, PAUSER, *args(tmp, clips, f"{tmp}/killed")[3:]],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                          env=dict(os.environ, PAUSE_STEP="12", PAUSED_DIR=paused))
+  proc = subprocess.Popen(args(tmp, clips, f"{tmp}/killed"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=pausing_env(12, paused))
   while not os.listdir(paused) and proc.poll() is None:
     time.sleep(0.05)
   assert os.listdir(paused) == [str(proc.pid)], proc.stderr.read()[-3000:]
