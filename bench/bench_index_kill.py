@@ -6,15 +6,15 @@
 Writes --files short synthetic recordings (each a different mixture of tones and noise),
 builds an uninterrupted reference index with `python -m jaxaudio.search index --ann`, then
 builds the same folder again while killing the command with SIGKILL --kills times at random
-moments (a seeded draw over the startup and the work still to do), and a final rerun. Then
-it changes the folder (new, changed and deleted files), updates the reference without
-interruption and the killed index with --kills more kills and a rerun. For each phase it
-prints whether every file is indexed exactly once with rows (offsets and embeddings) equal
-to the reference bit for bit, whether a sample of files each find themselves first, and the
-work each kill lost: the seconds since the killed run's last commit (or since its embedding
-began), against the commit interval (--commit_files, set as indexer.COMMIT_FILES in the
-command's process, or COMMIT_SECONDS: 64 files makes several commits per run here). Without
---model it trains the tests' tiny scratch model first (about a minute).
+moments (a seeded draw over the startup and the work still to do; in the work, by progress:
+after the file the draw falls on), and a final rerun. Then it changes the folder (new,
+changed and deleted files), updates the reference without interruption and the killed index
+with --kills more kills and a rerun. For each phase it prints whether every file is indexed
+exactly once with rows (offsets and embeddings) equal to the reference bit for bit, whether a
+sample of files each find themselves first, and the work each kill lost: the files the
+killed run had featurized and not committed, against the commit interval (--commit_files,
+set as indexer.COMMIT_FILES in the command's process; 64 makes several commits per run here).
+Without --model it trains the tests' tiny scratch model first (about a minute).
 """
 
 from __future__ import annotations
@@ -149,10 +149,12 @@ def committed(index: str) -> tuple[int, float, bool]:
 
 
 def kill_runs(cmd, index, kills, rng, startup, seconds_left, total, commit_files):
-  """Runs of the command SIGKILLed at a random moment between half the startup and the end
-  of the work `seconds_left(files up to date)` estimates, until `kills` of them were killed
+  """Runs of the command SIGKILLed at a random moment, until `kills` of them were killed
   while running (a run that finished first is listed and not counted) or nothing is left to
-  do: one row per run. The work a kill lost: the files the run had featurized and not
+  do: one row per run. The moment is drawn uniformly over the startup and the work
+  `seconds_left(files up to date)` estimates; in the work it is placed by progress (after
+  the file the draw falls on is featurized, so a slower machine cannot outrun it) rather
+  than by the clock. The work a kill lost: the files the run had featurized and not
   committed, also in commit intervals."""
   rows = []
   ticks = os.path.join(os.path.dirname(index), "ticks")
@@ -160,24 +162,27 @@ def kill_runs(cmd, index, kills, rng, startup, seconds_left, total, commit_files
     before, _, complete = committed(index)
     if complete and before == total:
       break
-    delay = rng.uniform(0.5 * startup, startup + seconds_left(before))
+    left = seconds_left(before)
+    draw = rng.uniform(0, startup + left)
+    target = None if draw < startup else int((draw - startup) / left * (total - before)) + 1
     open(ticks, "w").close()
+    start = time.time()
     proc = subprocess.Popen(cmd(index, ticks), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    try:
-      proc.wait(timeout=delay)
-      finished = True
-    except subprocess.TimeoutExpired:
+    while proc.poll() is None and (time.time() - start < draw if target is None
+                                   else os.path.getsize(ticks) < target):
+      time.sleep(0.005)
+    finished = proc.poll() is not None
+    if not finished:
       os.kill(proc.pid, signal.SIGKILL)
-      proc.wait()
-      finished = False
+    proc.wait()
+    at = time.time() - start
     after, _, complete = committed(index)
-    with open(ticks) as f:
-      featurized = f.read().count("\n")
+    featurized = os.path.getsize(ticks)
     lost = 0 if finished else featurized - (after - before)
-    rows.append({"delay": delay, "finished": finished, "before": before, "after": after,
+    rows.append({"at": at, "finished": finished, "before": before, "after": after,
                  "lost": lost, "intervals": lost / commit_files, "complete": complete,
-                 "phase": "work" if featurized else "startup"})
+                 "phase": "startup" if target is None else f"file {target}"})
   return rows
 
 
@@ -203,11 +208,11 @@ def compare(index: str, reference: str, sample: int, rng) -> dict[str, object]:
 
 def report(phase: str, rows, result, interval_s: float, commit_files: int) -> None:
   print(f"\n{phase}: {sum(not r['finished'] for r in rows)} kills")
-  print(" run  kill at s  when      files up to date before -> after   "
+  print(" run  killed at s  when        files up to date before -> after   "
         "work lost: files  intervals")
   for i, r in enumerate(rows, 1):
     when = "finished" if r["finished"] else r["phase"]
-    print(f"  {i:2d}  {r['delay']:8.1f}  {when:8s}  {r['before']:6d} -> {r['after']:6d}"
+    print(f"  {i:2d}  {r['at']:11.1f}  {when:10s}  {r['before']:6d} -> {r['after']:6d}"
           f"{' (complete)' if r['complete'] else '':11s}    {r['lost']:6d}  "
           f"{r['intervals']:9.2f}")
   lost = [r for r in rows if not r["finished"]]

@@ -196,6 +196,11 @@ def test_a_folder_with_foreign_files_or_no_audio_is_refused(collection, export_d
                      r"notes.txt\); pass a new or empty folder as --index\.$"):
     indexer.update(str(index), collection, export_dir, workers=1, progress=False)
   assert len(os.listdir(index)) == 4   # nothing of it touched
+  mine = tmp_path / "mine"             # our names, but no lock file: not a build of ours
+  (mine / "model").mkdir(parents=True)
+  with pytest.raises(SearchIndexError, match=r"\(it holds model\)"):
+    indexer.update(str(mine), collection, export_dir, workers=1, progress=False)
+  assert os.listdir(mine) == ["model"]
   empty = tmp_path / "empty"
   (empty / "sub").mkdir(parents=True)
   (empty / "sub" / "readme.txt").write_text("no audio here")

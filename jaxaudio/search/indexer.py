@@ -144,7 +144,9 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
     raise SearchIndexError(f"{index_path} is a file, not a search index folder; pass a new or "
                            "empty folder as --index.")
   if os.path.isdir(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST)):
-    foreign = store.foreign_files(index_path)
+    # An unfinished build of ours holds the lock file (made first) and only our names.
+    names = os.listdir(index_path)
+    foreign = store.foreign_files(index_path) or ([] if store.LOCK in names else sorted(names))
     if foreign:
       raise SearchIndexError(f"{index_path} exists and is not a search index (it holds "
                              f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
