@@ -155,7 +155,7 @@ def one_run(index, archive, truth, classes, strategy, seed, k, db_url, args=None
   count = 1
   while count < max(BUDGETS):
     clfs = None if strategy == "search" else {
-        clf.label: clf for clf in learn.learn(index, classes, db_url, archive=archive)}
+        clf.label: clf for clf in learn.learn(index, classes, labels, archive=archive)}
     take = k - count % k      # the first round tops the starting example up to K
     for j, c in enumerate(classes):
       if strategy == "search":
@@ -191,7 +191,7 @@ def evaluate(index, archive, truth, classes, strategy, labels, db_url):
       pos = [row_of(archive, lab) for lab in labels if lab.label == c and lab.positive]
       out[c] = figures((archive.embeddings @ archive.embeddings[pos].T).max(axis=1), truth[:, j])
     return out
-  for clf in learn.learn(index, classes, db_url, archive=archive):
+  for clf in learn.learn(index, classes, labels, archive=archive):
     j = classes.index(clf.label)
     out[clf.label] = figures(clf.scores(archive.embeddings), truth[:, j], clf.threshold)
   return out
@@ -309,7 +309,10 @@ def finetune(args, py, index, archive, events, classes, strategy, db, frozen):
   tuned_archive = learn.open_archive(tuned)
   truth = window_truth(tuned_archive, events, classes)
   out = {}
-  for clf in learn.learn(tuned, classes, db, archive=tuned_archive):
+  db_store = LabelStore(db)
+  labels = db_store.all()
+  db_store.close()
+  for clf in learn.learn(tuned, classes, labels, archive=tuned_archive):
     j = classes.index(clf.label)
     out[clf.label] = figures(clf.scores(tuned_archive.embeddings), truth[:, j], clf.threshold)
   budget = max(BUDGETS)

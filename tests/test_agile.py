@@ -85,8 +85,8 @@ def test_learn_rank_and_detect_recover_the_planted_events(tmp_path):
           Label(files[1], *truth[files[1]][1], "bird", True),
           Label(files[2], 10.0, 12.0, "bird", False),
           Label(files[3], *truth[files[3]][2], "bird", True)], archive.durations)
+  (clf,) = learn.learn(index, ["bird"], db.all())
   db.close()
-  (clf,) = learn.learn(index, ["bird"])
   assert os.path.isfile(os.path.join(index, "classifiers", "bird.json"))
   assert clf.stats["positive_windows"] >= 6 and clf.stats["labels"] == {"positive": 3,
                                                                        "negative": 1}
@@ -134,13 +134,14 @@ def test_classifier_of_another_model_is_refused(tmp_path):
   truth = synthetic_index(a)
   synthetic_index(b, identity={**IDENTITY, "weights_sha256": "cd" * 32})
   f = sorted(truth)[0]
-  agile.label_span(learn.open_archive(a), a, f, *truth[f][0], "bird", True)
-  learn.learn(a, ["bird"])
+  db = LabelStore(a)
+  agile.label_span(learn.open_archive(a), db, f, *truth[f][0], "bird", True)
+  learn.learn(a, ["bird"], db.all())
   os.makedirs(os.path.join(b, "classifiers"))
   os.replace(os.path.join(a, "classifiers", "bird.json"),
              os.path.join(b, "classifiers", "bird.json"))
   with pytest.raises(learn.ClassifierError, match="trained on embeddings of synthetic"):
-    agile.ranking(b, b, "bird", 5, "top")
+    agile.ranking(b, LabelStore(b), "bird", 5, "top")
 
 
 @pytest.mark.parametrize("args,words", [
@@ -154,7 +155,7 @@ def test_bad_labels_are_one_sentence_and_store_nothing(tmp_path, args, words):
   index = str(tmp_path / "index")
   synthetic_index(index)
   with pytest.raises(LabelError, match=words):
-    agile.label_span(learn.open_archive(index), index, *args, positive=True)
+    agile.label_span(learn.open_archive(index), LabelStore(index), *args, positive=True)
   assert LabelStore(index).all() == []
 
 
@@ -162,11 +163,12 @@ def test_learn_refuses_a_class_without_positives(tmp_path):
   index = str(tmp_path / "index")
   truth = synthetic_index(index)
   f = sorted(truth)[0]
+  db = LabelStore(index)
   with pytest.raises(LabelError, match="'bird' has no positive label;"):
-    learn.learn(index, ["bird"])
-  agile.label_span(learn.open_archive(index), index, f, 0.0, 1.0, "bird", False)
+    learn.learn(index, ["bird"], db.all())
+  agile.label_span(learn.open_archive(index), db, f, 0.0, 1.0, "bird", False)
   with pytest.raises(LabelError, match=r"no positive label \(only negatives\)"):
-    learn.learn(index, ["bird"])
+    learn.learn(index, ["bird"], db.all())
   assert not os.path.exists(os.path.join(index, "classifiers"))
 
 
@@ -175,20 +177,21 @@ def test_ranking_labels_by_rank_and_the_export_is_a_training_csv(tmp_path):
   truth = synthetic_index(index)
   archive = learn.open_archive(index)
   f = sorted(truth)[0]
-  agile.label_span(archive, index, f, *truth[f][0], "bird", True)
-  learn.learn(index, ["bird"], archive=archive)
-  ranking = agile.ranking(index, index, "bird", 5, "top", archive)
+  db = LabelStore(index)
+  agile.label_span(archive, db, f, *truth[f][0], "bird", True)
+  learn.learn(index, ["bird"], db.all(), archive=archive)
+  ranking = agile.ranking(index, db, "bird", 5, "top", archive)
   path = tmp_path / "ranking.json"
   path.write_text(json.dumps(ranking))
-  stored = agile.label_ranking(archive, index, str(path), ["1", "3"], ["rest"], None)
+  stored = agile.label_ranking(archive, db, str(path), ["1", "3"], ["rest"], None)
   assert [lab.positive for lab in stored] == [True, False, True, False, False]
   assert {lab.source for lab in stored} == {"rank bird top"}
   with pytest.raises(LabelError, match="is not a rank"):
-    agile.label_ranking(archive, index, str(path), ["9"], [], None)
+    agile.label_ranking(archive, db, str(path), ["9"], [], None)
   with pytest.raises(LabelError, match="both accepted and rejected"):
-    agile.label_ranking(archive, index, str(path), ["1"], ["1"], None)
+    agile.label_ranking(archive, db, str(path), ["1"], ["1"], None)
   out = str(tmp_path / "labels.csv")
-  counts, written = agile.list_labels(index, index, out)
+  counts, written = agile.list_labels(index, db, out)
   assert counts == {"bird": {"positive": 3, "negative": 3}} and written == out
   rows = list(csv.DictReader(open(out)))
   assert len(rows) == 6 and set(rows[0]) == set(agile.EXPORT_COLUMNS)

@@ -195,7 +195,7 @@ def _serve() -> int:
                    show_paths=_SHOW_PATHS.value, max_upload_seconds=_MAX_UPLOAD_SECONDS.value,
                    batching=_BATCHING.value, batch_window_ms=_BATCH_WINDOW_MS.value,
                    max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value,
-                   warm=True)
+                   warm=True, labels_at=_LABELS.value)
   info = app.state.service.current()
   where = f"http://{_HOST.value}:{_PORT.value}/"
   print(f"serving {app.state.service.path}: {len(info.files)} files, "
@@ -212,8 +212,10 @@ def _serve() -> int:
   return 0
 
 
-def _labels_at() -> str:
-  return _LABELS.value or _INDEX.value
+def _label_store():
+  # pylint: disable=import-outside-toplevel
+  from jaxaudio.search.labels import LabelStore
+  return LabelStore(_LABELS.value or _INDEX.value)
 
 
 def _one_label(command: str) -> str:
@@ -227,13 +229,13 @@ def _label() -> int:
   from jaxaudio.search import agile
   archive = agile.open_archive(_INDEX.value)
   if _FROM.value:
-    stored = agile.label_ranking(archive, _labels_at(), _FROM.value, _ACCEPT.value,
+    stored = agile.label_ranking(archive, _label_store(), _FROM.value, _ACCEPT.value,
                                  _REJECT.value, _LABEL.value[0] if _LABEL.value else None)
   else:
     if _FILE.value is None or _START.value is None or _END.value is None:
       raise JaxAudioError("label needs --file=F --start=S --end=E --label=CLASS (or --from="
                           "RANKING.json --accept=...).")
-    stored = agile.label_span(archive, _labels_at(), _FILE.value, _START.value, _END.value,
+    stored = agile.label_span(archive, _label_store(), _FILE.value, _START.value, _END.value,
                               _one_label("label"), not _NEGATIVE.value)
   for lab in stored:
     print(f"{'yes' if lab.positive else 'not'} {lab.label}: {lab.file} {lab.start:.3f}-"
@@ -245,7 +247,7 @@ def _label() -> int:
 def _list_labels() -> int:
   # pylint: disable=import-outside-toplevel
   from jaxaudio.search import agile
-  counts, written = agile.list_labels(_INDEX.value, _labels_at(), _EXPORT.value)
+  counts, written = agile.list_labels(_INDEX.value, _label_store(), _EXPORT.value)
   for name, c in counts.items():
     print(f"{name}: {c['positive']} positive, {c['negative']} negative")
   if written:
@@ -258,7 +260,7 @@ def _learn() -> int:
   from jaxaudio.search import learn
   if not _LABEL.value:
     raise JaxAudioError("learn needs --label=CLASS[,CLASS...].")
-  for clf in learn.learn(_INDEX.value, _LABEL.value, _LABELS.value, _WEAK_WEIGHT.value):
+  for clf in learn.learn(_INDEX.value, _LABEL.value, _label_store().all(), _WEAK_WEIGHT.value):
     st = clf.stats
     print(f"{clf.label}: {st['labels']['positive']} positive / {st['labels']['negative']} "
           f"negative labels ({st['positive_windows']} / {st['negative_windows']} windows, "
@@ -271,7 +273,7 @@ def _learn() -> int:
 def _rank() -> int:
   # pylint: disable=import-outside-toplevel
   from jaxaudio.search import agile
-  ranking = agile.ranking(_INDEX.value, _labels_at(), _one_label("rank"), _K.value,
+  ranking = agile.ranking(_INDEX.value, _label_store(), _one_label("rank"), _K.value,
                           _STRATEGY.value)
   if _JSON.value:
     print(json.dumps(ranking, indent=1))

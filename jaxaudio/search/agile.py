@@ -37,15 +37,11 @@ def _resolve(archive: Archive, file: str) -> str:
                    "from query or rank results).")
 
 
-def label_span(archive: Archive, labels_at: str, file: str, start: float, end: float,
+def label_span(archive: Archive, db: LabelStore, file: str, start: float, end: float,
                label: str, positive: bool, source: str = "command line") -> list[Label]:
   path = _resolve(archive, file)
-  db = LabelStore(labels_at)
-  try:
-    return db.add([Label(path, float(start), float(end), check_class(label), positive,
-                         source=source)], archive.durations)
-  finally:
-    db.close()
+  return db.add([Label(path, float(start), float(end), check_class(label), positive,
+                       source=source)], archive.durations)
 
 
 def _ranks(values: Sequence[str], count: int, what: str, rest: set[int] | None = None
@@ -63,7 +59,7 @@ def _ranks(values: Sequence[str], count: int, what: str, rest: set[int] | None =
   return out
 
 
-def label_ranking(archive: Archive, labels_at: str, ranking_file: str, accept: Sequence[str],
+def label_ranking(archive: Archive, db: LabelStore, ranking_file: str, accept: Sequence[str],
                   reject: Sequence[str], label: str | None) -> list[Label]:
   """Label a ranking's (or a query's) results by rank: `accept` hold the class, `reject` do
   not. The class is the ranking's own unless `label` names one."""
@@ -88,11 +84,7 @@ def label_ranking(archive: Archive, labels_at: str, ranking_file: str, accept: S
   source = f"rank {name} {ranking.get('strategy', 'query')}"
   todo = [Label(_resolve(archive, spans[i - 1][0]), spans[i - 1][1], spans[i - 1][2],
                 check_class(name), i in yes, source=source) for i in sorted(yes | no)]
-  db = LabelStore(labels_at)
-  try:
-    return db.add(todo, archive.durations)
-  finally:
-    db.close()
+  return db.add(todo, archive.durations)
 
 
 def export_rows(labels: Sequence[Label]) -> list[dict[str, str]]:
@@ -110,14 +102,10 @@ def export_rows(labels: Sequence[Label]) -> list[dict[str, str]]:
   return rows
 
 
-def list_labels(index_path: str, labels_at: str, export: str | None
+def list_labels(index_path: str, db: LabelStore, export: str | None
                 ) -> tuple[dict[str, dict[str, int]], str | None]:
   """({class: counts}, the CSV written or None)."""
-  db = LabelStore(labels_at)
-  try:
-    counts, labels = db.counts(), db.all() if export else []
-  finally:
-    db.close()
+  counts, labels = db.counts(), db.all() if export else []
   if not export:
     return counts, None
   if not labels:
@@ -131,18 +119,13 @@ def list_labels(index_path: str, labels_at: str, export: str | None
   return counts, export
 
 
-def ranking(index_path: str, labels_at: str, label: str, k: int, strategy: str,
+def ranking(index_path: str, db: LabelStore, label: str, k: int, strategy: str,
             archive: Archive | None = None) -> dict[str, Any]:
   """{"label", "strategy", "threshold", "results": [{file, offset, end, score}]}: the windows
   to label next (the objects query --json gives)."""
   archive = archive or open_archive(index_path)
   clf = load_classifier(index_path, label, archive)
-  db = LabelStore(labels_at)
-  try:
-    labels = db.all([label])
-  finally:
-    db.close()
-  props = rank(archive, clf, labels, k, strategy)
+  props = rank(archive, clf, db.all([label]), k, strategy)
   return {"label": label, "strategy": strategy, "threshold": clf.threshold,
           "results": [dataclasses.asdict(p) for p in props]}
 

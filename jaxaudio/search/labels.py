@@ -100,7 +100,7 @@ class LabelStore:
         raise LabelError(f"{_safe(self.url)}: labels live in SQLite or PostgreSQL, not "
                          f"{self.engine.dialect.name}; pass a postgresql:// URL or an index "
                          "folder.")
-      _META.create_all(self.engine, checkfirst=True)
+      _create_tables(self.engine)
     except sa.exc.SQLAlchemyError as err:
       raise LabelError(f"cannot open the label database {_safe(self.url)} "
                        f"({type(err).__name__}: {str(err).splitlines()[0]}); pass an index "
@@ -161,6 +161,16 @@ class LabelStore:
 
   def close(self) -> None:
     self.engine.dispose()
+
+
+def _create_tables(engine) -> None:
+  """The schema, once: a second process creating it at the same moment is no error."""
+  try:
+    _META.create_all(engine, checkfirst=True)
+  except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as err:
+    if "already exists" not in str(err) and "duplicate" not in str(err).lower():
+      raise
+    _META.create_all(engine, checkfirst=True)   # the other one made them: nothing to do
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

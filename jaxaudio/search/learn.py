@@ -36,7 +36,7 @@ import optax
 from jaxaudio.errors import JaxAudioError
 from jaxaudio.inference import Prediction, detect_events
 from jaxaudio.search import store
-from jaxaudio.search.labels import Label, LabelError, LabelStore
+from jaxaudio.search.labels import Label, LabelError
 
 CLASSIFIERS = "classifiers"
 WEAK_WEIGHT = 0.05       # per unlabelled window, against 1 per labelled one
@@ -80,7 +80,11 @@ class Archive:
 
 def open_archive(index_path: str) -> Archive:
   manifest = store.read_manifest(index_path)
-  rows = store.load_rows(index_path, manifest)
+  return archive_of(manifest, store.load_rows(index_path, manifest))
+
+
+def archive_of(manifest: store.Manifest, rows: store.Rows) -> Archive:
+  """The Archive of rows already loaded (a server's exact searcher holds them)."""
   spec = manifest.model["frontend"]
   window = spec["frames_per_window"] * spec["hop_length"] / spec["sample_rate"]
   hop_frames = max(1, int(round(spec["frames_per_window"]
@@ -276,17 +280,13 @@ def _folds(labels: Sequence[Label], spans: list[np.ndarray], n: int, folds: int,
   return fold
 
 
-def learn(index_path: str, classes: Sequence[str], labels_at: str | None = None,
+def learn(index_path: str, classes: Sequence[str], labels: Sequence[Label],
           weak_weight: float = WEAK_WEIGHT, folds: int = FOLDS, seed: int = 0,
           archive: Archive | None = None) -> list[Classifier]:
-  """Train, cross-validate the threshold of, and store one classifier per class."""
+  """Train on `labels` (a LabelStore's), cross-validate the threshold of, and store in the
+  index one classifier per class."""
   t0 = time.perf_counter()
   archive = archive or open_archive(index_path)
-  store_ = LabelStore(labels_at or index_path)
-  try:
-    labels = store_.all()
-  finally:
-    store_.close()
   classes = list(dict.fromkeys(classes))
   for c in classes:
     have = [lab for lab in labels if lab.label == c]

@@ -13,6 +13,8 @@ API (JSON; errors are {"error": one sentence} with a 4xx status):
   GET /api/waveform/{id}?bins=N   peak envelope of a file, for thumbnails
   GET /api/index      model, frontend, files, windows, classes, approximate-search recall
   GET /api/health     liveness
+  /api/collection, /api/labels, /api/learn, /api/rank, /api/detect: labels from search and
+                      the classifier over the archive (jaxaudio/search/label_api.py)
   GET /               the page; GET /docs the OpenAPI documentation FastAPI generates
 
 Files are named by ids (a hash of their path) and file names, never by paths: nothing outside
@@ -70,7 +72,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from jaxaudio import inference
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, read_audio
 from jaxaudio.errors import AudioError, JaxAudioError, SearchIndexError
-from jaxaudio.search import store
+from jaxaudio.search import label_api, store
 from jaxaudio.search.indexer import normalise
 from jaxaudio.search.searcher import Searcher
 
@@ -482,14 +484,16 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
                max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS,
                batching: bool = True, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
                max_batch: int = DEFAULT_MAX_BATCH,
-               max_queued: int = DEFAULT_MAX_QUEUED, warm: bool = False) -> FastAPI:
+               max_queued: int = DEFAULT_MAX_QUEUED, warm: bool = False,
+               labels_at: str | None = None) -> FastAPI:
   """The ASGI app serving the index at `index_path` (loaded now; errors are raised here).
 
   `host`: the address the server is bound to, which with `allow_hosts` makes the Host
   allowlist (allowed_hosts); `allow_origins`: origins that get CORS headers (none by
   default); `show_paths`: responses may show server paths; `batching=False`: one lock per
   request instead of the batcher; `warm`: the batcher compiles the model's batch sizes
-  before the first request (Batcher.warm)."""
+  before the first request (Batcher.warm); `labels_at`: the label database (default the
+  index's labels.sqlite; jaxaudio/search/label_api.py serves it)."""
   service = Service(index_path, use_ann, ef)
   max_bytes = int(max_upload_mb * 1e6)
   batcher = Batcher(max_batch, batch_window_ms, max_queued) if batching else None
@@ -693,6 +697,7 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
     body = resources.files("jaxaudio.search").joinpath("page", name).read_bytes()
     return (HTMLResponse if name.endswith(".html") else Response)(body, media_type=kind)
 
+  app.include_router(label_api.router(service, file_id, ApiError, labels_at, show_paths))
   for route, (name, kind) in PAGE_FILES.items():
     app.add_api_route(route, functools.partial(_page, name, kind), methods=["GET"],
                       include_in_schema=False)

@@ -246,6 +246,7 @@ function showLabels(labels) {
 function showResults(answer) {
   const list = $("results");
   list.textContent = "";
+  current = null;
   answer.results.forEach((r, i) => {
     const li = document.createElement("li");
     li.dataset.name = r.name;
@@ -258,7 +259,7 @@ function showResults(answer) {
         <button type="button" class="again">Search with this</button></div>`;
     li.querySelector(".name").textContent = r.name;
     li.querySelector(".name").title = r.file || r.name;   // the path only with --show_paths
-    li.querySelector(".score").textContent = `score ${r.score.toFixed(3)}`;
+    li.querySelector(".score").textContent = r.score === undefined ? "" : `score ${r.score.toFixed(3)}`;
     li.querySelector(".at").textContent = `match ${r.offset.toFixed(2)}–${r.end.toFixed(2)} s`;
     const canvas = li.querySelector("canvas");
     canvas.setAttribute("aria-label", `waveform of ${r.name}, matched ${r.offset.toFixed(2)} to ${r.end.toFixed(2)} s highlighted`);
@@ -274,12 +275,167 @@ function showResults(answer) {
       audio.play().catch((err) => setStatus(`cannot play ${r.name}: ${err.message}`, true));
     });
     li.querySelector(".again").addEventListener("click", () => useIndexed(r));
+    addVerdictButtons(li, r, audio);
     list.append(li);
     api(`/api/waveform/${r.id}?bins=200`).then((env) => drawPeaks(canvas, env.peaks, env.seconds, [r.offset, r.end])).catch(() => {});
   });
 }
 
+// ---- labelling: verdicts on results, learn, rank, review, detections -------------------
+
+let current = null;      // {li, r, audio}: the result the y / n keys label
+const className = () => $("class").value.trim();
+
+function addVerdictButtons(li, r, audio) {
+  const box = document.createElement("div");
+  box.className = "verdict";
+  const yes = document.createElement("button"), no = document.createElement("button");
+  yes.type = no.type = "button";
+  yes.className = "yes";
+  no.className = "no";
+  const words = () => { const c = className() || "class"; yes.textContent = `✓ yes, ${c}`; no.textContent = `✗ not ${c}`; };
+  words();
+  $("class").addEventListener("input", words);
+  yes.addEventListener("click", () => verdict({ li, r, audio }, true));
+  no.addEventListener("click", () => verdict({ li, r, audio }, false));
+  const mark = () => { current = { li, r, audio }; };
+  audio.addEventListener("play", mark);
+  li.addEventListener("focusin", mark);
+  li.tabIndex = -1;
+  box.append(yes, no);
+  li.querySelector(".actions").append(box);
+}
+
+async function verdict(item, positive) {
+  const label = className();
+  if (!label) { setStatus("type a class name in the class box first", true); $("class").focus(); return; }
+  try {
+    await api("/api/labels", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id: item.r.id, start: item.r.offset, end: item.r.end, label, positive }),
+    });
+    item.li.dataset.verdict = positive ? "yes" : "no";
+    item.li.classList.toggle("labelled-yes", positive);
+    item.li.classList.toggle("labelled-no", !positive);
+    setStatus(`${positive ? "yes" : "not"} ${label}: ${item.r.name} ${item.r.offset.toFixed(2)}–${item.r.end.toFixed(2)} s`);
+    refreshCounts();
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+function playNext() {
+  const items = [...document.querySelectorAll("#results li")];
+  const at = current ? items.indexOf(current.li) : -1;
+  const next = items[at + 1];
+  if (!next) return;
+  next.focus();
+  const audio = next.querySelector("audio");
+  audio.currentTime = parseFloat(next.dataset.offset) || 0;
+  audio.play().catch(() => {});
+}
+
+document.addEventListener("keydown", (e) => {
+  if (e.target.matches("input, textarea") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if ((e.key === "y" || e.key === "n") && current) {
+    e.preventDefault();
+    const item = current;
+    verdict(item, e.key === "y").then(() => { current = item; playNext(); });
+  }
+});
+
+async function refreshCounts() {
+  try {
+    const { counts } = await api("/api/labels?limit=0");   // the counts alone
+    const names = Object.keys(counts);
+    $("class-names").textContent = "";
+    names.forEach((n) => { const o = document.createElement("option"); o.value = n; $("class-names").append(o); });
+    $("counts").textContent = names.length
+      ? "labels so far: " + names.map((n) => `${n} ${counts[n].positive} yes / ${counts[n].negative} no`).join(" · ")
+      : "no labels yet";
+  } catch (err) {
+    $("counts").textContent = err.message;
+  }
+}
+
+function drawHistogram(hist, threshold) {
+  const canvas = $("histogram"), ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, n = hist.counts.length;
+  const top = Math.log1p(Math.max(...hist.counts)) || 1;
+  ctx.clearRect(0, 0, w, h);
+  hist.counts.forEach((c, i) => {
+    const y = (Math.log1p(c) / top) * (h - 14);
+    ctx.fillStyle = hist.edges[i] >= threshold ? "#d9480f" : "#1f6feb";
+    ctx.fillRect((i / n) * w + 1, h - 12 - y, w / n - 2, y);
+  });
+  ctx.fillStyle = "#1b1b1b";
+  ctx.fillRect(threshold * w, 0, 2, h - 12);
+  ctx.font = "11px system-ui";
+  ctx.fillText("0", 2, h - 1);
+  ctx.fillText("score 1", w - 44, h - 1);
+  ctx.fillText(`threshold ${threshold.toFixed(2)}`, Math.min(threshold * w + 4, w - 90), 11);
+}
+
+async function learnClass() {
+  const label = className();
+  if (!label) { setStatus("type a class name in the class box first", true); return; }
+  setStatus(`learning ${label}…`);
+  try {
+    const answer = await api("/api/learn", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ labels: [label] }),
+    });
+    const c = answer.classes[label];
+    const pr = c.precision_at_threshold === null ? "not estimated (label more windows, yes and no)"
+      : `precision ${c.precision_at_threshold.toFixed(2)}, recall ${c.recall_at_threshold.toFixed(2)} on the labels`;
+    $("learned").hidden = false;
+    $("learned-text").textContent = `${label}: threshold ${c.threshold.toFixed(3)} (${c.threshold_from}); ${pr}; ${c.above_threshold} of ${c.archive_windows} windows above it.`;
+    drawHistogram(c.histogram, c.threshold);
+    $("detections").href = withToken(`/api/detect?label=${encodeURIComponent(label)}`);
+    await rank("top");
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function rank(strategy) {
+  const label = className();
+  if (!label) { setStatus("type a class name in the class box first", true); return; }
+  const seq = ++searchSeq;
+  try {
+    const answer = await api(`/api/rank?label=${encodeURIComponent(label)}&k=${$("k").value || 10}&strategy=${strategy}`);
+    if (seq !== searchSeq) return;
+    showResults(answer);
+    setStatus(`${answer.results.length} windows to label next (${strategy === "top" ? "the classifier's best" : "the least certain"}) for ${label}`);
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function showCollection() {
+  const seq = ++searchSeq;   // a search started meanwhile wins: its answer is the newer one
+  try {
+    const c = await api(`/api/collection?sample=${$("k").value || 10}&seed=${Math.floor(Math.random() * 1e6)}`);
+    if (seq !== searchSeq) return;
+    showResults({ results: c.sample });
+    setStatus(`${c.files} files, ${c.hours.toFixed(1)} h, ${c.windows} windows: a random sample of ${c.sample.length} to listen to`);
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+$("learn").addEventListener("click", learnClass);
+$("rank-top").addEventListener("click", () => rank("top"));
+$("rank-margin").addEventListener("click", () => rank("margin"));
+$("collection").addEventListener("click", showCollection);
+$("detections").addEventListener("click", (e) => {
+  if (!className()) { e.preventDefault(); setStatus("type a class name and learn it first", true); return; }
+  $("detections").href = withToken(`/api/detect?label=${encodeURIComponent(className())}`);
+});
+
 // ---- start -----------------------------------------------------------------------------
+
+refreshCounts();
+showCollection();   // opened without a query: the collection itself, to start from
 
 api("/api/index").then((info) => {
   $("index-info").textContent = `${info.model} · ${info.files} files · ${info.windows} windows of ${info.window_seconds.toFixed(2)} s · ${info.classes.length} classes` +
