@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import faiss  # noqa: F401  (a required test dependency: imported, never skipped)
 import numpy as np
 import pytest
 import soundfile as sf
@@ -221,7 +222,6 @@ def test_another_model_a_missing_or_damaged_index_are_refused(collection, export
 
 def test_approximate_index_reports_its_recall_and_finds_the_query_first(collection, export_dir,
                                                                          tmp_path):
-  pytest.importorskip("faiss")
   from jaxaudio.search import ann, indexer, store
   from jaxaudio.search.searcher import Searcher
   index = str(tmp_path / "index")
@@ -246,7 +246,6 @@ def test_approximate_index_reports_its_recall_and_finds_the_query_first(collecti
 
 
 def test_graph_skips_dead_rows_and_maps_ids_to_live_rows():
-  pytest.importorskip("faiss")
   from jaxaudio.search import ann
   rng = np.random.default_rng(2)
   emb = rng.standard_normal((400, 16)).astype(np.float32)
@@ -265,7 +264,6 @@ def test_graph_skips_dead_rows_and_maps_ids_to_live_rows():
 
 
 def test_approximate_index_is_extended_not_rebuilt_on_update(collection, export_dir, tmp_path):
-  pytest.importorskip("faiss")
   from jaxaudio.errors import SearchIndexError
   from jaxaudio.search import indexer, store
   from jaxaudio.search.searcher import Searcher

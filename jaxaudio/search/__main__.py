@@ -53,6 +53,12 @@ _STRICT = flags.DEFINE_bool("strict", False, "index: stop at the first unreadabl
 _HOP = flags.DEFINE_float("hop", None, "index: window hop as a fraction of a window (default: "
                           "the index's, or the model's training hop); smaller = finer offsets.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "index: featurisation processes (0 = auto).")
+_COMMIT_FILES = flags.DEFINE_integer("commit_files", None, "index: commit (a new segment and "
+                                     "manifest) after this many embedded files (default 256); "
+                                     "a kill loses at most one interval.", lower_bound=1)
+_COMMIT_SECONDS = flags.DEFINE_float("commit_seconds", None, "index: ... or after this many "
+                                     "seconds, whichever comes first (default 60).",
+                                     lower_bound=0.1)
 _START = flags.DEFINE_float("start", None, "query: start of the query span, seconds.")
 _END = flags.DEFINE_float("end", None, "query: end of the query span, seconds.")
 _K = flags.DEFINE_integer("k", 10, "query: results per query.", lower_bound=1)
@@ -131,7 +137,8 @@ def _index() -> int:
   export_dir = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value))
   summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
                    strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
-                   hop=_HOP.value, max_seconds=cli.seconds_limit(_MAX_SECONDS.value))
+                   hop=_HOP.value, max_seconds=cli.seconds_limit(_MAX_SECONDS.value),
+                   commit_files=_COMMIT_FILES.value, commit_seconds=_COMMIT_SECONDS.value)
   for s in summary["skipped"]:
     print(f"skipped: {s['reason']}")
   print(f"index {summary['index']}: {summary['files']} files, {summary['rows']} windows "
