@@ -87,10 +87,12 @@ _SHOW_PATHS = flags.DEFINE_bool("show_paths", False, "serve: responses show the 
                                 "its files' paths on the server (by default names and ids only).")
 _BATCHING = flags.DEFINE_bool("batching", True, "serve: batch concurrent requests' forward "
                               "passes; --nobatching runs them one at a time under a lock.")
-_BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", 2.0, "serve: how long a forward pass "
-                                      "waits for other requests' windows, ms.", lower_bound=0)
-_MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "serve: windows per batched forward pass "
-                                  "(a power of two).", lower_bound=1)
+_BATCH_WINDOW_MS = flags.DEFINE_float("batch_window_ms", None, "serve: how long a forward pass "
+                                      "waits for other requests' windows, ms (default: 0 on "
+                                      "CPU, 2 on GPU/TPU).", lower_bound=0)
+_MAX_BATCH = flags.DEFINE_integer("max_batch", None, "serve: windows per batched forward pass, "
+                                  "a power of two (default: 4 on CPU, 64 on GPU/TPU).",
+                                  lower_bound=1)
 _LABEL = flags.DEFINE_list("label", [], "label/learn/rank/detect: the class (learn: one or "
                            "more, comma-separated).")
 _LABELS = flags.DEFINE_string("labels", None, "label database: an SQLAlchemy URL such as "

@@ -88,7 +88,7 @@ def router(service, file_id: Callable[[str], str], refuse: Callable[[int, str], 
       raise refuse(409, _private(str(err), service.current())) from err
 
   @api.get("/api/collection")
-  def collection(sample: int = Query(24, ge=0, le=500), seed: int = 0):
+  def collection(sample: int = Query(24, ge=0, le=500), seed: int = Query(0, ge=0)):
     """The collection to start from: counts, and `sample` random windows to listen to."""
     loaded, arch = archive()
     rng = np.random.default_rng(seed)

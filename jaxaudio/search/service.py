@@ -59,6 +59,7 @@ import time
 from importlib import resources
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -80,8 +81,14 @@ log = logging.getLogger("jaxaudio")
 
 DEFAULT_MAX_UPLOAD_MB = 50.0
 DEFAULT_MAX_UPLOAD_SECONDS = 600.0
-DEFAULT_BATCH_WINDOW_MS = 2.0    # how long the batcher waits for more requests' windows
-DEFAULT_MAX_BATCH = 64           # windows per forward pass (a power of two)
+# (windows per forward pass, ms the batcher waits for more requests' windows) by backend. On
+# this project's 2-core CPU aiSFX costs about the same per window at any batch size (29.5 ms
+# at 1, 23-24 ms at 4-16), so large batches only make requests finish in bursts: 16 clients
+# x 128 uploads gave p50 0.58x, p95 0.51x of the lock path at (64, 2 ms) and 1.01x / 1.40x at
+# (4, 0) (bench/bench_serve.py); accelerators gain from large batches.
+BATCH_DEFAULTS = {"cpu": (4, 0.0)}
+ACCELERATOR_BATCH = (64, 2.0)
+DEFAULT_MAX_BATCH, DEFAULT_BATCH_WINDOW_MS = ACCELERATOR_BATCH
 DEFAULT_MAX_QUEUED = 64          # forward passes waiting; more are refused with 503
 RETRY_AFTER_SECONDS = 1
 RELOAD_CHECK_SECONDS = 0.5
@@ -482,8 +489,8 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
                allow_hosts: Sequence[str] = (), allow_origins: Sequence[str] = (),
                show_paths: bool = False,
                max_upload_seconds: float = DEFAULT_MAX_UPLOAD_SECONDS,
-               batching: bool = True, batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS,
-               max_batch: int = DEFAULT_MAX_BATCH,
+               batching: bool = True, batch_window_ms: float | None = None,
+               max_batch: int | None = None,
                max_queued: int = DEFAULT_MAX_QUEUED, warm: bool = False,
                labels_at: str | None = None) -> FastAPI:
   """The ASGI app serving the index at `index_path` (loaded now; errors are raised here).
@@ -496,6 +503,9 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
   index's labels.sqlite; jaxaudio/search/label_api.py serves it)."""
   service = Service(index_path, use_ann, ef)
   max_bytes = int(max_upload_mb * 1e6)
+  by_backend = BATCH_DEFAULTS.get(jax.default_backend(), ACCELERATOR_BATCH)
+  max_batch = by_backend[0] if max_batch is None else max_batch
+  batch_window_ms = by_backend[1] if batch_window_ms is None else batch_window_ms
   batcher = Batcher(max_batch, batch_window_ms, max_queued) if batching else None
   if batcher is not None and warm:
     frontend = service.current().exact.spec_dict
