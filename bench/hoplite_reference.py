@@ -10,7 +10,9 @@ IN.npz: embeddings [N, D], file_of_row [N], offsets [N], hop (seconds). LABELS.j
 {"row", "label", "positive"}: one verdict on one window (the annotator labels windows).
 OUT.npz: logits [N, C] and classes [C].
 
-Each window goes into hoplite's in-memory database with the span it alone covers, [offset,
+Each window goes into hoplite's SQLite + USearch database (its in-memory one scans every
+annotation for every training example: minutes per classifier at 7,440 windows) with the
+span it alone covers, [offset,
 offset + hop): jaxaudio's windows overlap by half, and hoplite gives a label to every window
 that intersects the labelled span, so a verdict on one window would reach its neighbours
 too. A label is that span's middle half. Then hoplite's AgileDataManager and
@@ -21,12 +23,14 @@ weight 0.05, 128 steps, batch 128 + 128 weak negatives, train ratio 0.9, bce).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 from ml_collections import config_dict
 from perch_hoplite.agile import classifier, classifier_data
-from perch_hoplite.db import datatypes, in_mem_impl
+from perch_hoplite.db import datatypes, sqlite_usearch_impl
 
 
 def main(in_npz: str, labels_json: str, out_npz: str, seed: int = 5) -> None:
@@ -35,8 +39,9 @@ def main(in_npz: str, labels_json: str, out_npz: str, seed: int = 5) -> None:
                               float(data["hop"]))
   with open(labels_json) as f:
     labels = json.load(f)
-  db = in_mem_impl.InMemoryGraphSearchDB.create(embedding_dim=emb.shape[1],
-                                               embedding_dtype=np.float32)
+  folder = tempfile.mkdtemp(prefix="hoplite-")
+  db = sqlite_usearch_impl.SQLiteUSearchDB.create(
+      folder, sqlite_usearch_impl.get_default_usearch_config(emb.shape[1]))
   db.insert_metadata("model_config", config_dict.ConfigDict({"model": "jaxaudio"}))
   recordings = {int(i): db.insert_recording(filename=f"rec{int(i)}") for i in np.unique(files)}
   window_ids = np.array([db.insert_window(recordings[int(files[r])],
@@ -50,6 +55,7 @@ def main(in_npz: str, labels_json: str, out_npz: str, seed: int = 5) -> None:
                          datatypes.LabelType.POSITIVE if lab["positive"]
                          else datatypes.LabelType.NEGATIVE, provenance="bench",
                          handle_duplicates="overwrite")
+  db.commit()
   classes = tuple(sorted({lab["label"] for lab in labels}))
   manager = classifier_data.AgileDataManager(
       target_labels=classes, db=db, train_ratio=0.9, min_eval_examples=1, batch_size=128,
@@ -58,6 +64,7 @@ def main(in_npz: str, labels_json: str, out_npz: str, seed: int = 5) -> None:
                                               weak_neg_weight=0.05, num_train_steps=128)
   del window_ids
   np.savez(out_npz, logits=clf(emb.astype(np.float32)), classes=np.array(clf.classes))
+  shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
