@@ -159,7 +159,7 @@ def _spec():
 
 
 # Fuzzing, bounded in examples: any header, any bytes -> samples or one AudioError.
-@settings(max_examples=FUZZ or 300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=FUZZ or 150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(rate=st.one_of(st.integers(0, 2 ** 32 - 1), st.sampled_from([0, 1, 8000, 44100])),
        channels=st.one_of(st.integers(0, 65535), st.integers(1, 8)),
@@ -173,7 +173,7 @@ def test_fuzz_wav_headers_give_samples_or_one_sentence(tmp_path_factory, rate, c
   _decodes_or_says_why(path)
 
 
-@settings(max_examples=FUZZ or 200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=FUZZ or 100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(suffix=st.sampled_from([".wav", ".flac", ".ogg", ".aiff", ".mp3", ".au"]),
        head=st.sampled_from([b"", b"RIFF", b"fLaC", b"OggS", b"FORM", b".snd", b"ID3"]),
@@ -201,7 +201,7 @@ _KEYS = [(section, key) for section in ("data", "train") for key, value in
          and not isinstance(value, bool)]
 
 
-@settings(max_examples=FUZZ or 400, deadline=None)
+@settings(max_examples=FUZZ or 200, deadline=None)
 @given(key=st.sampled_from(_KEYS),
        value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**9, 10**9)))
 def test_fuzz_config_values_validate_or_name_the_key(key, value):

@@ -123,8 +123,10 @@ def _blocks_audioread(path: str, max_seconds: float | None,
   """(rate, [mono float32]) for formats libsndfile lacks (m4a, wma, ...), through
   audioread/ffmpeg; the header is checked first (rate before duration, which divides by
   it) and the read stops just past the limit."""
-  import audioread  # pylint: disable=import-outside-toplevel
-  import librosa  # pylint: disable=import-outside-toplevel
+  with warnings.catch_warnings():   # audioread's raw backend imports aifc, audioop, sunau
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioread  # pylint: disable=import-outside-toplevel
+    import librosa  # pylint: disable=import-outside-toplevel
   with audioread.audio_open(path) as f:
     _check_rate(path, f.samplerate)
     start, end = _check_span(path, span, f.duration)
