@@ -124,18 +124,16 @@ def _blocks_audioread(path: str, max_seconds: float | None,
   audioread/ffmpeg; the header is checked first (rate before duration, which divides by
   it) and the read stops just past the limit."""
   with warnings.catch_warnings():   # audioread's raw backend imports aifc, audioop, sunau
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore")
     import audioread  # pylint: disable=import-outside-toplevel
     import librosa  # pylint: disable=import-outside-toplevel
-  with audioread.audio_open(path) as f:
-    _check_rate(path, f.samplerate)
-    start, end = _check_span(path, span, f.duration)
-    _check_seconds(path, end - start, max_seconds)
-  duration = None if span is None else end - start
-  if max_seconds is not None:
-    duration = min(duration or max_seconds + 1.0, max_seconds + 1.0)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
+    with audioread.audio_open(path) as f:
+      _check_rate(path, f.samplerate)
+      start, end = _check_span(path, span, f.duration)
+      _check_seconds(path, end - start, max_seconds)
+    duration = None if span is None else end - start
+    if max_seconds is not None:
+      duration = min(duration or max_seconds + 1.0, max_seconds + 1.0)
     data, rate = librosa.load(path, sr=None, mono=True, dtype=np.float32, offset=start,
                               duration=duration)
   _check_seconds(path, len(data) / rate, max_seconds)  # a header that understated it
