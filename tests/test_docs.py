@@ -260,3 +260,18 @@ def test_files_the_docs_name_exist():
       if cmd not in commands:
         missing.append(f"{os.path.relpath(path, ROOT)}: python -m jaxaudio.{cmd}")
   assert not missing, "the docs name what the tree does not have:\n" + "\n".join(missing)
+
+
+def test_readme_stays_a_front_page():
+  """README.md is the front page (at most ~150 lines; the rest belongs in docs/), keeps the one
+  test command .ci/run reads, and its links into docs/ point at pages that exist."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  assert len(text.splitlines()) <= 150, "README.md grew past 150 lines; move detail to docs/"
+  block = re.search(r"<!-- test-command -->\n(.*?)<!-- /test-command -->", text, re.S)
+  assert block, "README.md lost its <!-- test-command --> markers (.ci/run reads them)"
+  lines = [l for l in block.group(1).splitlines() if l.strip() and not l.startswith("```")]
+  assert len(lines) == 1, f"exactly one test command between the markers, got {lines}"
+  broken = [link for link in re.findall(r"\]\((docs/[^)#\s]+)", text)
+            if not os.path.isfile(os.path.join(ROOT, link))]
+  assert not broken, f"README.md links to missing docs pages: {broken}"
