@@ -42,7 +42,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if isinstance(err, (AttributeError, KeyError)):
       hint = hint.strip().strip("\"'").rstrip("?")
       hint = f" ({hint}?)" if hint.startswith("Did you mean") else ""
-      _fail(f"unknown config key in {arg or name}{hint}; README lists every key.")
+      _fail(f"unknown config key in {arg or name}{hint}; docs/reference/config.md lists every key.")
     _fail(f"bad config override {arg or ''} ({' '.join(text.split())}); give a value of the "
           "key's type.")
   return argv

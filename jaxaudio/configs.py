@@ -1,7 +1,7 @@
 """The one place for config defaults and their validation.
 
 Config files under configs/ start from `base_config()` and change what they need; every key
-is documented in README. `validate()` runs before any work, so a bad value is one sentence
+is documented in docs/reference/config.md. `validate()` runs before any work, so a bad value is one sentence
 naming the key instead of a failure an hour into a run.
 """
 
@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.train = ml_collections.ConfigDict({
       "seed": 0,
-      # The default recipe (bench/recipes.py, README "Does fine-tuning earn its cost?"): the
+      # The default recipe (bench/recipes.py, docs/evidence/recipes.md): the
       # last three blocks and a fresh head trained together from the start, Adam at a constant
       # learning rate, six epochs, no augmentation, no probe.
       "num_steps": 0,             # 0: probe_steps + epochs x train windows / batch_size
@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
       "logmel_images": 4,         # validation log-mel images in TensorBoard per evaluation
       "mixed_precision": False,   # bfloat16 compute, float32 params (GPU/TPU)
       # Off by default: on aiSFX it cost 7 points of test accuracy under a source shift
-      # (README, recipe benchmark); mel masks hurt most.
+      # (docs/evidence/recipes.md); mel masks hurt most.
       "augment": ml_collections.ConfigDict({
           "enabled": False,
           "time_masks": 2, "time_mask_width": 10,   # SpecAugment, frames

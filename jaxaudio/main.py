@@ -1,7 +1,7 @@
 """Fine-tune a pretrained audio model: `python -m jaxaudio.main --config=configs/finetune.py`.
 
 --workdir holds checkpoints, TensorBoard logs and report/; running the same command again
-continues an interrupted run. Config overrides: --config.KEY=VALUE (README lists the keys).
+continues an interrupted run. Config overrides: --config.KEY=VALUE (docs/reference/config.md lists the keys).
 """
 
 from __future__ import annotations

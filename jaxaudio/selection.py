@@ -74,7 +74,7 @@ def parse_candidates(text: str) -> list[Candidate]:
     info = get_model(name)
     if info.source == "path" and not path:
       raise ConfigError(f"--models entry '{name}' needs its official checkpoint: write "
-                        f"{name}:PATH (README lists where to download it).")
+                        f"{name}:PATH (docs/reference/models.md says where to download it).")
     if path and not os.path.exists(os.path.expanduser(path)):
       raise ConfigError(f"--models entry '{item}': no such checkpoint {path}; check the path.")
     out.append(Candidate(info, os.path.expanduser(path) if path else None))

@@ -135,8 +135,8 @@ def load(path: str, cfg: ml_collections.ConfigDict) -> list[Param]:
     try:
       _get(cfg, key)
     except KeyError:
-      raise ConfigError(f"{where}: unknown config key {key}; README lists every key "
-                        "(e.g. train.learning_rate).") from None
+      raise ConfigError(f"{where}: unknown config key {key}; docs/reference/config.md lists "
+                        "every key (e.g. train.learning_rate).") from None
     param = _parse(key, dist, where)
     for end in _ends(param):   # every end of the range must make a valid config
       trial_cfg = ml_collections.ConfigDict(cfg.to_dict())

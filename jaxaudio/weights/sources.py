@@ -7,7 +7,7 @@ musicnn / vgg: the `musicnn` wheel (ISC licence) carries four TF1 checkpoints, o
 each (MTT_musicnn, MSD_musicnn, MTT_vgg, MSD_vgg); same order of places, never imported
 either (it pins an old TensorFlow and disables eager execution on import). The cached copy
 keeps the package's licence next to the weights.
-PANNs: the official checkpoints are on Zenodo (README); the user passes their path.
+PANNs: the official checkpoints are on Zenodo (docs/reference/models.md); the user passes their path.
 """
 
 from __future__ import annotations
@@ -172,4 +172,4 @@ def resolve_original(info: ModelInfo, checkpoint: str | None) -> tuple[str, str]
   if info.source == "musicnn_package":
     return musicnn_checkpoint(info.package_member), MUSICNN_SHA256[info.package_member]
   raise CheckpointError(f"model '{info.name}' needs --checkpoint=PATH to its official PyTorch "
-                        "checkpoint (README lists where to download it).")
+                        "checkpoint (docs/reference/models.md says where to download it).")
