@@ -2,6 +2,7 @@
 bytes. Each is one AudioError / ConfigError sentence, decoded within a memory bound, never a
 traceback; the chunked decoder yields what a one-shot decode gives, bit for bit."""
 
+import logging
 import math
 import os
 import struct
@@ -15,9 +16,11 @@ import soxr
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from datafixtures import data_config, write_class_folder
 from jaxaudio import configs
 from jaxaudio.audio import io
 from jaxaudio.data import featurize
+from jaxaudio.data.sources import list_source, unmeasured_classes
 from jaxaudio.embedder import audio_files
 from jaxaudio.errors import AudioError, ConfigError, JaxAudioError
 from jaxaudio.models.registry import get_model
@@ -239,3 +242,16 @@ def test_impossible_values_are_refused_naming_the_key(key, value, words):
   c[section][name] = value
   with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
     configs.validate(c)
+
+
+def test_a_class_too_small_for_validation_and_test_is_warned_about(tmp_path, caplog):
+  """A class folder with one file stays whole in train when splits are carved: its scores are
+  never measured, and the console says so, naming the class and the fix."""
+  root = write_class_folder(str(tmp_path / "clips"), per_class=8)
+  os.makedirs(tmp_path / "clips" / "rare")
+  sf.write(str(tmp_path / "clips" / "rare" / "only.wav"), np.zeros(16000, np.float32), 16000)
+  with caplog.at_level(logging.WARNING, logger="jaxaudio"):
+    listing = list_source(data_config(tmp_path, f"folder:{root}"))
+  assert unmeasured_classes(listing) == {"rare": ["validation", "test"]}
+  (line,) = [r.getMessage() for r in caplog.records if "rare" in r.getMessage()]
+  assert "1 training clip(s) and none in validation or test" in line and "at least 3" in line
