@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shutil
 import subprocess
 import tempfile
 
 import numpy as np
 import soundfile as sf
 
-from make_speech_dataset import ACCENTS, colored_noise, variants
+from make_speech_dataset import ACCENTS, colored_noise, require_tools, variants
 
 SR = 16000
 TARGETS = ("yes", "stop", "seven")
@@ -94,9 +93,7 @@ def main() -> None:
   parser.add_argument("--minutes", type=float, default=6.0, help="per recording")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
-  for tool in ("espeak-ng", "sox"):
-    if shutil.which(tool) is None:
-      raise SystemExit(f"error: {tool} is not on PATH; install it (apt-get install {tool}).")
+  require_tools()
   rng = np.random.default_rng(args.seed)
   pool = list(rng.permutation(variants()))
   per_site = max(2, len(pool) // args.sites)

@@ -33,6 +33,13 @@ SR = 22050
 SECONDS = 2.0
 
 
+def require_tools(tools=("espeak-ng", "sox")) -> None:
+  """Stop with one sentence when a synthesis tool is missing."""
+  for tool in tools:
+    if shutil.which(tool) is None:
+      raise SystemExit(f"error: {tool} is not on PATH; install it (apt-get install {tool}).")
+
+
 def variants() -> list[str]:
   out = subprocess.run(["espeak-ng", "--voices=variant"], check=True, capture_output=True,
                        text=True).stdout.splitlines()[1:]
@@ -107,9 +114,7 @@ def main() -> None:
                       help="K > 0: speaker-disjoint folds in folds.csv instead of split folders; "
                            "--per_class is then one number, clips per word in all")
   args = parser.parse_args()
-  for tool in ("espeak-ng", "sox"):
-    if shutil.which(tool) is None:
-      raise SystemExit(f"error: {tool} is not on PATH; install it (apt-get install {tool}).")
+  require_tools()
   rng = np.random.default_rng(args.seed)
   pool = list(rng.permutation(variants()))
   if args.folds:
