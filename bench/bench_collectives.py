@@ -55,7 +55,7 @@ def main():
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from jaxaudio import configs
+  from jaxaudio.runs import configs
   from jaxaudio.models.registry import get_model
   from jaxaudio.train import augment, factory, parallel, steps
 

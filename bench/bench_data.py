@@ -20,7 +20,7 @@ import time
 import numpy as np
 import soundfile as sf
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 from jaxaudio.data import demo, pipeline
 from jaxaudio.data.prepare import prepare
 from jaxaudio.models.registry import AISFX_SPEC

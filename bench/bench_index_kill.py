@@ -35,8 +35,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 # pylint: disable=wrong-import-position
-from jaxaudio import exported  # noqa: E402
-from jaxaudio.errors import SearchIndexError  # noqa: E402
+from jaxaudio.inference import exported  # noqa: E402
+from jaxaudio.exports import stablehlo  # noqa: E402
+from jaxaudio.runtime.errors import SearchIndexError  # noqa: E402
 from jaxaudio.search import indexer, store  # noqa: E402
 from jaxaudio.search.searcher import Searcher  # noqa: E402
 
@@ -45,7 +46,8 @@ def tiny_model(tmp: str) -> str:
   """The tests' tiny scratch run (tests/conftest.py `trained`), exported. Its imports (the
   trainer, TensorFlow) are left out of a run given --model."""
   from datafixtures import write_class_folder  # pylint: disable=import-outside-toplevel
-  from jaxaudio import configs, experiment  # pylint: disable=import-outside-toplevel
+  from jaxaudio.runs import configs  # pylint: disable=import-outside-toplevel
+  from jaxaudio.workflows import finetune
   clips = write_class_folder(os.path.join(tmp, "clips"), per_class=10, seconds=1.5)
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", os.path.join(tmp, "prepared")
@@ -54,8 +56,8 @@ def tiny_model(tmp: str) -> str:
   cfg.train.update(num_steps=30, eval_every=10, log_every=10, batch_size=8, warmup_steps=3,
                    probe_steps=10, learning_rate=1e-2)
   workdir = os.path.join(tmp, "run")
-  experiment.run(cfg, workdir)
-  return exported.for_run(workdir)
+  finetune.run(cfg, workdir)
+  return stablehlo.for_run(workdir)
 
 
 def write_audio(folder: str, names: list[str], rate: int, seed: int) -> None:

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxaudio.audio import frontend
-from jaxaudio.embedder import Embedder
+from jaxaudio.inference.embedder import Embedder
 from jaxaudio.models.registry import get_model
 from jaxaudio.weights import convert, pretrained, sources
 

@@ -31,7 +31,8 @@ def worker(args) -> None:
   import jax
   import numpy as np
 
-  from jaxaudio import configs, hosts
+  from jaxaudio.runs import configs
+  from jaxaudio.runtime import hosts
   from jaxaudio.data import pipeline
   from jaxaudio.models.registry import get_model
   from jaxaudio.train import factory, parallel, steps

@@ -43,7 +43,7 @@ import soundfile as sf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxaudio.embedder import audio_files  # noqa: E402  pylint: disable=wrong-import-position
+from jaxaudio.audio.io import audio_files  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _run(*args: str) -> str:

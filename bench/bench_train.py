@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 xla_cpu.apply()   # the training commands' XLA:CPU options, before JAX starts
 
@@ -39,7 +39,7 @@ def throughput(model: str, batch: int, steps: int, rules, mode: str, cached: boo
   """Examples/s of the train step (`cached`: the head on embeddings; `embed_only`: the
   evaluation-mode forward that fills the cache)."""
   import jax
-  from jaxaudio import configs
+  from jaxaudio.runs import configs
   from jaxaudio.data.pipeline import device_batch
   from jaxaudio.models.registry import get_model
   from jaxaudio.train import factory, head_only, parallel

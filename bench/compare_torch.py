@@ -46,13 +46,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=wrong-import-position
-from jaxaudio import xla_cpu  # noqa: E402
+from jaxaudio.runtime import xla_cpu  # noqa: E402
 
 xla_cpu.apply()   # as the training commands do, before JAX starts
 
 import jax  # noqa: E402
 
-from jaxaudio import configs  # noqa: E402
+from jaxaudio.runs import configs  # noqa: E402
 from jaxaudio.data.pipeline import device_batch  # noqa: E402
 from jaxaudio.models.registry import get_model  # noqa: E402
 from jaxaudio.train import factory, parallel  # noqa: E402

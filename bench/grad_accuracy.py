@@ -4,7 +4,7 @@ weights, BatchNorm on batch statistics, batch 32 of random log-mels, softmax cro
   python bench/grad_accuracy.py [--batch=32] [--torch]
 
 Runs itself in fresh processes (XLA options are fixed per process): float32 as the trainer
-computes (today's XLA:CPU options, see jaxaudio/xla_cpu.py; JAXAUDIO_XLA_CPU_DEFAULT=1 for
+computes (today's XLA:CPU options, see jaxaudio/runtime/xla_cpu.py; JAXAUDIO_XLA_CPU_DEFAULT=1 for
 XLA's own kernels), and a float64 reference (x64, BatchNorm in float64, XLA's own kernels).
 Prints each parameter's relative error ||g32 - g64|| / ||g64||: the median over leaves and
 the worst three. Both see the same float32 log-mels and the same classifier head (drawn
@@ -39,7 +39,7 @@ def gradients(precision: str, batch: int, out: str) -> None:
   """Child: the classifier's parameter gradients in `precision`, saved to `out` (.npz)."""
   sys.path.insert(0, ROOT)
   # pylint: disable=import-outside-toplevel  (the child sets XLA and x64 before JAX starts)
-  from jaxaudio import xla_cpu
+  from jaxaudio.runtime import xla_cpu
   xla_cpu.apply()   # as the training commands do (a no-op under JAXAUDIO_XLA_CPU_DEFAULT=1)
   import jax
   if precision == "float64":
@@ -47,7 +47,7 @@ def gradients(precision: str, batch: int, out: str) -> None:
   import flax.linen as nn
   import jax.numpy as jnp
   import optax
-  from jaxaudio import configs
+  from jaxaudio.runs import configs
   from jaxaudio.models import layers
   from jaxaudio.models.aisfx import AiSFX
   from jaxaudio.models.head import EmbeddingClassifier

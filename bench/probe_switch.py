@@ -23,7 +23,7 @@ from jaxaudio.data.prepare import prepare
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.registry import finetune_backbone
 from jaxaudio.train import augment as aug
-from jaxaudio import rundir
+from jaxaudio.runs import rundir
 
 
 def main() -> None:

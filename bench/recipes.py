@@ -33,11 +33,11 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 from jaxaudio.data.prepare import prepare
 from jaxaudio.data.sources import list_source
-from jaxaudio.embedder import Embedder
-from jaxaudio.evaluate import report
+from jaxaudio.inference.embedder import Embedder
+from jaxaudio.evaluation import report
 from jaxaudio.models.registry import get_model
 from jaxaudio.weights.pretrained import pretrained_variables
 

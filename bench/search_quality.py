@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxaudio.embedder import audio_files  # noqa: E402  pylint: disable=wrong-import-position
+from jaxaudio.audio.io import audio_files  # noqa: E402  pylint: disable=wrong-import-position
 from jaxaudio.search.searcher import Searcher  # noqa: E402  pylint: disable=wrong-import-position
 
 

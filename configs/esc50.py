@@ -4,7 +4,7 @@
       --config.data.source=csv:/path/to/ESC-50/meta/esc50.csv --config.data.test_folds=1,
 """
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 Usage: python -m jaxaudio.main --config=configs/finetune.py [--config.KEY=VALUE ...]
 """
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
   python -m jaxaudio.prepare --config=configs/folder.py --config.data.source=folder:/my/clips
 """
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 
 def get_config():

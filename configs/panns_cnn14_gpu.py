@@ -13,7 +13,7 @@ measured on Cnn14 from here); batch 64 split over every local GPU
 (jit over a device mesh); 8 grain worker processes keep the GPUs fed.
 """
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 
 def get_config():

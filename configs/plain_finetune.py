@@ -8,7 +8,7 @@ compares the default with it on the same code.
 Usage: python -m jaxaudio.main --config=configs/plain_finetune.py --config.data.source=...
 """
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 
 def get_config():

@@ -15,7 +15,7 @@ Global batch 512 (a multiple of the chip count, divided over hosts then chips), 
 compute, jit over the global device mesh.
 """
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 
 def get_config():

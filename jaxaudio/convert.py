@@ -10,7 +10,7 @@ import json
 
 from absl import flags
 
-from jaxaudio import cli
+from jaxaudio.runtime import cli
 from jaxaudio.models.registry import get_model
 from jaxaudio.weights import pretrained
 

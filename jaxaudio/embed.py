@@ -21,16 +21,18 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 # Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
-from jaxaudio import cli, rundir  # noqa: E402
+from jaxaudio.runtime import cli  # noqa: E402
+from jaxaudio.runs import rundir  # noqa: E402
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
-from jaxaudio.embedder import Embedder, audio_files  # noqa: E402
-from jaxaudio.errors import AudioError, CheckpointError, JaxAudioError  # noqa: E402
+from jaxaudio.inference.embedder import Embedder  # noqa: E402
+from jaxaudio.audio.io import audio_files  # noqa: E402
+from jaxaudio.runtime.errors import AudioError, CheckpointError, JaxAudioError  # noqa: E402
 from jaxaudio.models.registry import get_model  # noqa: E402
 from jaxaudio.weights.pretrained import pretrained_variables  # noqa: E402
 

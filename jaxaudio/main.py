@@ -12,13 +12,14 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 # Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
-from jaxaudio import cli, experiment, hosts  # noqa: E402
+from jaxaudio.runtime import cli, hosts  # noqa: E402
+from jaxaudio.workflows import finetune  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)
@@ -30,7 +31,7 @@ def main(argv):
   del argv
   cfg = cli.load_config(_CONFIG)
   hosts.join_from_flags()   # before anything touches a JAX backend (importing does not)
-  test = experiment.run(cfg, _WORKDIR.value)
+  test = finetune.run(cfg, _WORKDIR.value)
   if hosts.is_primary():   # every process holds the same report; one prints it
     summary = {k: v for k, v in test.items() if k != "per_class" and k != "confusion_matrix"}
     print(json.dumps(summary))

@@ -1,6 +1,6 @@
 """Label new recordings with a fine-tuned model.
 
-  python -m jaxaudio.predict --workdir=RUN --audio=FILE_OR_DIR --out=predictions.csv
+  python -m jaxaudio.predict --workdir=RUN --audio=FILE_OR_DIR --out=writers.csv
   python -m jaxaudio.predict --model=EXPORT --audio=long.wav --out=p.csv --windows \\
       --threshold=validation
   python -m jaxaudio.predict --workdir=RUN --audio=DIR --out=sel.txt --format=raven
@@ -23,19 +23,22 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 # Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
-from jaxaudio import cli, exported, inference, predictions  # noqa: E402
+from jaxaudio.runtime import cli  # noqa: E402
+from jaxaudio.inference import exported, writers  # noqa: E402
+from jaxaudio.exports import stablehlo  # noqa: E402
+from jaxaudio.models import outputs  # noqa: E402
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
-from jaxaudio.data.prepare import Featurizer, auto_workers  # noqa: E402
-from jaxaudio.embedder import audio_files  # noqa: E402
-from jaxaudio.errors import AudioError, ConfigError, JaxAudioError  # noqa: E402
-from jaxaudio.evaluate import thresholds as validation_thresholds  # noqa: E402
-from jaxaudio.rundir import step_flag  # noqa: E402
+from jaxaudio.audio.featurize import Featurizer, auto_workers  # noqa: E402
+from jaxaudio.audio.io import audio_files  # noqa: E402
+from jaxaudio.runtime.errors import AudioError, ConfigError, JaxAudioError  # noqa: E402
+from jaxaudio.evaluation import thresholds as validation_thresholds  # noqa: E402
+from jaxaudio.runs.rundir import step_flag  # noqa: E402
 
 DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
 
@@ -67,7 +70,7 @@ def _model() -> exported.ExportedModel:
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("predict needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
-  path = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value, start=False))
+  path = _MODEL.value or stablehlo.for_run(_WORKDIR.value, step_flag(_STEP.value, start=False))
   try:
     return exported.load(path)
   except ValueError as err:
@@ -88,7 +91,7 @@ def _thresholds(model: exported.ExportedModel) -> np.ndarray | None:
         mapping = model.thresholds("validation")
       except ValueError as err:
         raise ConfigError(f"--threshold=validation: {err}") from err
-    return inference.thresholds_array(model.meta["classes"], mapping)
+    return outputs.thresholds_array(model.meta["classes"], mapping)
   try:
     cut = float(value)
   except ValueError:
@@ -96,7 +99,7 @@ def _thresholds(model: exported.ExportedModel) -> np.ndarray | None:
   if not 0.0 <= cut <= 1.0:
     raise ConfigError(f"--threshold={value} is neither a probability in [0, 1] nor "
                       "`validation`; pass e.g. --threshold=0.5.")
-  return inference.thresholds_array(model.meta["classes"], cut)
+  return outputs.thresholds_array(model.meta["classes"], cut)
 
 
 def _writer(model, windows: bool, thresholds):
@@ -105,14 +108,14 @@ def _writer(model, windows: bool, thresholds):
   (at 0.5 by default), whose top label alone says too little."""
   classes = list(model.meta["classes"])
   if _FORMAT.value == "raven":
-    return predictions.RavenWriter(_OUT.value, float(model.meta["frontend"]["fmax"]))
+    return writers.RavenWriter(_OUT.value, float(model.meta["frontend"]["fmax"]))
   listed = thresholds
   if listed is None and model.meta["multi_label"]:
-    listed = inference.thresholds_array(classes, DEFAULT_THRESHOLD)
+    listed = outputs.thresholds_array(classes, DEFAULT_THRESHOLD)
   if _JSON.value:
-    return predictions.JsonWriter(_OUT.value, windows, _TOP_K.value if _TOP_K.value > 1 else 0,
+    return writers.JsonWriter(_OUT.value, windows, _TOP_K.value if _TOP_K.value > 1 else 0,
                                   listed)
-  return predictions.CsvWriter(_OUT.value, classes, windows, _TOP_K.value, listed)
+  return writers.CsvWriter(_OUT.value, classes, windows, _TOP_K.value, listed)
 
 
 def main(argv):
@@ -141,7 +144,7 @@ def main(argv):
   event_cuts = None
   if windows:
     event_cuts = (thresholds if thresholds is not None
-                  else inference.thresholds_array(predictor.classes, DEFAULT_THRESHOLD))
+                  else outputs.thresholds_array(predictor.classes, DEFAULT_THRESHOLD))
   writer = _writer(model, windows, thresholds)
   skipped, done, audio_seconds = [], 0, 0.0
   t0 = time.perf_counter()

@@ -12,7 +12,8 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import cli, configs
+from jaxaudio.runtime import cli
+from jaxaudio.runs import configs
 from jaxaudio.data.prepare import prepare
 from jaxaudio.models.registry import get_model
 

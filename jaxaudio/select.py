@@ -5,7 +5,7 @@
       [--metric=macro_f1|accuracy|mAP] [--folds=5]
 
 Scores each candidate's pretrained embeddings on the train and validation clips (K-fold linear
-probe and retrieval, jaxaudio/selection.py), never the test split, and writes
+probe and retrieval, jaxaudio/model_selection.py), never the test split, and writes
 DIR/report/select.{json,md,png} and TensorBoard: the ranking, whether the runner-up is within
 noise, and the command that fine-tunes the recommended model.
 """
@@ -17,13 +17,15 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 # Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
-from jaxaudio import cli, configs, selection  # noqa: E402
+from jaxaudio.runtime import cli  # noqa: E402
+from jaxaudio.runs import configs  # noqa: E402
+from jaxaudio.workflows import model_selection  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)
@@ -31,7 +33,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the report goes.", requir
 _MODELS = flags.DEFINE_string(
     "models", "aisfx,musicnn_msd,musicnn_mtt,vgg_msd,vgg_mtt",
     "Comma-separated candidates; PANNs as panns_cnn14:PATH to the official checkpoint.")
-_METRIC = flags.DEFINE_enum("metric", "macro_f1", list(selection.METRICS),
+_METRIC = flags.DEFINE_enum("metric", "macro_f1", list(model_selection.METRICS),
                             "What the recommendation maximises.")
 _FOLDS = flags.DEFINE_integer("folds", 5, "Folds of the train and validation clips.")
 _PROBE_STEPS = flags.DEFINE_integer("probe_steps", 1000, "Minibatch steps of each fold's probe.")
@@ -42,8 +44,8 @@ def main(argv):
   del argv
   cfg = cli.load_config(_CONFIG)
   configs.validate(cfg)
-  candidates = selection.parse_candidates(_MODELS.value)
-  result = selection.select(cfg, _WORKDIR.value, candidates, _METRIC.value, _FOLDS.value,
+  candidates = model_selection.parse_candidates(_MODELS.value)
+  result = model_selection.select(cfg, _WORKDIR.value, candidates, _METRIC.value, _FOLDS.value,
                             _PROBE_STEPS.value, _BATCH.value, sys.argv)
   with open(f"{result['report']}/select.md") as f:
     print(f.read(), end="")

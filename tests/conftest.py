@@ -66,8 +66,8 @@ def trained(tmp_path_factory):
   """A tiny run (3 tone classes, scratch init, probe then fine-tune): (workdir, test report).
   Shared by the evaluation, export and search tests."""
   from datafixtures import write_class_folder
-  from jaxaudio import configs
-  from jaxaudio import experiment
+  from jaxaudio.runs import configs
+  from jaxaudio.workflows import finetune
   tmp = tmp_path_factory.mktemp("trained")
   clips = write_class_folder(str(tmp / "clips"), per_class=10, seconds=1.5)
   cfg = configs.base_config()
@@ -78,7 +78,7 @@ def trained(tmp_path_factory):
                    probe_steps=10, param_groups=(("^backbone/", "backbone"), ("^head/", "head")),
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2)
   workdir = str(tmp / "run")
-  return workdir, experiment.run(cfg, workdir)
+  return workdir, finetune.run(cfg, workdir)
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +88,8 @@ def multilabel_trained(tmp_path_factory):
   step 10 of 40: (workdir, clip folder)."""
   import csv
   from datafixtures import write_class_folder
-  from jaxaudio import configs
-  from jaxaudio import experiment
+  from jaxaudio.runs import configs
+  from jaxaudio.workflows import finetune
   tmp = tmp_path_factory.mktemp("multilabel")
   clips = write_class_folder(str(tmp / "clips"), per_class=8, seconds=1.5)
   with open(os.path.join(clips, "labels.csv"), "w", newline="") as f:
@@ -109,5 +109,5 @@ def multilabel_trained(tmp_path_factory):
                    group_lr_mult={"head": 1.0, "backbone": 1.0})
   cfg.evaluate.at_end = False
   workdir = str(tmp / "run")
-  experiment.run(cfg, workdir)
+  finetune.run(cfg, workdir)
   return workdir, clips

@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import soundfile as sf
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 SR = 44100
 

@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train_core import TINY, batch, step_cfg  # noqa: E402  pylint: disable=wrong-import-position
 
-from jaxaudio import configs  # noqa: E402
+from jaxaudio.runs import configs  # noqa: E402
 from jaxaudio.data.pipeline import device_batch  # noqa: E402
 from jaxaudio.models.registry import get_model  # noqa: E402
 from jaxaudio.train import factory, parallel, steps  # noqa: E402

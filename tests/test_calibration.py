@@ -5,15 +5,15 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import accuracy_score
 
-from jaxaudio import inference
-from jaxaudio.evaluate import calibration
+from jaxaudio.models import outputs
+from jaxaudio.evaluation import calibration
 
 
 def test_ece_matches_sklearn_calibration_curve():
   rng = np.random.default_rng(0)
   logits = rng.normal(scale=2.0, size=(500, 6))
   labels = np.where(rng.random(500) < 0.6, logits.argmax(1), rng.integers(0, 6, 500))
-  probs = inference.probabilities(logits, multi_label=False)
+  probs = outputs.probabilities(logits, multi_label=False)
   probs[0] = np.eye(6)[labels[0]]            # confidence exactly 1.0 lands in the top bin
   probs[1] = [0.4, 0.2, 0.2, 0.1, 0.1, 0.0]  # exactly on an inner edge (6/15)
   conf, correct = probs.max(1), (probs.argmax(1) == labels).astype(int)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from jaxaudio import configs
-from jaxaudio.errors import ConfigError, UnknownModelError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import ConfigError, UnknownModelError
 
 
 def test_defaults_validate_and_bad_values_name_the_key():
@@ -41,7 +41,7 @@ def test_cli_config_errors_are_one_sentence(cli, arg, words):
 
 
 def test_a_run_saved_before_a_key_existed_still_opens():
-  from jaxaudio import configs
+  from jaxaudio.runs import configs
   saved = configs.base_config().to_dict()
   for section, key in (("train", "bn"), ("train", "epochs"), ("train", "sampling"),
                        ("train", "class_weights"), ("train", "label_smoothing"), ("data", "group")):

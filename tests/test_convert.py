@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxaudio.audio import melfilters
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.init import init_variables
 from jaxaudio.models.registry import get_model

@@ -8,7 +8,7 @@ import pytest
 
 
 def test_cross_validation_trains_each_fold_once_and_summarises_them(trained, cli):
-  from jaxaudio.crossval import cross_validate
+  from jaxaudio.workflows.crossval import cross_validate
   workdir, _ = trained
   summary = cross_validate(workdir, 2, bootstrap=0)
   folds = []

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from jaxaudio.data.sources import list_source
-from jaxaudio.errors import DataError
+from jaxaudio.runtime.errors import DataError
 from datafixtures import data_config, write_class_folder
 
 SPLITS = ("train", "validation", "test")

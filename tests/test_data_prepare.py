@@ -12,7 +12,7 @@ from jaxaudio.audio import frontend
 from jaxaudio.audio.io import load_audio
 from jaxaudio.audio.preprocess import normalise_loudness
 from jaxaudio.data import prepare as prep
-from jaxaudio.errors import DataError, SpecMismatchError
+from jaxaudio.runtime.errors import DataError, SpecMismatchError
 from jaxaudio.models.registry import AISFX_SPEC, PANNS_SPEC
 from datafixtures import data_config, tone, write_class_folder, SR
 
@@ -180,7 +180,7 @@ def test_worker_processes_give_identical_data(tmp_path, folder):
 
 _PAUSING_PREPARE = """
 import os, runpy, sys, time
-from jaxaudio.data import featurize
+from jaxaudio.audio import featurize
 real, calls = featurize.featurize, [0]
 def paused(*args, **kwargs):
   calls[0] += 1

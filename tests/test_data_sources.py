@@ -9,7 +9,7 @@ import pytest
 
 from jaxaudio.data import demo
 from jaxaudio.data.sources import list_source
-from jaxaudio.errors import DataError
+from jaxaudio.runtime.errors import DataError
 from datafixtures import data_config, write_class_folder
 
 

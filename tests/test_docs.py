@@ -23,7 +23,7 @@ import tempfile
 
 import pytest
 
-from jaxaudio.configs import base_config
+from jaxaudio.runs.configs import base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")

@@ -70,7 +70,7 @@ def test_embed_writes_musicnn_taggrams(cli, tmp_path, golden, musicnn_checkpoint
 def test_embed_with_a_fine_tuned_run_needs_no_model_flag(cli, tmp_path, trained):
   """--checkpoint=RUN embeds with the run's fine-tuned backbone at the chosen step."""
   import jax
-  from jaxaudio import rundir
+  from jaxaudio.runs import rundir
   workdir, _ = trained
   run = rundir.open_run(workdir, 20)
   x = np.random.default_rng(0).uniform(0, 1, (3, 100, 96)).astype(np.float32)

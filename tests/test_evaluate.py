@@ -7,7 +7,7 @@ import pytest
 
 
 def test_evaluate_matches_the_trainer_and_writes_everything(trained):
-  from jaxaudio.evaluate.evaluation import evaluate_run
+  from jaxaudio.evaluation.heldout import evaluate_run
   workdir, test_report = trained
   # The trainer already ran the same code at the end of the run (evaluate.at_end).
   at_end = json.load(open(os.path.join(workdir, "report", "evaluation.json")))
@@ -43,7 +43,7 @@ def test_evaluate_matches_the_trainer_and_writes_everything(trained):
 
 
 def test_the_console_headline_names_the_metric_its_interval_and_ece(trained):
-  from jaxaudio.experiment import headline
+  from jaxaudio.workflows.finetune import headline
   workdir, _ = trained
   c = json.load(open(os.path.join(workdir, "report", "evaluation.json")))["classification"]
   lo, hi = c["accuracy_ci95"]
@@ -67,11 +67,12 @@ def test_exported_model_loads_without_flax_and_gives_the_same_outputs(trained, t
 
   import numpy as np
 
-  from jaxaudio import exported
-  from jaxaudio.rundir import open_run
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
+  from jaxaudio.runs.rundir import open_run
   workdir, _ = trained
   out = str(tmp_path / "export")
-  meta = exported.export_run(workdir, out)
+  meta = stablehlo.export_run(workdir, out)
   run = open_run(workdir)
   assert meta["classes"] == run.classes and meta["weights_sha256"]
   assert meta["frontend"]["n_mels"] == run.info.spec.n_mels
@@ -84,7 +85,7 @@ def test_exported_model_loads_without_flax_and_gives_the_same_outputs(trained, t
     np.save(tmp_path / f"logits{n}.npy", np.asarray(ref["logits"]))
   script = f"""
 import sys, numpy as np
-import jaxaudio.exported as ex
+import jaxaudio.inference.exported as ex
 m = ex.load({out!r})
 for n in (3, 5):
   o = m(np.load({str(tmp_path)!r} + f"/mel{{n}}.npy"))
@@ -108,7 +109,7 @@ print("ok")
 
 
 def test_shift_warning_fires_only_beyond_both_intervals():
-  from jaxaudio.evaluate.evaluation import shift_warning
+  from jaxaudio.evaluation.heldout import shift_warning
   val = {"macro_f1": 0.977, "macro_f1_ci95": [0.95, 0.99]}
   far = {"macro_f1": 0.396, "macro_f1_ci95": [0.33, 0.46]}
   near = {"macro_f1": 0.93, "macro_f1_ci95": [0.88, 0.96]}
@@ -126,7 +127,8 @@ def test_a_test_split_far_below_validation_is_reported_with_the_fix(tmp_path):
   """Test clips whose labels are another class's (a test set unlike anything validation
   held): the run's evaluation says so in evaluation.json and .md and names data.group."""
   from datafixtures import write_class_folder
-  from jaxaudio import configs, experiment
+  from jaxaudio.runs import configs
+  from jaxaudio.workflows import finetune
   root = write_class_folder(str(tmp_path / "clips"), splits={"train": 8, "validation": 3,
                                                               "test": 3})
   test = os.path.join(root, "test")   # low -> mid -> high -> low: every test label wrong
@@ -142,7 +144,7 @@ def test_a_test_split_far_below_validation_is_reported_with_the_fix(tmp_path):
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=3e-3)
   cfg.evaluate.bootstrap = 200
   workdir = str(tmp_path / "run")
-  experiment.run(cfg, workdir)
+  finetune.run(cfg, workdir)
   result = json.load(open(os.path.join(workdir, "report", "evaluation.json")))
   shift = result["validation_shift"]
   assert shift is not None, json.load(open(os.path.join(workdir, "report", "test_metrics.json")))

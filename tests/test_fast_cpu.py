@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 from jaxaudio.models.layers import pool2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +76,7 @@ def _flags_in_fresh_process(env, start="import jaxaudio.main"):
   """(XLA_FLAGS, the training step's compiler options) in a new process that starts as
   `start` says: importing the training command's module, or applying the option as that
   module's header does (the same call, without the command's 5 s of imports)."""
-  code = (f"{start}; import os, jax, jax.numpy as jnp; from jaxaudio import xla_cpu; "
+  code = (f"{start}; import os, jax, jax.numpy as jnp; from jaxaudio.runtime import xla_cpu; "
           "jnp.ones(1).block_until_ready(); "
           "print(repr((os.environ.get('XLA_FLAGS', ''), xla_cpu.train_step_options())))")
   return eval(_fresh_python(code, env).splitlines()[-1])  # pylint: disable=eval-used
@@ -99,7 +99,7 @@ def test_ynn_option_is_set_before_jax_starts_and_the_user_wins():
   option = f"--{xla_cpu.YNN_OPTION}={xla_cpu.YNN_VALUE}"
   train = {xla_cpu.YNN_OPTION: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
   assert _flags_in_fresh_process({}) == (option, train)
-  header = "from jaxaudio import xla_cpu; xla_cpu.apply()"
+  header = "from jaxaudio.runtime import xla_cpu; xla_cpu.apply()"
   assert _flags_in_fresh_process({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"},
                                  header) == (f"--xla_cpu_enable_fast_math=false {option}", train)
   own = f"--{xla_cpu.YNN_OPTION}=eltwise"
@@ -112,7 +112,7 @@ def test_every_command_that_runs_a_model_sets_the_option_before_jax_starts():
   leaves the option in XLA_FLAGS for the backend JAX then creates."""
   option = f"--{xla_cpu.YNN_OPTION}={xla_cpu.YNN_VALUE}"
   modules = ("jaxaudio.predict", "jaxaudio.embed", "jaxaudio.search.__main__",
-             "jaxaudio.select", "jaxaudio.sweep", "jaxaudio.evaluate.__main__")
+             "jaxaudio.select", "jaxaudio.sweep", "jaxaudio.evaluate")
   env = _clean_env()
   procs = {m: subprocess.Popen(
       [sys.executable, "-c", f"import {m}, os, jax.numpy as jnp; jnp.ones(1).block_until_ready(); "

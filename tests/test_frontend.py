@@ -80,7 +80,7 @@ def test_spec_fingerprint_and_roundtrip():
 
 def test_spec_mismatch_names_both():
   from jaxaudio.audio.spec import check_same_spec
-  from jaxaudio.errors import SpecMismatchError
+  from jaxaudio.runtime.errors import SpecMismatchError
   check_same_spec(AISFX_SPEC, AISFX_SPEC, what="data", model="aisfx")
   with pytest.raises(SpecMismatchError) as err:
     check_same_spec(AISFX_SPEC, PANNS_SPEC, what="prepared data", model="aisfx")

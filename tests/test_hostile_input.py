@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from datafixtures import data_config, write_class_folder
-from jaxaudio import configs
+from jaxaudio.runs import configs
 from jaxaudio.audio import io
-from jaxaudio.data import featurize
+from jaxaudio.audio import featurize
 from jaxaudio.data.sources import list_source, unmeasured_classes
-from jaxaudio.embedder import audio_files
-from jaxaudio.errors import AudioError, ConfigError, JaxAudioError
+from jaxaudio.audio.io import audio_files
+from jaxaudio.runtime.errors import AudioError, ConfigError, JaxAudioError
 from jaxaudio.models.registry import get_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def test_the_1_hz_header_is_refused_within_a_memory_bound(tmp_path):
   code = (
       "import resource, sys\n"
       "from jaxaudio.audio.io import load_audio\n"
-      "from jaxaudio.errors import AudioError\n"
+      "from jaxaudio.runtime.errors import AudioError\n"
       "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
       "try:\n"
       f"  load_audio({path!r}, 16000)\n"

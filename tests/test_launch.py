@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from jaxaudio import configs
-from jaxaudio.errors import ConfigError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -57,7 +57,7 @@ def test_the_readme_job_fine_tunes_pretrained_full_width_aisfx_on_the_demo(job):
   metrics = json.load(open(f"{workdir}/report/test_metrics.json"))
   assert metrics["num_examples"] == 10 and metrics["best_step"] == 2
   assert len(metrics["per_class"]) == 10 and 0.0 <= metrics["accuracy"] <= 1.0
-  evaluation = json.load(open(f"{workdir}/report/evaluation.json"))
+  evaluation = json.load(open(f"{workdir}/report/heldout.json"))
   assert evaluation["step"] == 2 and evaluation["split"] == "test"
   assert evaluation["classification"]["accuracy"] == pytest.approx(metrics["accuracy"])
   assert f"report: {workdir}/report" in r.stdout
@@ -98,9 +98,9 @@ def test_a_converted_checkpoint_as_model_init_starts_where_pretrained_starts(job
 def test_exported_cli_and_search_index_rebuild(job):
   """`jaxaudio.exported` writes a model that computes what the run computes; an index built
   with the run's starting weights refuses that model until `--rebuild`, then holds it."""
-  from jaxaudio import exported
-  from jaxaudio.evaluate import evaluation
-  from jaxaudio.rundir import open_run
+  from jaxaudio.inference import exported
+  from jaxaudio.evaluation import heldout
+  from jaxaudio.runs.rundir import open_run
   from jaxaudio.search import store
   env, workdir = job["env"], job["workdir"]
   out = str(job["tmp"] / "export")
@@ -112,7 +112,7 @@ def test_exported_cli_and_search_index_rebuild(job):
   model = exported.load(out)
   mel = np.random.default_rng(0).uniform(0, 1, (3, 100, 96)).astype(np.float32)
   run = open_run(workdir)
-  want = evaluation.apply_fn(run, run.variables)(mel)
+  want = heldout.apply_fn(run, run.variables)(mel)
   got = model(mel)
   np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4)
   np.testing.assert_allclose(got["embedding"], want["embedding"], atol=1e-4)

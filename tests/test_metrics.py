@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxaudio.evaluate import metrics
+from jaxaudio.evaluation import metrics
 
 
 @pytest.mark.parametrize("seed", range(5))

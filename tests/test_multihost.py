@@ -192,7 +192,7 @@ def test_the_heartbeat_that_stops_a_pod_is_the_short_one(monkeypatch):
   """What makes the dead-peer test above quick without a clock in it: the job joins with
   hosts.HEARTBEAT_TIMEOUT_S (JAX's own default waits 100 s), on gloo collectives."""
   import jax
-  from jaxaudio import hosts
+  from jaxaudio.runtime import hosts
   joined, updates = [], []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: joined.append(kw))
   monkeypatch.setattr(jax.config, "update", lambda k, v: updates.append((k, v)))

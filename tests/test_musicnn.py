@@ -8,7 +8,7 @@ import pytest
 
 from jaxaudio.audio import frontend
 from jaxaudio.audio.io import load_audio
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.models import musicnn
 from jaxaudio.models.registry import MUSICNN_SPEC, get_model, param_count
 from jaxaudio.weights import convert, sources, tfckpt
@@ -92,7 +92,7 @@ def test_musicnn_sources_refetch_a_tampered_cache(tmp_path, monkeypatch, musicnn
 @pytest.mark.parametrize("name", ["aisfx", "panns_cnn10", "musicnn_msd", "vgg_mtt"])
 def test_default_recipe_freezes_each_models_first_groups(name):
   """The default param_groups freeze exactly the model's default_frozen layer groups."""
-  from jaxaudio import configs
+  from jaxaudio.runs import configs
   from jaxaudio.models.head import EmbeddingClassifier
   from jaxaudio.models.registry import finetune_backbone
   from jaxaudio.train import optimizer
@@ -110,7 +110,10 @@ def test_musicnn_fine_tunes_with_its_frontend_frozen_and_exports(tmp_path, music
   """A musicnn run end to end: default freezing keeps the front end bitwise pretrained while
   the mid end trains, and the exported model reproduces the run's embeddings."""
   from datafixtures import write_class_folder
-  from jaxaudio import configs, experiment, exported, rundir
+  from jaxaudio.runs import configs, rundir
+  from jaxaudio.workflows import finetune
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
   from jaxaudio.weights.pretrained import pretrained_variables
   musicnn_checkpoint("MTT_musicnn")
   clips = write_class_folder(str(tmp_path / "clips"), per_class=6, seconds=3.2)
@@ -121,7 +124,7 @@ def test_musicnn_fine_tunes_with_its_frontend_frozen_and_exports(tmp_path, music
   cfg.train.update(num_steps=4, eval_every=2, log_every=2, batch_size=4, logmel_images=0)
   cfg.evaluate.at_end = False
   workdir = str(tmp_path / "run")
-  experiment.run(cfg, workdir)
+  finetune.run(cfg, workdir)
   run = rundir.open_run(workdir, "latest")
   pretrained = pretrained_variables(get_model("musicnn_mtt"))[0]
   tuned = run.variables["params"]["backbone"]
@@ -131,7 +134,7 @@ def test_musicnn_fine_tunes_with_its_frontend_frozen_and_exports(tmp_path, music
   assert any(np.any(np.asarray(a) != np.asarray(b)) for a, b in zip(
       jax.tree_util.tree_leaves(tuned["midend"]),
       jax.tree_util.tree_leaves(pretrained["params"]["midend"])))
-  exported.export_run(workdir, str(tmp_path / "export"), step="latest")
+  stablehlo.export_run(workdir, str(tmp_path / "export"), step="latest")
   model = exported.load(str(tmp_path / "export"))
   x = np.random.default_rng(0).uniform(0, 3, (2, 187, 96)).astype(np.float32)
   want = run.model.apply(run.variables, x)["embedding"]

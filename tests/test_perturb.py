@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxaudio.evaluate import perturb
+from jaxaudio.evaluation import perturb
 
 SR = 16000
 

@@ -25,8 +25,8 @@ def _noise(seconds, seed, level=0.1):
 def detector(tmp_path_factory):
   """A small scratch model trained on three tones and a `background` class of noise, and a
   40 s recording of noise with the tones at known places."""
-  from jaxaudio import configs
-  from jaxaudio import experiment
+  from jaxaudio.runs import configs
+  from jaxaudio.workflows import finetune
   tmp = tmp_path_factory.mktemp("detector")
   clips = tmp / "clips"
   for c, f in TONES.items():
@@ -49,7 +49,7 @@ def detector(tmp_path_factory):
                    group_lr_mult={"head": 1.0, "backbone": 1.0}, learning_rate=1e-2,
                    epochs=0)
   workdir = str(tmp / "run")
-  test = experiment.run(cfg, workdir)
+  test = finetune.run(cfg, workdir)
   assert test["accuracy"] == 1.0, test
   # 40 s: noise, with low at 6-12 s, high at 18-23 s and mid at 30-35 s over it.
   spans = [("low", 6.0, 12.0), ("high", 18.0, 23.0), ("mid", 30.0, 35.0)]
@@ -76,7 +76,8 @@ def _clip_means(window_probs, clip_ids, n_clips):
 def test_group_mean_and_clip_level_against_a_loop_over_clips():
   """Clips in any order, of 1-4 windows: sorted clip ids, each clip's mean probability, its
   first window's label; logits that give back those means (softmax, or sigmoid per class)."""
-  from jaxaudio import forward, inference
+  from jaxaudio.train import forward
+  from jaxaudio.models import outputs
   rng = np.random.default_rng(0)
   sizes = {7: 3, 2: 1, 40: 4, 5: 2}
   clip = rng.permutation(np.repeat(list(sizes), list(sizes.values())))
@@ -88,7 +89,7 @@ def test_group_mean_and_clip_level_against_a_loop_over_clips():
   for multi, squash in ((False, lambda z: softmax(z, axis=1)), (True, expit)):
     probs = squash(logits)
     means = {c: np.mean([p for p, i in zip(probs, clip) if i == c], axis=0) for c in ids}
-    keys, mean, firsts = inference.group_mean(probs, clip)
+    keys, mean, firsts = outputs.group_mean(probs, clip)
     assert keys.tolist() == ids and firsts.tolist() == [first[c] for c in ids]
     np.testing.assert_allclose(mean, [means[c] for c in ids], rtol=1e-12)
     out = forward.clip_level({"logits": logits, "clip": clip, "label": labels}, multi)
@@ -97,7 +98,7 @@ def test_group_mean_and_clip_level_against_a_loop_over_clips():
   # Single-label clip logits are log mean probabilities: log_softmax leaves them unchanged.
   out = forward.clip_level({"logits": logits, "clip": clip, "label": labels}, False)
   np.testing.assert_allclose(log_softmax(out["logits"], axis=1), out["logits"], atol=1e-9)
-  keys, mean, firsts = inference.group_mean(np.eye(3)[[2, 0, 2, 1]], np.array(["b", "a", "b", "c"]))
+  keys, mean, firsts = outputs.group_mean(np.eye(3)[[2, 0, 2, 1]], np.array(["b", "a", "b", "c"]))
   assert keys.tolist() == ["a", "b", "c"] and firsts.tolist() == [1, 0, 3]
   np.testing.assert_array_equal(mean, [[1, 0, 0], [0, 0, 1], [0, 1, 0]])
 
@@ -109,15 +110,16 @@ def _read_csv(path):
 
 def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(trained, cli,
                                                                                 tmp_path):
-  from jaxaudio import exported
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
   from jaxaudio.data import pipeline
   from jaxaudio.data.prepare import prepare
-  from jaxaudio.evaluate import evaluation
-  from jaxaudio.rundir import open_run
+  from jaxaudio.evaluation import heldout
+  from jaxaudio.runs.rundir import open_run
   workdir, test_report = trained
   run = open_run(workdir)
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
-  windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
+  windows = heldout.window_outputs(heldout.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "test", 32, 0, 1))
   root = run.cfg.data.source.split(":", 1)[1]
   keys = prepared.meta["splits"]["test"]["clip_keys"]
@@ -137,7 +139,7 @@ def test_predict_on_a_test_folder_gives_the_evaluations_per_clip_probabilities(t
   accuracy = np.mean([rows[k]["label"] == k.split(os.sep)[0] for k in keys])
   assert accuracy == pytest.approx(test_report["accuracy"])
   # The Python API: a path and the same file as a waveform give what the CLI wrote.
-  model = exported.load(exported.for_run(workdir))
+  model = exported.load(stablehlo.for_run(workdir))
   path = os.path.join(root, keys[0])
   p = model.predict(path)
   np.testing.assert_allclose(p.probabilities, got[0], atol=2e-6)
@@ -178,7 +180,7 @@ def test_events_on_a_long_recording_land_on_the_sounds(detector, cli, tmp_path):
 
 
 def test_validation_thresholds_and_raven_selection_table(detector, cli, tmp_path):
-  from jaxaudio.evaluate import thresholds
+  from jaxaudio.evaluation import thresholds
   workdir, long, spans = detector
   out = tmp_path / "sel.txt"
   r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={long}", f"--out={out}",
@@ -202,7 +204,7 @@ def test_validation_thresholds_and_raven_selection_table(detector, cli, tmp_path
 
 
 def test_best_f1_thresholds_match_a_brute_force_search():
-  from jaxaudio.evaluate.thresholds import best_f1
+  from jaxaudio.evaluation.thresholds import best_f1
   rng = np.random.default_rng(0)
   onehot = rng.random((200, 3)) < [0.1, 0.4, 0.0]
   probs = np.clip(onehot * 0.3 + rng.random((200, 3)) * 0.7, 0, 1)
@@ -224,7 +226,7 @@ def test_best_f1_thresholds_match_a_brute_force_search():
 
 
 def test_detect_events_merges_runs_and_gives_each_window_its_middle():
-  from jaxaudio.inference import detect_events
+  from jaxaudio.inference.predictor import detect_events
   # Windows of 2 s every 0.5 s: window i stands for [i*0.5 + 0.75, i*0.5 + 1.25).
   start = np.arange(10) * 0.5
   probs = np.zeros((10, 2))
@@ -273,13 +275,13 @@ def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multi
                                                                            cli, tmp_path):
   from jaxaudio.data import pipeline
   from jaxaudio.data.prepare import prepare
-  from jaxaudio.evaluate import evaluation
-  from jaxaudio.rundir import open_run
+  from jaxaudio.evaluation import heldout
+  from jaxaudio.runs.rundir import open_run
   workdir, clips = multilabel_trained
   run = open_run(workdir)
   assert run.multi_label and run.classes == ["high", "low", "mid", "tonal"]
   prepared, _ = prepare(run.cfg.data, run.info.spec, progress=False)
-  windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
+  windows = heldout.window_outputs(heldout.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "test", 32, 0, 1))
   keys = prepared.meta["splits"]["test"]["clip_keys"]
   want = _clip_means(expit(windows["logits"]), windows["clip"], len(keys))

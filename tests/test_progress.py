@@ -1,4 +1,4 @@
-"""jaxaudio.progress: whole lines when stderr is a log, tqdm's bar on a terminal."""
+"""jaxaudio.runtime.progress: whole lines when stderr is a log, tqdm's bar on a terminal."""
 
 import fcntl
 import io
@@ -10,7 +10,7 @@ import termios
 
 from tqdm import tqdm
 
-from jaxaudio.progress import LogProgress, progress
+from jaxaudio.runtime.progress import LogProgress, progress
 
 
 def test_a_log_gets_whole_lines_at_most_every_interval_and_one_at_the_end():
@@ -38,7 +38,7 @@ def test_a_log_gets_whole_lines_at_most_every_interval_and_one_at_the_end():
 
 def test_lines_come_at_most_every_interval_by_the_clock(monkeypatch):
   """A fake clock: updates 10 s apart with a 30 s interval print at 30 s, 60 s and the end."""
-  import jaxaudio.progress as progress_module
+  import jaxaudio.runtime.progress as progress_module
   now = [100.0]
   monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
   log = io.StringIO()

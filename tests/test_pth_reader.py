@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.weights.pth import load_pth
 from conftest import GOLDEN
 

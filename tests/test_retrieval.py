@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
-from jaxaudio.evaluate import retrieval
+from jaxaudio.evaluation import retrieval
 
 
 def reference(emb, rel, k_list=(1, 5, 10)):

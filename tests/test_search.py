@@ -96,9 +96,10 @@ def collection(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def export_dir(trained, tmp_path_factory):
-  from jaxaudio import exported
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
   workdir, _ = trained
-  return exported.for_run(workdir)
+  return stablehlo.for_run(workdir)
 
 
 def _rows_by_file(path):
@@ -178,8 +179,9 @@ def test_index_is_incremental_and_every_file_finds_itself_first(collection, expo
 
 def test_another_model_a_missing_or_damaged_index_are_refused(collection, export_dir,
                                                               tmp_path):
-  from jaxaudio import exported
-  from jaxaudio.errors import SearchIndexError
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
+  from jaxaudio.runtime.errors import SearchIndexError
   from jaxaudio.search import indexer
   from jaxaudio.search.searcher import Searcher
   index = str(tmp_path / "index")
@@ -189,7 +191,7 @@ def test_another_model_a_missing_or_damaged_index_are_refused(collection, export
   model = exported.load(other)
   weights = [w + 1e-3 if i == 0 else w for i, w in enumerate(model.weights)]
   np.savez(f"{other}/weights.npz", **{f"w{i:05d}": w for i, w in enumerate(weights)})
-  sha = exported._sha256(weights)  # pylint: disable=protected-access
+  sha = exported.weights_sha256(weights)
   meta = dict(model.meta, weights_sha256=sha)
   json.dump(meta, open(f"{other}/meta.json", "w"))
   with pytest.raises(SearchIndexError, match="was built with another weights_sha256 .* pass "
@@ -264,7 +266,7 @@ def test_graph_skips_dead_rows_and_maps_ids_to_live_rows():
 
 
 def test_approximate_index_is_extended_not_rebuilt_on_update(collection, export_dir, tmp_path):
-  from jaxaudio.errors import SearchIndexError
+  from jaxaudio.runtime.errors import SearchIndexError
   from jaxaudio.search import indexer, store
   from jaxaudio.search.searcher import Searcher
   audio = str(tmp_path / "audio")

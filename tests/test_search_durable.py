@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from datafixtures import SR, tone
-from jaxaudio.errors import SearchIndexError
+from jaxaudio.runtime.errors import SearchIndexError
 from jaxaudio.search import indexer, store
 from jaxaudio.search.searcher import Searcher
 # pylint: disable-next=unused-import
@@ -50,7 +50,7 @@ def _killed_at(point: str, **kwargs) -> None:
 
 def _assert_same_rows(got: str, want: str) -> None:
   """The same files with the same window offsets and embeddings, bit for bit: a window embeds
-  alike whatever batch it shares (jaxaudio/xla_cpu.py), so resuming changes no number."""
+  alike whatever batch it shares (jaxaudio/runtime/xla_cpu.py), so resuming changes no number."""
   a, b = _rows_by_file(got), _rows_by_file(want)
   assert sorted(a) == sorted(b)
   for path, (emb, off) in b.items():

@@ -9,8 +9,10 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score
 
-from jaxaudio import configs, selection
-from jaxaudio.errors import ConfigError, DataError, UnknownModelError
+from jaxaudio.runs import configs
+from jaxaudio.train import probe
+from jaxaudio.workflows import model_selection
+from jaxaudio.runtime.errors import ConfigError, DataError, UnknownModelError
 from datafixtures import write_class_folder
 
 
@@ -67,7 +69,7 @@ def test_clip_scores_match_sklearn():
   keys = np.repeat(np.arange(40), 3).astype(str)
   truth = rng.integers(0, 4, 40)
   logits = rng.normal(size=(120, 4)) + 1.5 * np.eye(4)[np.repeat(truth, 3)]
-  got = selection._clip_scores(logits, np.repeat(truth, 3), keys, 4, False)  # pylint: disable=protected-access
+  got = model_selection._clip_scores(logits, np.repeat(truth, 3), keys, 4, False)  # pylint: disable=protected-access
   probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
   order = np.unique(keys)
   pred = np.array([probs[keys == k].mean(0).argmax() for k in order])
@@ -82,39 +84,39 @@ def test_probe_converges_on_well_separated_embeddings():
   x = rng.normal(size=(300, 16)) + 4.0 * np.eye(3, 16)[y]
   train = configs.base_config().train
   x = (x - x[:200].mean(0)) / x[:200].std(0)
-  predict = selection.fit_probe(x[:200], y[:200], 3, False, train, steps=300, seed=0)
+  predict = probe.fit_probe(x[:200], y[:200], 3, False, train, steps=300, seed=0)
   assert (predict(x[200:]).argmax(1) == y[200:]).mean() >= 0.97
 
 
 def test_paired_comparison_over_folds():
   a, b = [0.90, 0.91, 0.93, 0.92, 0.90], [0.50, 0.52, 0.49, 0.55, 0.51]
-  p = selection.paired(a, b)
+  p = model_selection.paired(a, b)
   d = np.subtract(a, b)
   t = d.mean() / (d.std(ddof=1) / np.sqrt(5))
   assert p["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 4))
   assert not p["within_noise"] and p["ci95"][0] > 0
-  noisy = selection.paired([0.9, 0.5, 0.7, 0.8, 0.6], [0.6, 0.8, 0.7, 0.7, 0.65])
+  noisy = model_selection.paired([0.9, 0.5, 0.7, 0.8, 0.6], [0.6, 0.8, 0.7, 0.7, 0.65])
   assert noisy["within_noise"] and noisy["ci95"][0] < 0 < noisy["ci95"][1]
 
 
 def test_bad_candidates_and_too_few_clips(clips):
   with pytest.raises(UnknownModelError, match="unknown model 'vgg'"):
-    selection.parse_candidates("aisfx,vgg")
+    model_selection.parse_candidates("aisfx,vgg")
   with pytest.raises(ConfigError, match="needs its official checkpoint: write panns_cnn14:PATH"):
-    selection.parse_candidates("panns_cnn14")
+    model_selection.parse_candidates("panns_cnn14")
   with pytest.raises(ConfigError, match="no such checkpoint"):
-    selection.parse_candidates("panns_cnn10:/nonexistent/Cnn10.pth")
+    model_selection.parse_candidates("panns_cnn10:/nonexistent/Cnn10.pth")
   cfg = configs.base_config()
   cfg.data.source = f"folder:{clips}"
   with pytest.raises(DataError, match=r"fewer than the 9 folds; use --folds="):
-    selection.pool_folds(cfg, 9)
+    model_selection.pool_folds(cfg, 9)
 
 
 def test_folds_keep_groups_whole(clips):
   cfg = configs.base_config()
   cfg.data.source = f"folder:{clips}"
   cfg.data.group = r"regex:_(\d+)\.wav$"    # clip i of every class: one "speaker"
-  fold_of, grouped = selection.pool_folds(cfg, 3)
+  fold_of, grouped = model_selection.pool_folds(cfg, 3)
   assert grouped
   by_group = {}
   for key, fold in fold_of.items():
@@ -128,7 +130,7 @@ def test_multilabel_clip_scores_match_sklearn():
   keys = np.repeat(np.arange(30), 2).astype(str)
   truth = (rng.random((30, 4)) < 0.4).astype(np.uint8)
   logits = rng.normal(size=(60, 4)) + 2.0 * (np.repeat(truth, 2, axis=0) - 0.5)
-  got = selection._clip_scores(logits, np.repeat(truth, 2, axis=0), keys, 4, True)  # pylint: disable=protected-access
+  got = model_selection._clip_scores(logits, np.repeat(truth, 2, axis=0), keys, 4, True)  # pylint: disable=protected-access
   probs = 1 / (1 + np.exp(-logits))
   order = np.unique(keys)
   pred = np.stack([probs[keys == k].mean(0) for k in order]) >= 0.5

@@ -28,7 +28,8 @@ HOP_SECONDS = 50 * 1024 / SR   # aiSFX window hop at the training hop (0.5 windo
 def served(trained, tmp_path_factory):
   """(index path, audio folder, export dir): tone files, a long two-part file, a file whose
   name needs quoting."""
-  from jaxaudio import exported
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
   from jaxaudio.search import indexer
   root = tmp_path_factory.mktemp("served")
   audio = root / "audio"
@@ -36,7 +37,7 @@ def served(trained, tmp_path_factory):
   sf.write(str(audio / "long_sweep.wav"),
            np.concatenate([tone(300, 3.5, seed=1), tone(1500, 3.5, seed=2)]), SR)
   sf.write(str(audio / "a b&c é.wav"), tone(900, 2.0, seed=5), SR)
-  export_dir = exported.for_run(trained[0])
+  export_dir = stablehlo.for_run(trained[0])
   index = str(root / "index")
   indexer.update(index, str(audio), export_dir, workers=1, progress=False)
   return index, str(audio), export_dir
@@ -60,7 +61,8 @@ def _one_sentence(r, status):
 
 
 def test_query_classify_index_and_health(served):
-  from jaxaudio import exported
+  from jaxaudio.inference import exported
+  from jaxaudio.exports import stablehlo
   from jaxaudio.search.service import file_id
   index, audio, export_dir = served
   client = _client(index)

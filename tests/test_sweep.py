@@ -17,8 +17,8 @@ import numpy as np
 import optuna
 import pytest
 
-from jaxaudio import configs
-from jaxaudio.errors import ConfigError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import ConfigError
 from jaxaudio.tuning import space, study, summary
 
 SPACE = '''

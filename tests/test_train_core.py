@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxaudio import configs
-from jaxaudio.errors import ConfigError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import ConfigError
 from jaxaudio.models.registry import AISFX_SPEC, PANNS_SPEC, get_model
 from jaxaudio.train import augment, factory, optimizer, steps
 

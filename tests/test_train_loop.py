@@ -80,7 +80,7 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
   assert json.load(open(f"{tmp}/killed/report/test_metrics.json"))["macro_f1"] == \
       report["macro_f1"]
   # Evaluation, export and search read the average, not the raw weights.
-  from jaxaudio.rundir import open_run
+  from jaxaudio.runs.rundir import open_run
   run = open_run(f"{tmp}/whole", 24)
   saved = saved_state(f"{tmp}/whole", 24)
   ema, raw = leaves(saved["opt_state"]["ema"]), leaves(saved["params"])
@@ -89,8 +89,8 @@ def test_run_report_and_bitwise_resume_after_kill(dataset):
 
 
 def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
-  from jaxaudio import configs
-  from jaxaudio import experiment
+  from jaxaudio.runs import configs
+  from jaxaudio.workflows import finetune
   from jaxaudio.train import fit, parallel
   tmp, clips = dataset
   real_make = parallel.make
@@ -155,7 +155,7 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
   cfg.train.update(num_steps=160, batch_size=8, warmup_steps=3, probe_steps=0, epochs=0)
   with pytest.raises(fit.TrainingDiverged, match=r"became nan by step 150; the last good "
                                                   r"checkpoint \(step 100\) is intact"):
-    experiment.run(cfg, str(tmp_path / "wd"))
+    finetune.run(cfg, str(tmp_path / "wd"))
   assert lagging[0], "the poisoned steps ran after step 100's save was complete: no lag tested"
   assert pending_at_close[:1] == [True], "the error did not close while step 100 was pending"
   assert sorted(os.listdir(tmp_path / "wd" / "checkpoints"), key=int) == ["50", "100"]
@@ -163,9 +163,9 @@ def test_divergence_stops_with_a_clear_message(dataset, monkeypatch, tmp_path):
 
 
 def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
-  from jaxaudio import configs
+  from jaxaudio.runs import configs
   from jaxaudio.models.registry import get_model
-  from jaxaudio import experiment
+  from jaxaudio.workflows import finetune
   from jaxaudio.train import factory
   tmp, clips = dataset
   cfg = configs.base_config()
@@ -176,7 +176,7 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
                    param_groups=(("^backbone/", "frozen"), ("^head/", "head")))
   wd = str(tmp_path / "wd")
   with caplog.at_level("INFO", logger="jaxaudio"):
-    report = experiment.run(cfg, wd)
+    report = finetune.run(cfg, wd)
   assert "training the head on cached embeddings" in caplog.text
   assert "embedded 24 windows once" in caplog.text
   assert report["num_examples"] == 3
@@ -194,8 +194,8 @@ def test_head_only_run_trains_on_cached_embeddings(dataset, tmp_path, caplog):
   assert events.count(b"evaluate_pr_curves") == 1
   assert events.count(b"eval_logmel") == 2 and events.count(b"eval_confusion_matrix") == 2
   # The run opens again for evaluation/search: label map, best step, the same weights.
-  from jaxaudio.errors import CheckpointError
-  from jaxaudio import rundir
+  from jaxaudio.runtime.errors import CheckpointError
+  from jaxaudio.runs import rundir
   run = rundir.open_run(wd)
   assert run.classes == ["high", "low", "mid"] and not run.multi_label
   assert run.step == report["best_step"]
@@ -214,8 +214,8 @@ def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
   """epochs set num_steps from the prepared data; balanced sampling and class weights read
   the train windows' labels; BatchNorm on running averages leaves the statistics as they
   were initialised through fine-tuning."""
-  from jaxaudio import configs
-  from jaxaudio import experiment
+  from jaxaudio.runs import configs
+  from jaxaudio.workflows import finetune
   tmp, clips = dataset
   cfg = configs.base_config()
   cfg.data.source, cfg.data.prepared_dir = f"folder:{clips}", f"{tmp}/prepared"
@@ -226,7 +226,7 @@ def test_recipe_options_in_a_run(dataset, tmp_path, caplog):
   cfg.evaluate.at_end = False
   wd = str(tmp_path / "wd")
   with caplog.at_level("INFO", logger="jaxaudio"):
-    experiment.run(cfg, wd)
+    finetune.run(cfg, wd)
   assert "train.epochs=3 over 18 training windows: 7 steps (probe 0)" in caplog.text
   assert "train windows per class: high 6, low 6, mid 6" in caplog.text
   assert json.load(open(os.path.join(wd, "config.json")))["train"]["num_steps"] == 7

@@ -10,9 +10,9 @@ import optax
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from jaxaudio import configs
+from jaxaudio.runs import configs
 from jaxaudio.data import pipeline
-from jaxaudio.errors import ConfigError
+from jaxaudio.runtime.errors import ConfigError
 from jaxaudio.models.registry import AISFX_SPEC
 from jaxaudio.train import optimizer, steps
 from test_train_core import batch, tiny_setup

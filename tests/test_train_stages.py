@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxaudio import configs
-from jaxaudio.errors import ConfigError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import ConfigError
 from jaxaudio.models.registry import AISFX_SPEC, get_model
 from jaxaudio.train import factory, head_only, stages, steps
 

@@ -17,12 +17,13 @@ difference between the two is recorded in tests/golden/README.md.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import warnings
 
 import numpy as np
 
-from jaxaudio.errors import AudioError
+from jaxaudio.runtime.errors import AudioError
 
 MIN_RATE = 1_000        # Hz: below any real recording's rate (telephone audio is 8 kHz)
 MAX_RATE = 768_000      # Hz: the highest rate audio interfaces record at
@@ -220,3 +221,36 @@ def load_audio(path: str | os.PathLike, sample_rate: int,
                max_seconds: float | None = DEFAULT_MAX_SECONDS) -> np.ndarray:
   """Mono float32 waveform of `path` at `sample_rate`."""
   return decode(path, sample_rate, max_seconds)[0]
+
+
+def _not_a_file(path: str) -> str | None:
+  """Why `path` is no regular file to decode, or None when it is one."""
+  try:
+    st = os.stat(path)
+  except OSError as err:
+    return (f"the symlink is broken or loops ({err.strerror})" if os.path.islink(path)
+            else f"cannot be read ({err.strerror})")
+  return None if stat.S_ISREG(st.st_mode) else "is not a regular file (a pipe, socket or device)"
+
+
+def audio_files(path: str, skipped: list[dict[str, str]] | None = None) -> list[str]:
+  """The audio file itself, or every audio file under a folder (sorted, hidden ones skipped).
+
+  Entries that cannot be audio files — dangling symlinks, symlink loops, named pipes and
+  other non-regular files — are left out; with `skipped`, each gets a {"path", "reason"}
+  there (one sentence) so a command reports them as it reports undecodable files."""
+  if os.path.isfile(path):
+    return [path]
+  found = []
+  for root, dirs, files in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(files):
+      if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
+        continue
+      full = os.path.join(root, name)
+      reason = _not_a_file(full)
+      if reason is None:
+        found.append(full)
+      elif skipped is not None:
+        skipped.append({"path": full, "reason": f"{full}: {reason}; fix or remove it."})
+  return found

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from jaxaudio.errors import SpecMismatchError
+from jaxaudio.runtime.errors import SpecMismatchError
 
 FRAMINGS = ("essentia", "center_reflect")
 WINDOWS = ("hann_symmetric", "hann_periodic")

@@ -14,16 +14,13 @@ interrupted run never leaves a dataset that looks complete.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import socket
-import sys
 import time
 from collections import Counter
 from typing import Any, Iterator
@@ -33,14 +30,14 @@ from absl import logging as absl_logging
 
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS
 from jaxaudio.audio.spec import FrontendSpec, check_same_spec
-from jaxaudio.data import featurize
-from jaxaudio.data.sources import SPLITS, Listing, list_source
-from jaxaudio.errors import DataError
-from jaxaudio.progress import progress
+from jaxaudio.audio import featurize
+from jaxaudio.audio.featurize import Featurizer, auto_workers
+from jaxaudio.data.listing import SPLITS, Listing
+from jaxaudio.data.sources import list_source
+from jaxaudio.runtime.errors import DataError
 
 FORMAT_VERSION = 2  # 2: mel stored as raw bytes
 DATASET_NAME = "jaxaudio_prepared"
-_WINDOW = 16  # tasks in flight per worker: bounds memory (TFDS audio) and keeps cores busy
 _DURATION_EDGES = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
 
 
@@ -125,91 +122,6 @@ def _tasks(listing: Listing, split: str) -> Iterator[tuple]:
   ds = tfds.load(t["name"], split=t["splits"][split], data_dir=t["data_dir"], download=False)
   for i, (c, ex) in enumerate(zip(clips, tfds.as_numpy(ds))):
     yield i, c.path, ex[t["audio_key"]], t["sample_rate"]
-
-
-def _run(task, spec_dict, settings, max_seconds):
-  i, path, wave, rate, *span = task
-  return featurize.featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate,
-                             max_seconds=max_seconds, span=span[0] if span else None)
-
-
-_SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def _worker_start_environment():
-  """Start spawn workers that are lean and do not oversubscribe the cores.
-
-  - spawn re-imports the parent's main module in every worker: for `python -m
-    jaxaudio.prepare` that re-imports JAX and Flax (seconds per worker), and a user's script
-    without an `if __name__ == "__main__"` guard would start pools recursively. The worker
-    function lives in this importable module, so the main module is hidden while they start.
-  - one BLAS thread per worker: with one process per core, multi-threaded BLAS made two
-    workers slower than one process (measured 87 vs 111 files/s on 2 cores; 185 with this).
-  """
-  env = {k: os.environ.get(k) for k in _SINGLE_THREADED}
-  os.environ.update({k: "1" for k in _SINGLE_THREADED})
-  main = sys.modules.get("__main__")
-  saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__")
-           if main is not None and k in main.__dict__}
-  try:
-    if main is not None:
-      main.__spec__ = None  # multiprocessing reads it with getattr
-    yield
-  finally:
-    if main is not None:
-      main.__dict__.pop("__spec__", None)
-      main.__dict__.update(saved)
-    for k, v in env.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-
-
-class Featurizer:
-  """Feature extraction on every core: spawned workers (no inherited JAX/TF threads or
-  state), bounded chunks so a large TFDS split is never all in memory, results in order.
-
-  Tasks are (index, path or None, waveform or None, rate[, (start, end) segment]), as
-  featurize.featurize takes them;
-  prepare and the search indexer share this pool."""
-
-  def __init__(self, workers: int):
-    self.workers = workers
-    self._pool = None
-    if workers > 1:
-      with _worker_start_environment():
-        self._pool = multiprocessing.get_context("spawn").Pool(workers)
-
-  def map(self, tasks, spec_dict, settings, total: int = 0, desc: str | None = None,
-          max_seconds: float | None = DEFAULT_MAX_SECONDS) -> Iterator[featurize.Result]:
-    """Results in task order, with progress on stderr (jaxaudio.progress) when `desc` is
-    given. With a pool, a sliding window of `_WINDOW * workers` tasks is in flight, so workers
-    keep computing while the caller writes the previous results. Files declaring more than
-    `max_seconds` come back as errors, undecoded."""
-    with progress(total, desc, "file") as bar:
-      for res in self._results(tasks, spec_dict, settings, max_seconds):
-        bar.update(1)
-        yield res
-
-  def _results(self, tasks, spec_dict, settings, max_seconds) -> Iterator[featurize.Result]:
-    if self._pool is None:
-      for task in tasks:
-        yield _run(task, spec_dict, settings, max_seconds)
-      return
-    pending: collections.deque = collections.deque()
-    for task in tasks:
-      pending.append(self._pool.apply_async(_run, (task, spec_dict, settings, max_seconds)))
-      if len(pending) >= _WINDOW * self.workers:
-        yield pending.popleft().get()
-    while pending:
-      yield pending.popleft().get()
-
-  def close(self):
-    if self._pool is not None:
-      self._pool.terminate()
-      self._pool.join()
 
 
 def _report_markdown(report: dict[str, Any]) -> str:
@@ -363,17 +275,6 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   return report
 
 
-def auto_workers() -> int:
-  """Processes for data.workers=0: every core from 4 cores up; in-process below that.
-
-  Measured on 2 cores (bench/bench_data.py, 1200 files): in-process 226 files/s, 2 worker
-  processes 173 files/s - the parent's result handling and BLAS threads compete for the same
-  two cores - while featurization alone scales 1.64x on 2 workers.
-  """
-  cores = os.cpu_count() or 1
-  return cores if cores >= 4 else 1
-
-
 def _tmp_prefix(root: str) -> str:
   """<root>.tmp-<host>-: builds by this host; on a filesystem shared by the hosts of a pod,
   other hosts' builds are never mistaken for dead ones of ours."""
@@ -401,7 +302,7 @@ def _remove_stale_builds(root: str) -> None:
 def prepared_root(cfg) -> str:
   if cfg.prepared_dir:
     return os.path.abspath(os.path.expanduser(cfg.prepared_dir))
-  from jaxaudio.weights.sources import cache_dir  # pylint: disable=import-outside-toplevel
+  from jaxaudio.runtime.cache import cache_dir  # pylint: disable=import-outside-toplevel
   return os.path.join(cache_dir(), "prepared")
 
 

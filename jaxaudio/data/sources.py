@@ -22,162 +22,18 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections import Counter
-from typing import Any
 
 import numpy as np
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from jaxaudio.audio.io import AUDIO_EXTENSIONS
 from jaxaudio.data import demo
-from jaxaudio.errors import DataError
-from jaxaudio.weights.sources import cache_dir
+from jaxaudio.runtime.errors import DataError
+from jaxaudio.runtime.cache import cache_dir
+from jaxaudio.data.listing import SPLIT_NAMES, SPLITS, Clip, Listing
+from jaxaudio.data.splits import cross_validation_splits, fill_missing_splits
 
 log = logging.getLogger("jaxaudio")
-
-SPLITS = ("train", "validation", "test")
-_SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation",
-                "val": "validation", "valid": "validation", "dev": "validation",
-                "test": "test", "testing": "test"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Clip:
-  """One labelled recording. `key` is stable across runs (a path, or tfds:<name>/<split>/<i>)."""
-
-  key: str
-  labels: tuple[str, ...]
-  split: str
-  path: str | None = None      # audio file; None for TFDS examples
-  tfds_index: int = -1         # position in its TFDS split
-  fold: int = 0                # a CSV's `fold` column (ESC-50), 0 when there is none
-  group: str = ""              # speaker / session / source (data.group); "" = none
-  start: float = 0.0           # a segment of the file (a CSV's start/end columns), seconds;
-  end: float = 0.0             # end 0 = the whole file
-
-  @property
-  def span(self) -> tuple[float, float] | None:
-    return (self.start, self.end) if self.end > 0 else None
-
-
-@dataclasses.dataclass
-class Listing:
-  source: str
-  clips: list[Clip]
-  classes: tuple[str, ...]
-  multi_label: bool
-  ignored: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-  tfds: dict[str, Any] | None = None   # name, data_dir, splits, audio/label keys, sample rate
-
-  def split(self, name: str) -> list[Clip]:
-    return [c for c in self.clips if c.split == name]
-
-  def fingerprint_items(self) -> list[Any]:
-    """What the cache key hashes: path, size and mtime of every file, labels and split."""
-    items = []
-    for c in self.clips:
-      if c.path:
-        try:
-          st = os.stat(c.path)
-          stat = (st.st_size, st.st_mtime_ns)
-        except OSError:
-          stat = (-1, -1)
-      else:
-        stat = (c.tfds_index, 0)
-      items.append((c.key, stat, c.labels, c.split) + ((c.group,) if c.group else ()))
-    return items
-
-  def groups(self, name: str) -> dict[str, int]:
-    """Clips per group in split `name` (empty without data.group)."""
-    return dict(sorted(Counter(c.group for c in self.split(name) if c.group).items()))
-
-
-def _label(c: Clip) -> str:
-  return c.labels[0] if c.labels else ""
-
-
-def _group_folds(clips: list[Clip], n_splits: int, seed: int) -> np.ndarray:
-  """Fold index per clip: groups never straddle folds, label shares kept close
-  (StratifiedGroupKFold; its warning about classes smaller than n_splits is expected here)."""
-  fold = np.zeros(len(clips), int)
-  labels = [_label(c) for c in clips]
-  # StratifiedGroupKFold refuses when every class is smaller than n_splits; whole groups
-  # then go round without stratification (GroupKFold).
-  stratify = max(Counter(labels).values()) >= n_splits
-  splitter = (StratifiedGroupKFold if stratify else GroupKFold)(
-      n_splits=n_splits, shuffle=True, random_state=seed)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    for k, (_, idx) in enumerate(splitter.split(np.zeros(len(clips)), labels,
-                                                [c.group for c in clips])):
-      fold[idx] = k
-  return fold
-
-
-def _group_split(clips: list[Clip], fractions: dict[str, float], seed: int) -> list[Clip]:
-  """Carve each split of `fractions` from train as whole groups (about that share of the
-  clips, stratified by label), so no group is in two splits. A class whose groups would all
-  leave train is tried again with other seeds, then refused."""
-  rest, out, total = sorted(clips, key=lambda c: c.key), [], len(clips)
-  for split, frac in fractions.items():
-    groups = sorted({c.group for c in rest})
-    n_splits = min(len(groups), max(2, int(round(len(rest) / max(frac * total, 1e-9)))))
-    if n_splits < 2:
-      raise DataError(f"data.group gives train a single group ({groups[0]!r}), so no "
-                      f"group-disjoint {split} split can be carved; add recordings of other "
-                      "groups, give the split as files, or set data.group=''.")
-    labels = {_label(c) for c in rest}
-    for attempt in range(20):
-      fold = _group_folds(rest, n_splits, seed + 1000 * attempt)
-      kept = {_label(c) for c, f in zip(rest, fold) if f != 0}
-      if kept == labels:
-        break
-    else:
-      lost = sorted(labels - kept)
-      owners = sorted({c.group for c in rest if _label(c) == lost[0]})
-      raise DataError(f"class {lost[0]!r} has its train clips in too few groups ({owners[:5]}) "
-                      f"to carve a group-disjoint {split} split and keep it in train; add "
-                      "recordings of that class from other groups, or give the split as files.")
-    out += [dataclasses.replace(c, split=split) for c, f in zip(rest, fold) if f == 0]
-    rest = [c for c, f in zip(rest, fold) if f != 0]
-  return out + rest
-
-
-def _stratified_split(clips: list[Clip], fractions: dict[str, float], seed: int) -> list[Clip]:
-  """Move `fractions[split]` of each label's train clips into that split (seeded); whole
-  groups at a time when the clips have groups."""
-  if any(c.group for c in clips):
-    return _group_split(clips, fractions, seed)
-  by_label: dict[str, list[Clip]] = {}
-  for c in sorted(clips, key=lambda c: c.key):
-    by_label.setdefault(_label(c), []).append(c)
-  out = []
-  rng = np.random.default_rng(seed)
-  for label in sorted(by_label):
-    group = by_label[label]
-    order = rng.permutation(len(group))
-    start = 0
-    for split, frac in fractions.items():
-      n = int(round(frac * len(group)))
-      if frac > 0 and n == 0 and len(group) >= 3:
-        n = 1
-      for i in order[start:start + n]:
-        out.append(dataclasses.replace(group[i], split=split))
-      start += n
-    out += [group[i] for i in order[start:]]
-  return out
-
-
-def _fill_missing_splits(clips: list[Clip], cfg) -> list[Clip]:
-  present = {c.split for c in clips}
-  wanted = {"validation": float(cfg.val_fraction), "test": float(cfg.test_fraction)}
-  fractions = {s: f for s, f in wanted.items() if s not in present and f > 0}
-  if not fractions:
-    return clips
-  train = [c for c in clips if c.split == "train"]
-  rest = [c for c in clips if c.split != "train"]
-  return rest + _stratified_split(train, fractions, int(cfg.split_seed))
 
 
 def _list_folder(root: str, cfg) -> Listing:
@@ -186,8 +42,8 @@ def _list_folder(root: str, cfg) -> Listing:
                     "<class>/ subfolders.")
   top = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
                and not d.startswith("."))
-  split_dirs = [d for d in top if d.lower() in _SPLIT_NAMES]
-  layout = ([(os.path.join(root, d), _SPLIT_NAMES[d.lower()]) for d in split_dirs]
+  split_dirs = [d for d in top if d.lower() in SPLIT_NAMES]
+  layout = ([(os.path.join(root, d), SPLIT_NAMES[d.lower()]) for d in split_dirs]
             if split_dirs else [(root, "train")])
   clips, ignored, empty = [], [], []
   for base, split in layout:
@@ -209,7 +65,7 @@ def _list_folder(root: str, cfg) -> Listing:
                     f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; add clips "
                     "or remove the folder.")
   clips = _with_groups(clips, cfg, f"folder:{root}")
-  return _finish(f"folder:{root}", _fill_missing_splits(clips, cfg), ignored)
+  return _finish(f"folder:{root}", fill_missing_splits(clips, cfg), ignored)
 
 
 def _csv_base_dir(csv_path: str, rows: list[dict[str, str]], path_col: str, cfg) -> str:
@@ -302,7 +158,7 @@ def _list_csv(path: str, cfg) -> Listing:
       continue
     start, end = _segment(path, line, r) if segments else (0.0, 0.0)
     if "split" in header and r.get("split"):
-      split = _SPLIT_NAMES.get(r["split"].lower())
+      split = SPLIT_NAMES.get(r["split"].lower())
       if split is None:
         raise DataError(f"{path}:{line}: split '{r['split']}' is not one of train, validation, "
                         "test; fix the CSV.")
@@ -327,7 +183,7 @@ def _list_csv(path: str, cfg) -> Listing:
                       f"not occur (folds present: {sorted(folds)}); pick existing folds.")
     return _finish(f"csv:{path}", clips, ignored, with_negatives, negatives)
   clips = _with_groups(clips, cfg, f"csv:{path}")
-  return _finish(f"csv:{path}", _fill_missing_splits(clips, cfg), ignored, with_negatives,
+  return _finish(f"csv:{path}", fill_missing_splits(clips, cfg), ignored, with_negatives,
                  negatives)
 
 
@@ -466,51 +322,3 @@ def list_source(cfg) -> Listing:
   return listing
 
 
-def clip_folds(clips: list[Clip], folds: int, cfg, source: str) -> dict[str, int]:
-  """Fold (1..folds) of each clip key.
-
-  Folds are a CSV's `fold` column when every clip has one (ESC-50; keeps its recording
-  groups apart), else every clip is dealt round-robin into folds per label after a seeded
-  shuffle (stratified K-fold). Grouped data (several clips of one speaker or recording) needs
-  data.group (whole groups per fold, StratifiedGroupKFold) or its folds in a CSV, or the
-  folds leak."""
-  if all(c.fold for c in clips):
-    present = sorted({c.fold for c in clips})
-    if len(present) != folds:
-      raise DataError(f"{source} defines {len(present)} folds {present} in its fold "
-                      f"column, not {folds}; pass --folds={len(present)}.")
-    return {c.key: present.index(c.fold) + 1 for c in clips}
-  if any(c.group for c in clips):
-    ordered = sorted(clips, key=lambda c: c.key)
-    groups = len({c.group for c in ordered})
-    if groups < folds:
-      raise DataError(f"{source} has {groups} groups, fewer than the {folds} folds "
-                      "asked for; use fewer folds.")
-    return {c.key: int(f) + 1 for c, f in zip(ordered, _group_folds(ordered, folds,
-                                                                    int(cfg.split_seed)))}
-  of = {}
-  rng = np.random.default_rng(int(cfg.split_seed))
-  by_label: dict[str, list[Clip]] = {}
-  for c in sorted(clips, key=lambda c: c.key):
-    by_label.setdefault(_label(c), []).append(c)
-  for label in sorted(by_label):
-    group = by_label[label]
-    start = int(rng.integers(folds))    # so small classes do not all start in fold 1
-    for rank, i in enumerate(rng.permutation(len(group))):
-      of[group[i].key] = (start + rank) % folds + 1
-  return of
-
-
-def cross_validation_splits(listing: Listing, folds: int, fold: int, cfg) -> list[Clip]:
-  """Splits for fold `fold` of `folds` (clip_folds): that fold is test, validation is carved
-  (stratified, data.val_fraction) from the other folds, the rest is train."""
-  if not 1 <= fold <= folds or folds < 2:
-    raise DataError(f"cross-validation fold {fold} of {folds} is out of range; use 2 or more "
-                    "folds and a fold from 1 to their number.")
-  clips = listing.clips
-  of = clip_folds(clips, folds, cfg, listing.source)
-  test = [dataclasses.replace(c, split="test") for c in clips if of[c.key] == fold]
-  rest = [dataclasses.replace(c, split="train") for c in clips if of[c.key] != fold]
-  return sorted(test + _stratified_split(rest, {"validation": float(cfg.val_fraction)},
-                                         int(cfg.split_seed)),
-                key=lambda c: (SPLITS.index(c.split), c.key))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxaudio.audio.spec import FrontendSpec
-from jaxaudio.errors import UnknownModelError
+from jaxaudio.runtime.errors import UnknownModelError
 from jaxaudio.models import aisfx, musicnn, panns
 from jaxaudio.models.init import init_variables
 

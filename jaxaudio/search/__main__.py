@@ -29,15 +29,15 @@ import sys
 
 from absl import flags
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 # Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
-from jaxaudio import cli  # noqa: E402
+from jaxaudio.runtime import cli  # noqa: E402
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
-from jaxaudio.errors import AudioError, JaxAudioError  # noqa: E402
+from jaxaudio.runtime.errors import AudioError, JaxAudioError  # noqa: E402
 
 _INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.")
@@ -129,14 +129,14 @@ def _need_audio(command: str) -> str:
 
 def _index() -> int:
   # pylint: disable=import-outside-toplevel
-  from jaxaudio import exported
+  from jaxaudio.exports import stablehlo
   from jaxaudio.search.indexer import update
-  from jaxaudio.rundir import step_flag
+  from jaxaudio.runs.rundir import step_flag
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
   audio = _need_audio("index")
-  export_dir = _MODEL.value or exported.for_run(_WORKDIR.value, step_flag(_STEP.value))
+  export_dir = _MODEL.value or stablehlo.for_run(_WORKDIR.value, step_flag(_STEP.value))
   summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
                    strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
                    hop=_HOP.value, max_seconds=cli.seconds_limit(_MAX_SECONDS.value),
@@ -155,7 +155,7 @@ def _index() -> int:
 
 def _query() -> int:
   # pylint: disable=import-outside-toplevel
-  from jaxaudio.embedder import audio_files
+  from jaxaudio.audio.io import audio_files
   from jaxaudio.search.searcher import Searcher
   audio = _need_audio("query")
   if not os.path.exists(audio):

@@ -17,8 +17,8 @@ import json
 import os
 from typing import Any, Sequence
 
-from jaxaudio.errors import JaxAudioError
-from jaxaudio.predictions import EventsWriter, RavenWriter
+from jaxaudio.runtime.errors import JaxAudioError
+from jaxaudio.inference.writers import EventsWriter, RavenWriter
 from jaxaudio.search.labels import Label, LabelError, LabelStore, check_class
 from jaxaudio.search.learn import Archive, detect, load_classifier, open_archive, rank
 

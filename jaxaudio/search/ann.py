@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxaudio.errors import SearchIndexError
+from jaxaudio.runtime.errors import SearchIndexError
 from jaxaudio.search import store
 
 M = 32                 # graph degree: FAISS's recommended range is 16-64

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxaudio.inference import pow2
+from jaxaudio.models.outputs import pow2
 
 BLOCK = 16384      # index rows per matmul: bounds the [queries, windows, rows] intermediate
 MEMORY_BOUND_WINDOWS = 8          # up to this many query windows a call is memory-bound

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxaudio import exported
+from jaxaudio.inference import exported
 from jaxaudio.audio.io import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS
-from jaxaudio.data import featurize
-from jaxaudio.data.prepare import Featurizer, auto_workers
-from jaxaudio.embedder import audio_files
-from jaxaudio.errors import SearchIndexError
-from jaxaudio.progress import progress as progress_bar
+from jaxaudio.audio import featurize
+from jaxaudio.audio.featurize import Featurizer, auto_workers
+from jaxaudio.audio.io import audio_files
+from jaxaudio.runtime.errors import SearchIndexError
+from jaxaudio.runtime.progress import progress as progress_bar
 from jaxaudio.search import ann, store
 from jaxaudio.search.exact import ExactIndex
 

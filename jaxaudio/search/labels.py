@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from jaxaudio.errors import JaxAudioError
+from jaxaudio.runtime.errors import JaxAudioError
 
 DB_FILE = "labels.sqlite"
 _BUSY_MS = 30_000   # a writer waits this long for another's transaction before giving up

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxaudio.errors import JaxAudioError
-from jaxaudio.inference import Prediction, detect_events
+from jaxaudio.runtime.errors import JaxAudioError
+from jaxaudio.inference.predictor import Prediction, detect_events
 from jaxaudio.search import store
 from jaxaudio.search.labels import Label, LabelError
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxaudio import exported
+from jaxaudio.inference import exported
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, read_audio
-from jaxaudio.data.featurize import featurize
-from jaxaudio.errors import AudioError, SearchIndexError
-from jaxaudio.inference import pow2
+from jaxaudio.audio.featurize import featurize
+from jaxaudio.runtime.errors import AudioError, SearchIndexError
+from jaxaudio.models.outputs import pow2
 from jaxaudio.search import ann, store
 from jaxaudio.search.exact import TIE, ExactIndex
 from jaxaudio.search.indexer import normalise, search_settings

@@ -70,9 +70,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from jaxaudio import inference
+from jaxaudio.models import outputs
+from jaxaudio.inference.predictor import Predictor
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, read_audio
-from jaxaudio.errors import AudioError, JaxAudioError, SearchIndexError
+from jaxaudio.runtime.errors import AudioError, JaxAudioError, SearchIndexError
 from jaxaudio.search import label_api, store
 from jaxaudio.search.indexer import normalise
 from jaxaudio.search.searcher import Searcher
@@ -135,7 +136,7 @@ class Loaded:
   stamp: tuple
   exact: Searcher
   approx: Searcher | None
-  predictor: inference.Predictor
+  predictor: Predictor
   files: dict[str, store.Entry]      # id -> entry
   loaded_at: float
 
@@ -228,7 +229,7 @@ class Batcher:
   def __init__(self, max_batch: int = DEFAULT_MAX_BATCH,
                window_ms: float = DEFAULT_BATCH_WINDOW_MS,
                max_queued: int = DEFAULT_MAX_QUEUED):
-    if max_batch < 1 or inference.pow2(max_batch) != max_batch:
+    if max_batch < 1 or outputs.pow2(max_batch) != max_batch:
       raise JaxAudioError(f"--max_batch={max_batch} is not a power of two; pass e.g. 64.")
     self.max_batch, self.wait_s = max_batch, max(0.0, window_ms) / 1e3
     self._queue: queue.Queue = queue.Queue(max(1, max_queued))
@@ -320,7 +321,7 @@ class Batcher:
 
 class _Batched:
   """A model callable (mel -> {"embedding", "logits"}) whose passes go through a Batcher, so
-  inference.Predictor's classification shares the batched forward passes."""
+  predictor.Predictor's classification shares the batched forward passes."""
 
   def __init__(self, batcher: Batcher, model):
     self.batcher, self.model = batcher, model
@@ -624,7 +625,7 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
     else:
       model = loaded.exact.model
       with _refused_when_busy():
-        pred = inference.Predictor(_Batched(batcher, model), model.meta).predict(res, name)
+        pred = Predictor(_Batched(batcher, model), model.meta).predict(res, name)
     out = pred.to_dict(top_k=top_k)
     out["windows"] = int(len(pred.window_start))
     return out

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxaudio.errors import SearchIndexError
+from jaxaudio.runtime.errors import SearchIndexError
 
 FORMAT_VERSION = 1
 MANIFEST = "index.json"

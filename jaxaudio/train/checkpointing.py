@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.train import parallel
 
 

@@ -4,7 +4,7 @@ resume after preemption, stop early or on divergence.
 A checkpoint holds the full TrainState and the data iterator, so killing the processes at
 any point and running the same command again ends with the same parameters (bitwise on
 CPU). Pretrained weights are loaded only when the workdir has no checkpoint of its own. What
-a validation means (metrics, figures, the score) is the caller's: jaxaudio.experiment.
+a validation means (metrics, figures, the score) is the caller's: jaxaudio.workflows.finetune.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from jaxaudio import forward
+from jaxaudio.train import forward
 from jaxaudio.audio.frontend import silence_value
 from jaxaudio.data import pipeline
-from jaxaudio.errors import JaxAudioError
+from jaxaudio.runtime.errors import JaxAudioError
 from jaxaudio.models.registry import ModelInfo
 from jaxaudio.train import checkpointing, factory, head_only, optimizer, parallel, stages, steps
 from jaxaudio.weights import pretrained

@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxaudio import forward
+from jaxaudio.train import forward
 from jaxaudio.models.head import HeadOnlyClassifier
 from jaxaudio.train import optimizer, stages
 

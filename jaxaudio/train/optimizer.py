@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxaudio.errors import ConfigError
+from jaxaudio.runtime.errors import ConfigError
 
 FROZEN = "frozen"
 

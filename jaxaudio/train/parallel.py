@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 from jaxaudio.train import steps
 
 PMAP_AXIS = "batch"

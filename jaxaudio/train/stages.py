@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxaudio.errors import ConfigError
+from jaxaudio.runtime.errors import ConfigError
 from jaxaudio.train import optimizer
 
 

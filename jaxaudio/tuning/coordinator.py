@@ -16,12 +16,13 @@ import ml_collections
 import numpy as np
 import optuna
 
-from jaxaudio import configs, experiment
+from jaxaudio.runs import configs
 from jaxaudio.data.prepare import prepare
-from jaxaudio.errors import JaxAudioError
-from jaxaudio.evaluate.evaluation import evaluate_run
+from jaxaudio.runtime.errors import JaxAudioError
+from jaxaudio.evaluation import validation
+from jaxaudio.evaluation.heldout import evaluate_run
 from jaxaudio.models.registry import get_model
-from jaxaudio.progress import progress
+from jaxaudio.runtime.progress import progress
 from jaxaudio.tuning import space, study, summary
 
 TEST_KEYS = ("accuracy", "accuracy_ci95", "macro_f1", "macro_f1_ci95", "mAP", "mAP_ci95",
@@ -114,7 +115,7 @@ def run(argv: list[str], cfg: ml_collections.ConfigDict, sweep_path: str, sweep_
       "sampler": sampler, "pruner": pruner})
   # Prepared once here; trials with these data settings open it from the cache.
   prepared, _ = prepare(cfg.data, get_model(cfg.model.name).spec)
-  objective = experiment.score_name(cfg, prepared.multi_label)
+  objective = validation.score_name(cfg, prepared.multi_label)
   print(f"sweep {study_name}: {n_trials} trials, {workers} worker(s) here, storage "
         f"{study.redacted(url)}, trials in {os.path.join(sweep_dir, 'trials')}",
         file=sys.stderr, flush=True)

@@ -26,8 +26,8 @@ from typing import Any
 import ml_collections
 import optuna
 
-from jaxaudio import configs
-from jaxaudio.errors import ConfigError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import ConfigError
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 

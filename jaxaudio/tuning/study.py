@@ -31,8 +31,8 @@ import ml_collections
 import optuna
 import sqlalchemy
 
-from jaxaudio import experiment
-from jaxaudio.errors import ConfigError, JaxAudioError
+from jaxaudio.workflows import finetune
+from jaxaudio.runtime.errors import ConfigError, JaxAudioError
 from jaxaudio.tuning import space
 
 log = logging.getLogger("jaxaudio")
@@ -264,7 +264,7 @@ def run_trial(study: optuna.Study, c: Claim, base: ml_collections.ConfigDict,
     log.info("sweep trial %d%s: %s", trial.number, " (continued)" if c.resumed else "",
              _short(c.sampled))
     try:
-      out = experiment.run(cfg, c.workdir, on_validation=on_validation,
+      out = finetune.run(cfg, c.workdir, on_validation=on_validation,
                            embeddings_dir=embeddings_dir, with_test=False)
       value = float(next(iter(out["validation_score"].values())))
       state, steps = optuna.trial.TrialState.COMPLETE, int(out["last_step"])

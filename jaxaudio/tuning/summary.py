@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optuna
 
-from jaxaudio.evaluate import report
+from jaxaudio.evaluation import report
 from jaxaudio.tuning import space
 
 TEST_NOTE = ("The best trial was chosen on the validation split alone; this test figure was "

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from jaxaudio.audio import melfilters
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.models.registry import MODELS, ModelInfo
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",

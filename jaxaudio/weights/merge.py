@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.models.registry import ModelInfo
 
 

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import zipfile
 
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.cache import cache_dir
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.models.registry import ModelInfo
 from jaxaudio.weights import tfckpt
 
@@ -38,15 +39,6 @@ MUSICNN_SHA256 = {
     "MSD_vgg": "9683d756b8311146534f333502ebf4a2a78a3e320c54ab0411dff6186d8375fc",
 }
 _TF_FILES = (".index", ".data-00000-of-00001", ".meta", "config.json")  # .meta: the graph
-
-
-def cache_dir() -> str:
-  """$JAXAUDIO_CACHE, else the user's cache directory (e.g. ~/.cache/jaxaudio)."""
-  env = os.environ.get("JAXAUDIO_CACHE")
-  if env:
-    return os.path.abspath(env)
-  import platformdirs  # pylint: disable=import-outside-toplevel
-  return platformdirs.user_cache_dir("jaxaudio")
 
 
 def sha256_file(path: str) -> str:

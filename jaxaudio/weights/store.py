@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 import jaxaudio
 from jaxaudio.audio.spec import FrontendSpec
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 from jaxaudio.models.registry import ModelInfo, param_count
 
 FORMAT = "jaxaudio.converted/1"

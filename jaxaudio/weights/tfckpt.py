@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runtime.errors import CheckpointError
 
 
 def checkpoint_prefix(path: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from typing import Any
 
 import flax.linen as nn
@@ -12,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxaudio.audio import frontend
-from jaxaudio.audio.io import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, load_audio
-from jaxaudio.inference import in_batches
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, load_audio
+from jaxaudio.models.outputs import in_batches
 from jaxaudio.models.registry import ModelInfo
 
 
@@ -64,36 +62,3 @@ class Embedder:
     hop = max(1, int(round(spec.frames_per_window * hop_fraction)))
     windows, starts = frontend.split_windows(mel, spec, hop)
     return windows, starts * spec.hop_length / spec.sample_rate
-
-
-def audio_files(path: str, skipped: list[dict[str, str]] | None = None) -> list[str]:
-  """The audio file itself, or every audio file under a folder (sorted, hidden ones skipped).
-
-  Entries that cannot be audio files — dangling symlinks, symlink loops, named pipes and
-  other non-regular files — are left out; with `skipped`, each gets a {"path", "reason"}
-  there (one sentence) so a command reports them as it reports undecodable files."""
-  if os.path.isfile(path):
-    return [path]
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    for name in sorted(files):
-      if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
-        continue
-      full = os.path.join(root, name)
-      reason = _not_a_file(full)
-      if reason is None:
-        found.append(full)
-      elif skipped is not None:
-        skipped.append({"path": full, "reason": f"{full}: {reason}; fix or remove it."})
-  return found
-
-
-def _not_a_file(path: str) -> str | None:
-  """Why `path` is no regular file to decode, or None when it is one."""
-  try:
-    st = os.stat(path)
-  except OSError as err:
-    return (f"the symlink is broken or loops ({err.strerror})" if os.path.islink(path)
-            else f"cannot be read ({err.strerror})")
-  return None if stat.S_ISREG(st.st_mode) else "is not a regular file (a pipe, socket or device)"

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxaudio import inference
+from jaxaudio.models import outputs
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import Prepared
 
@@ -59,8 +59,8 @@ def collect(step: Callable, batches, keys: tuple[str, ...], pmap: bool = False
 
 def clip_level(windows: dict[str, np.ndarray], multi_label: bool) -> dict[str, np.ndarray]:
   """Average each clip's window probabilities; back to logits so metrics read them alike."""
-  clips, mean, first = inference.group_mean(
-      inference.probabilities(windows["logits"], multi_label), windows["clip"])
+  clips, mean, first = outputs.group_mean(
+      outputs.probabilities(windows["logits"], multi_label), windows["clip"])
   eps = 1e-12
   agg = (np.log(mean + eps) - np.log1p(-mean + eps)) if multi_label else np.log(mean + eps)
   return {"logits": agg, "label": windows["label"][first], "clip": clips}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 from absl import flags
 
-from jaxaudio.errors import ConfigError
+from jaxaudio.runtime.errors import ConfigError
 
 # A process whose peer died stops within about this many seconds (the coordination service's
 # heartbeat), instead of waiting at the next collective for ever.

@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxaudio import configs
-from jaxaudio.errors import CheckpointError, ConfigError
+from jaxaudio.runs import configs
+from jaxaudio.runtime.errors import CheckpointError, ConfigError
 from jaxaudio.models.head import EmbeddingClassifier
 from jaxaudio.models.registry import ModelInfo, finetune_backbone, get_model
 from jaxaudio.train import checkpointing, factory, optimizer, stages

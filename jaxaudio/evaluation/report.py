@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxaudio.evaluate import metrics
+from jaxaudio.evaluation import metrics
 
 
 def summary_writer(workdir: str):

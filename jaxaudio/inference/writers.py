@@ -19,7 +19,7 @@ import json
 import os
 from typing import Any, TextIO
 
-from jaxaudio.inference import Prediction
+from jaxaudio.inference.predictor import Prediction
 
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
                  "Low Freq (Hz)", "High Freq (Hz)", "Begin Path", "File Offset (s)", "Label",

@@ -1,7 +1,7 @@
 """K-fold cross-validation of a run's recipe: `python -m jaxaudio.evaluate --workdir=DIR --folds=K`.
 
 The recipe is DIR/config.json. Fold i trains in DIR/cv/fold_i with fold i as its test split
-(data.cv_folds / data.cv_fold; see jaxaudio.data.sources.cross_validation_splits), then is
+(data.cv_folds / data.cv_fold; see jaxaudio.data.splits.cross_validation_splits), then is
 evaluated like any run. A fold whose run is complete (its test report written, whether it
 ran all its steps or stopped early) is not trained again, so an interrupted
 cross-validation continues where it stopped. The summary - mean and sample
@@ -19,10 +19,12 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from jaxaudio import configs, experiment, hosts
-from jaxaudio.evaluate import report
-from jaxaudio.evaluate.evaluation import evaluate_run
-from jaxaudio.errors import CheckpointError
+from jaxaudio.runs import configs
+from jaxaudio.workflows import finetune
+from jaxaudio.runtime import hosts
+from jaxaudio.evaluation import report
+from jaxaudio.evaluation.heldout import evaluate_run
+from jaxaudio.runtime.errors import CheckpointError
 
 CLASSIFICATION_KEYS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "mAP",
                        "micro_f1", "ece")
@@ -130,7 +132,7 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
     # A finished fold has its test report, also when it stopped early.
     if not os.path.isfile(os.path.join(fold_dir, "report", "test_metrics.json")):
       _say(f"cross-validation fold {fold}/{folds}: training in {fold_dir}")
-      experiment.run(cfg, fold_dir)
+      finetune.run(cfg, fold_dir)
     results.append(evaluate_run(fold_dir, "test", "best", with_retrieval, with_robustness,
                                 bootstrap))
     c = results[-1]["classification"]

@@ -15,7 +15,7 @@ import numpy as np
 from clu import metrics as clu_metrics
 from sklearn.metrics import average_precision_score
 
-from jaxaudio import inference
+from jaxaudio.models import outputs
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ def average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
 
 def multilabel_scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
   targets = np.asarray(targets) > 0.5
-  scores = inference.probabilities(logits, multi_label=True)
+  scores = outputs.probabilities(logits, multi_label=True)
   per_class = np.array([average_precision(targets[:, j], scores[:, j])
                         for j in range(targets.shape[1])])
   pred = scores >= 0.5

@@ -16,14 +16,16 @@ import jax
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve
 
-from jaxaudio import forward, hosts, inference
+from jaxaudio.models import outputs
+from jaxaudio.train import forward
+from jaxaudio.runtime import hosts
 from jaxaudio.data import pipeline
-from jaxaudio.data.featurize import featurize
+from jaxaudio.audio.featurize import featurize
 from jaxaudio.data.prepare import prepare, settings_from_config
 from jaxaudio.data.sources import list_source
 from jaxaudio.audio.io import read_audio
-from jaxaudio.evaluate import calibration, perturb, report, retrieval
-from jaxaudio.rundir import TrainedRun, open_run, starting_variables
+from jaxaudio.evaluation import calibration, perturb, report, retrieval
+from jaxaudio.runs.rundir import TrainedRun, open_run, starting_variables
 
 log = logging.getLogger("jaxaudio")
 
@@ -47,7 +49,7 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
   clips = forward.clip_level(windows, multi_label)
   rep = report.classification_report(clips, classes, multi_label)
   labels = np.asarray(clips["label"])
-  probs = inference.probabilities(clips["logits"], multi_label)
+  probs = outputs.probabilities(clips["logits"], multi_label)
   if multi_label:
     key = "mAP"
     metric = lambda i: report.classification_report(

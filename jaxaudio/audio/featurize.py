@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-from typing import Any
+import multiprocessing
+import os
+import sys
+from typing import Any, Iterator
 
 import numpy as np
 
 from jaxaudio.audio import frontend, preprocess
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, decode, resample
 from jaxaudio.audio.spec import FrontendSpec
-from jaxaudio.errors import AudioError
+from jaxaudio.runtime.errors import AudioError
+from jaxaudio.runtime.progress import progress
+
+_WINDOW = 16  # tasks in flight per worker: bounds memory (TFDS audio) and keeps cores busy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,3 +100,99 @@ def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
   return Result(index=index, windows=windows.astype(np.float16),
                 offsets=(starts * spec.hop_length / spec.sample_rate).astype(np.float32),
                 seconds=seconds, source_rate=rate, trimmed=lo / spec.sample_rate)
+
+
+def _run(task, spec_dict, settings, max_seconds):
+  i, path, wave, rate, *span = task
+  return featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate,
+                             max_seconds=max_seconds, span=span[0] if span else None)
+
+
+_SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _worker_start_environment():
+  """Start spawn workers that are lean and do not oversubscribe the cores.
+
+  - spawn re-imports the parent's main module in every worker: for `python -m
+    jaxaudio.prepare` that re-imports JAX and Flax (seconds per worker), and a user's script
+    without an `if __name__ == "__main__"` guard would start pools recursively. The worker
+    function lives in this importable module, so the main module is hidden while they start.
+  - one BLAS thread per worker: with one process per core, multi-threaded BLAS made two
+    workers slower than one process (measured 87 vs 111 files/s on 2 cores; 185 with this).
+  """
+  env = {k: os.environ.get(k) for k in _SINGLE_THREADED}
+  os.environ.update({k: "1" for k in _SINGLE_THREADED})
+  main = sys.modules.get("__main__")
+  saved = {k: main.__dict__.pop(k) for k in ("__file__", "__spec__")
+           if main is not None and k in main.__dict__}
+  try:
+    if main is not None:
+      main.__spec__ = None  # multiprocessing reads it with getattr
+    yield
+  finally:
+    if main is not None:
+      main.__dict__.pop("__spec__", None)
+      main.__dict__.update(saved)
+    for k, v in env.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+class Featurizer:
+  """Feature extraction on every core: spawned workers (no inherited JAX/TF threads or
+  state), bounded chunks so a large TFDS split is never all in memory, results in order.
+
+  Tasks are (index, path or None, waveform or None, rate[, (start, end) segment]), as
+  featurize takes them;
+  prepare and the search indexer share this pool."""
+
+  def __init__(self, workers: int):
+    self.workers = workers
+    self._pool = None
+    if workers > 1:
+      with _worker_start_environment():
+        self._pool = multiprocessing.get_context("spawn").Pool(workers)
+
+  def map(self, tasks, spec_dict, settings, total: int = 0, desc: str | None = None,
+          max_seconds: float | None = DEFAULT_MAX_SECONDS) -> Iterator[Result]:
+    """Results in task order, with progress on stderr (jaxaudio.runtime.progress) when `desc` is
+    given. With a pool, a sliding window of `_WINDOW * workers` tasks is in flight, so workers
+    keep computing while the caller writes the previous results. Files declaring more than
+    `max_seconds` come back as errors, undecoded."""
+    with progress(total, desc, "file") as bar:
+      for res in self._results(tasks, spec_dict, settings, max_seconds):
+        bar.update(1)
+        yield res
+
+  def _results(self, tasks, spec_dict, settings, max_seconds) -> Iterator[Result]:
+    if self._pool is None:
+      for task in tasks:
+        yield _run(task, spec_dict, settings, max_seconds)
+      return
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+      pending.append(self._pool.apply_async(_run, (task, spec_dict, settings, max_seconds)))
+      if len(pending) >= _WINDOW * self.workers:
+        yield pending.popleft().get()
+    while pending:
+      yield pending.popleft().get()
+
+  def close(self):
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool.join()
+
+
+def auto_workers() -> int:
+  """Processes for data.workers=0: every core from 4 cores up; in-process below that.
+
+  Measured on 2 cores (bench/bench_data.py, 1200 files): in-process 226 files/s, 2 worker
+  processes 173 files/s - the parent's result handling and BLAS threads compete for the same
+  two cores - while featurization alone scales 1.64x on 2 workers.
+  """
+  cores = os.cpu_count() or 1
+  return cores if cores >= 4 else 1

@@ -10,18 +10,18 @@ import json
 
 from absl import flags
 
-from jaxaudio import xla_cpu
+from jaxaudio.runtime import xla_cpu
 
 # As the training commands (it cross-validates, and re-evaluates runs they evaluated): the
 # same XLA:CPU kernels give the same numbers as the run's own end-of-training report.
 xla_cpu.apply()
 
 # pylint: disable=wrong-import-position
-from jaxaudio import cli, hosts  # noqa: E402
-from jaxaudio.errors import JaxAudioError  # noqa: E402
-from jaxaudio.crossval import cross_validate  # noqa: E402
-from jaxaudio.evaluate.evaluation import evaluate_run  # noqa: E402
-from jaxaudio.rundir import step_flag  # noqa: E402
+from jaxaudio.runtime import cli, hosts  # noqa: E402
+from jaxaudio.runtime.errors import JaxAudioError  # noqa: E402
+from jaxaudio.workflows.crossval import cross_validate  # noqa: E402
+from jaxaudio.evaluation.heldout import evaluate_run  # noqa: E402
+from jaxaudio.runs.rundir import step_flag  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.",
                                required=True)

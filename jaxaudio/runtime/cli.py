@@ -10,7 +10,7 @@ from typing import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxaudio.errors import ConfigError, JaxAudioError
+from jaxaudio.runtime.errors import ConfigError, JaxAudioError
 
 EXIT_USER_ERROR = 2
 

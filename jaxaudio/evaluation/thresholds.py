@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from jaxaudio import forward, inference
+from jaxaudio.models import outputs
+from jaxaudio.train import forward
 from jaxaudio.data import pipeline
 from jaxaudio.data.prepare import prepare
-from jaxaudio.errors import DataError
-from jaxaudio.evaluate import evaluation
-from jaxaudio.rundir import open_run, resolve_step
+from jaxaudio.runtime.errors import DataError
+from jaxaudio.evaluation import heldout
+from jaxaudio.runs.rundir import open_run, resolve_step
 
 DEFAULT = 0.5
 
@@ -69,11 +70,11 @@ def for_run(workdir: str, step: int | str = "best", batch_size: int = 32) -> dic
     raise DataError(f"{run.workdir} has no validation split to choose thresholds on; pass "
                     "a number as --threshold, or train with a validation split "
                     "(data.validation_fraction).")
-  windows = evaluation.window_outputs(evaluation.apply_fn(run, run.variables),
+  windows = heldout.window_outputs(heldout.apply_fn(run, run.variables),
                                       pipeline.eval_batches(prepared, "validation", batch_size,
                                                             0, 1))
   clips = forward.clip_level(windows, run.multi_label)
-  probs = inference.probabilities(clips["logits"], run.multi_label)
+  probs = outputs.probabilities(clips["logits"], run.multi_label)
   labels = np.asarray(clips["label"])
   onehot = (labels.astype(bool) if run.multi_label
             else np.eye(len(run.classes), dtype=bool)[labels])

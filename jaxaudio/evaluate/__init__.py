@@ -1,1 +1,0 @@
-"""Evaluation: per-clip metrics, calibration, retrieval, robustness, cross-validation."""

@@ -1,0 +1,1 @@
+"""Honest numbers: metrics, held-out evaluation under varied conditions, calibration, thresholds, reports."""

@@ -1,0 +1,1 @@
+"""Running a trained model on new audio: predictor, embedder, the standalone export, result files."""

@@ -1,0 +1,1 @@
+"""How a jaxaudio process runs: command-line plumbing, errors, hosts, XLA options, progress, caches."""
