@@ -5,3 +5,5 @@ users' own config files (copies of configs/*.py) import it. New code imports jax
 """
 
 from jaxaudio.runs.configs import base_config, validate  # noqa: F401  (re-exported)
+
+__all__ = ["base_config", "validate"]

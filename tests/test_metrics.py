@@ -44,3 +44,8 @@ def test_multilabel_matches_sklearn(seed):
   assert got["mAP"] == pytest.approx(np.mean(ref_ap))
   np.testing.assert_allclose(got["average_precision"][:5], ref_ap)
   assert got["micro_f1"] == pytest.approx(skm.f1_score(targets, logits >= 0, average="micro"))
+  # macro-F1 over every class, the one without positives counting 0 (sklearn zero_division=0)
+  assert got["macro_f1"] == pytest.approx(skm.f1_score(targets, logits >= 0, average="macro",
+                                                       zero_division=0))
+  np.testing.assert_allclose(got["f1"], skm.f1_score(targets, logits >= 0, average=None,
+                                                     zero_division=0))

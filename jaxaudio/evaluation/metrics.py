@@ -81,17 +81,21 @@ def multilabel_scores(targets: np.ndarray, logits: np.ndarray) -> dict[str, Any]
   per_class = np.array([average_precision(targets[:, j], scores[:, j])
                         for j in range(targets.shape[1])])
   pred = scores >= 0.5
-  tp = np.sum(pred & targets)
-  fp, fn = np.sum(pred & ~targets), np.sum(~pred & targets)
+  tp, fp, fn = (pred & targets).sum(0), (pred & ~targets).sum(0), (~pred & targets).sum(0)
   denom = 2 * tp + fp + fn
+  micro = 2 * tp.sum() + fp.sum() + fn.sum()
+  per_class_f1 = _safe_div(2 * tp, denom)   # sklearn's zero_division=0
   return {"mAP": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else 0.0,
-          "micro_f1": float(2 * tp / denom) if denom else 0.0, "average_precision": per_class,
+          "micro_f1": float(2 * tp.sum() / micro) if micro else 0.0,
+          "macro_f1": float(per_class_f1.mean()) if len(per_class_f1) else 0.0,
+          "f1": per_class_f1, "average_precision": per_class,
           "num_examples": int(len(targets))}
 
 
 @flax.struct.dataclass
 class MultiLabelScores(clu_metrics.Metric):
-  """Collected targets and logits of a multi-label task; compute() gives mAP and micro-F1."""
+  """Collected targets and logits of a multi-label task; compute() gives mAP, micro- and
+  macro-F1 (sigmoid at 0.5)."""
 
   targets: np.ndarray
   logits: np.ndarray

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxaudio.models.outputs import l2_normalise
+
 KS = (1, 5, 10)
-
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-  x = np.asarray(x, np.float64)
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def clip_embeddings(window_embeddings: np.ndarray, clip_ids: np.ndarray
@@ -24,7 +21,7 @@ def clip_embeddings(window_embeddings: np.ndarray, clip_ids: np.ndarray
   """(clip ids sorted, L2-normalised mean of each clip's L2-normalised window embeddings)."""
   clips, inverse = np.unique(clip_ids, return_inverse=True)
   summed = np.zeros((len(clips), window_embeddings.shape[-1]))
-  np.add.at(summed, inverse, l2_normalise(window_embeddings))
+  np.add.at(summed, inverse, l2_normalise(np.asarray(window_embeddings, np.float64)))
   return clips, l2_normalise(summed)
 
 
@@ -39,7 +36,7 @@ def _relevance(labels: np.ndarray) -> np.ndarray:
 def retrieval_scores(embeddings: np.ndarray, labels: np.ndarray, ks=KS, ndcg_k: int = 10,
                      chunk: int = 1024) -> dict[str, float]:
   """mAP, P@k, R@k, nDCG@ndcg_k and the number of queries (see module docstring)."""
-  emb = l2_normalise(embeddings)
+  emb = l2_normalise(np.asarray(embeddings, np.float64))
   n = len(emb)
   rel_all = _relevance(labels)
   sums = {"mAP": 0.0, f"nDCG@{ndcg_k}": 0.0}

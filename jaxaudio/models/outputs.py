@@ -9,6 +9,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 
+def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+  """Rows of `x` scaled to unit length (cosine similarity = dot product), in x's own dtype;
+  an all-zero row stays zero. Search, retrieval metrics and model selection share it."""
+  x = np.asarray(x)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 def pow2(n: int) -> int:
   """The smallest power of two >= n (1 for n <= 1)."""
   return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))

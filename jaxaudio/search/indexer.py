@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from jaxaudio.inference import exported
+from jaxaudio.models.outputs import l2_normalise
 from jaxaudio.audio.io import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS
 from jaxaudio.audio import featurize
 from jaxaudio.audio.featurize import Featurizer, auto_workers
@@ -51,10 +52,6 @@ def search_settings(meta: dict[str, Any], hop: float | None = None) -> featurize
   with the window hop `hop` (a fraction of a window) when given."""
   settings = dataclasses.replace(featurize.Settings(**meta.get("settings", {})), trim_db=0.0)
   return settings if hop is None else dataclasses.replace(settings, window_hop=float(hop))
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _identity(model: exported.ExportedModel, hop: float | None) -> dict[str, Any]:
@@ -102,7 +99,7 @@ class _Embedder:
   def flush(self):
     if not self.pending:
       return
-    emb = normalise(self.model.embeddings(np.concatenate([p[3] for p in self.pending]),
+    emb = l2_normalise(self.model.embeddings(np.concatenate([p[3] for p in self.pending]),
                                           self.batch_size))
     pos = 0
     for path, size, mtime, windows, offsets, seconds in self.pending:

@@ -20,7 +20,8 @@ from jaxaudio.runtime.errors import AudioError, SearchIndexError
 from jaxaudio.models.outputs import pow2
 from jaxaudio.search import ann, store
 from jaxaudio.search.exact import TIE, ExactIndex
-from jaxaudio.search.indexer import normalise, search_settings
+from jaxaudio.models.outputs import l2_normalise
+from jaxaudio.search.indexer import search_settings
 
 ANN_FANOUT = 8   # approximate search fetches this many rows per result and query window
 
@@ -138,7 +139,7 @@ class Searcher:
     """L2-normalised embeddings of query windows."""
     # A query is a few windows: a batch of the next power of two, not the indexer's 64.
     batch = min(64, pow2(len(windows)))
-    return normalise(self.model.embeddings(windows, batch))
+    return l2_normalise(self.model.embeddings(windows, batch))
 
   def search(self, queries: list[np.ndarray], k: int = 10, per_file: bool = True
              ) -> list[list[Hit]]:

@@ -75,7 +75,7 @@ from jaxaudio.inference.predictor import Predictor
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS, read_audio
 from jaxaudio.runtime.errors import AudioError, JaxAudioError, SearchIndexError
 from jaxaudio.search import label_api, store
-from jaxaudio.search.indexer import normalise
+from jaxaudio.models.outputs import l2_normalise
 from jaxaudio.search.searcher import Searcher
 
 log = logging.getLogger("jaxaudio")
@@ -599,7 +599,7 @@ def create_app(index_path: str, use_ann: bool = False, ef: int = 128, token: str
         (hits,) = searcher.search([query], k, per_file)
     else:
       with _refused_when_busy():
-        query = normalise(batcher.run(searcher.model, windows)[0])
+        query = l2_normalise(batcher.run(searcher.model, windows)[0])
       with service.search_lock:
         (hits,) = searcher.search([query], k, per_file)
     results = []
