@@ -1,0 +1,448 @@
+"""`search index` on Apache Beam: the embedding of an archive spread over a runner's workers.
+
+  python -m jaxaudio.search index --model=EXPORT --audio=FOLDER --index=PATH \
+      --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+
+Beam's own pipeline options (--runner and whatever that runner takes) pass through to Beam
+untouched (split_pipeline_args); without --runner `search index` is the single-process
+jaxaudio.search.indexer. The pipeline:
+
+  driver   list the folder, find what is new or changed (as indexer.update does), cut that
+           list into shards of whole files, each shard owning one segment name
+  Beam     Create(shards) | Reshuffle | ParDo(EmbedShard) | WriteToText(shard records)
+           EmbedShard loads the exported model once per worker (DoFn.setup), decodes and
+           featurizes each file (jaxaudio.audio.featurize, the function the single-process
+           path runs), embeds the windows in chunks of EMBED_CHUNK and writes the shard's
+           segment (store.write_segment, fsynced) under the shard's own name; its output is
+           one small JSON record: the shard's files, their row spans and the files skipped
+  driver   one commit: the records become manifest entries, and indexer's writer swaps in
+           the manifest (compaction, model copy and approximate index as a final commit of
+           the single-process path does them)
+
+Why it gives the single-process index row for row: the same featurize call and settings,
+the same chunking into forward passes, and YNNPACK's embeddings do not depend on the batch a
+window shares (jaxaudio.runtime.xla_cpu), so every row is bitwise the same.
+
+Why a retried shard adds no rows: a shard's segment name is fixed by the driver before the
+pipeline starts, so a retry (or a speculative second attempt) overwrites the same file with
+the same bytes, and the driver keeps one record per shard id. A failed pipeline commits
+nothing: the previous index stays, the segments it wrote are orphans the next run removes
+(store.remove_unreferenced); rerunning the command embeds the same files again (the
+resumable commits of the single-process path are per process, this path's is per job).
+
+Where the files live: the workers read the audio and the exported model and write segments
+under --index by POSIX paths, so on a cluster those must be on a filesystem every worker
+mounts (NFS, Filestore, a FUSE-mounted bucket); the shard records go through Beam's file
+system layer under --temp_location (gs://, hdfs://, s3:// or a shared folder), local temp
+when it is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxaudio.runtime import xla_cpu
+
+# A worker process imports this module to unpickle EmbedShard: the YNNPACK kernels of the
+# single-process command go in before JAX starts there too, so the rows are the same bits.
+xla_cpu.apply()
+
+# Beam warns on import, through the root logger, about Google Cloud clients it did not find
+# (none is needed here): the console carries our lines.
+logging.disable(logging.WARNING)
+# pylint: disable=wrong-import-position
+import apache_beam as beam  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.options import pipeline_options as po  # noqa: E402
+
+logging.disable(logging.NOTSET)
+
+from jaxaudio.audio import featurize  # noqa: E402
+from jaxaudio.audio.io import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, audio_files  # noqa: E402
+from jaxaudio.inference import exported  # noqa: E402
+from jaxaudio.runtime.errors import JaxAudioError, SearchIndexError  # noqa: E402
+from jaxaudio.search import indexer, store  # noqa: E402
+
+log = logging.getLogger("jaxaudio")
+
+SHARD_FILES = 256   # most files in one shard (one segment); fewer when that keeps workers busy
+SHARDS_PER_WORKER = 4
+
+# Pipeline option sets for the remote runners, as docs/guides show them; the tests parse each
+# and build the pipeline under it (running one needs the cluster). Paths under /shared are a
+# filesystem every worker mounts at that path: the audio, the exported model and --index.
+EXAMPLE_OPTIONS = {
+    "DataflowRunner": [
+        "--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
+        "--temp_location=gs://my-bucket/tmp", "--staging_location=gs://my-bucket/staging",
+        # an image with jaxaudio[beam] installed and /shared mounted (Filestore or gcsfuse)
+        "--sdk_container_image=europe-docker.pkg.dev/my-project/jaxaudio/beam:latest",
+        "--experiments=use_runner_v2", "--machine_type=n2-standard-8",
+        "--max_num_workers=32", "--number_of_worker_harness_threads=1"],
+    "FlinkRunner": [
+        "--runner=FlinkRunner", "--flink_master=flink-jobmanager:8081", "--parallelism=16",
+        "--environment_type=PROCESS",
+        '--environment_config={"command": "/opt/jaxaudio/venv/bin/beam-boot"}',
+        "--temp_location=/shared/tmp"],
+    "SparkRunner": [
+        "--runner=SparkRunner", "--spark_master_url=spark://spark-master:7077",
+        "--environment_type=DOCKER",
+        "--environment_config=registry.example.org/jaxaudio/beam:latest",
+        "--temp_location=/shared/tmp"],
+}
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def _beam_parser() -> argparse.ArgumentParser:
+  """An argparse parser that knows every pipeline option Beam defines (all PipelineOptions
+  subclasses, runners' included), as PipelineOptions itself collects them."""
+  parser = argparse.ArgumentParser(add_help=False)
+  seen, todo = set(), [po.PipelineOptions]
+  while todo:
+    cls = todo.pop()
+    for sub in cls.__subclasses__():
+      if sub not in seen:
+        seen.add(sub)
+        todo.append(sub)
+        try:
+          sub._add_argparse_args(parser)  # pylint: disable=protected-access
+        except argparse.ArgumentError:
+          pass   # an option two classes define: the first one stands
+  return parser
+
+
+def beam_option_names() -> dict[str, bool]:
+  """Every Beam pipeline option name (without --) -> whether it takes a value."""
+  names = {}
+  for action in _beam_parser()._actions:  # pylint: disable=protected-access
+    for s in action.option_strings:
+      if s.startswith("--"):
+        names[s[2:]] = action.nargs != 0
+  return names
+
+
+def split_pipeline_args(argv: list[str], ours) -> tuple[list[str], list[str]]:
+  """(argv without Beam's options, Beam's options): an option goes to Beam when Beam defines
+  it and jaxaudio (the absl FlagValues `ours`) does not; ours win a name both use."""
+  beam_names = beam_option_names()
+  kept, passed, i = [argv[0]], [], 1
+  while i < len(argv):
+    arg = argv[i]
+    name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+    if name is None or name in ours or name not in beam_names:
+      kept.append(arg)
+    else:
+      passed.append(arg)
+      if "=" not in arg and beam_names[name] and i + 1 < len(argv) and \
+          not argv[i + 1].startswith("--"):
+        passed.append(argv[i + 1])   # --runner DirectRunner
+        i += 1
+    i += 1
+  return kept, passed
+
+
+def pipeline_options(pipeline_args: list[str]) -> po.PipelineOptions:
+  """Beam's PipelineOptions for `pipeline_args`, with a sentence for one Beam refuses."""
+  if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
+    pipeline_args = [*pipeline_args, "--default_sdk_harness_log_level=WARNING"]
+  try:
+    options = po.PipelineOptions(pipeline_args)
+    options.get_all_options(retain_unknown_options=False)   # parses, so bad values raise here
+  except (SystemExit, ValueError) as err:
+    raise JaxAudioError(f"Beam refuses the pipeline options {' '.join(pipeline_args)} "
+                        f"({err}); see Beam's pipeline options for the runner.") from None
+  return options
+
+
+def worker_count(options: po.PipelineOptions) -> int:
+  """How many workers the runner is asked for, to size the shards: --direct_num_workers
+  (0: every core) on the local runner, else --max_num_workers, --num_workers or
+  --parallelism, whichever is given; 1 when none is."""
+  every = options.get_all_options()
+  if is_local(options):
+    return int(every.get("direct_num_workers") or 0) or os.cpu_count() or 1
+  for key in ("max_num_workers", "num_workers", "parallelism"):
+    if every.get(key) and int(every[key]) > 0:
+      return int(every[key])
+  return 1
+
+
+def is_local(options: po.PipelineOptions) -> bool:
+  """Whether the pipeline runs on this machine (Beam's DirectRunner, its default)."""
+  return options.get_all_options().get("runner") in (None, "DirectRunner", "direct",
+                                                     "SwitchingDirectRunner")
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Shard:
+  """Whole files embedded by one worker into one segment of the index."""
+
+  shard: int
+  segment: str
+  files: list[tuple[str, int, int]]   # path, size, mtime_ns
+
+
+def plan_shards(todo: list[str], scanned: dict[str, tuple[int, int]], generation: int,
+                workers: int) -> list[Shard]:
+  """`todo` (in path order) cut into contiguous shards of at most SHARD_FILES files, at least
+  SHARDS_PER_WORKER per worker when there are files enough; shard k writes segment
+  seg-(generation + 1 + k), names no commit has used."""
+  if not todo:
+    return []
+  count = max(-(-len(todo) // SHARD_FILES), min(len(todo), SHARDS_PER_WORKER * workers))
+  bounds = np.linspace(0, len(todo), count + 1).round().astype(int)
+  return [Shard(k, store.segment_name(generation + 1 + k),
+                [(p, *scanned[p]) for p in todo[lo:hi]])
+          for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+class EmbedShard(beam.DoFn):
+  """Decode, featurize and embed a shard's files; write its segment; emit its record."""
+
+  def __init__(self, index_path: str, export_dir: str, settings: featurize.Settings,
+               batch_size: int, max_seconds: float | None):
+    super().__init__()
+    self.index_path, self.export_dir, self.settings = index_path, export_dir, settings
+    self.batch_size, self.max_seconds = batch_size, max_seconds
+    self.model = None
+
+  def setup(self):
+    self.model = exported.load(self.export_dir)   # once per worker process
+
+  def process(self, shard: Shard):
+    spec = self.model.meta["frontend"]
+    embedder = indexer._Embedder(self.model, self.batch_size)  # pylint: disable=protected-access
+    skipped, windows = [], 0
+    for i, (path, size, mtime) in enumerate(shard.files):
+      res = featurize.featurize(i, spec, self.settings, path=path, max_seconds=self.max_seconds)
+      if res.error:
+        skipped.append({"path": path, "reason": res.error})
+        continue
+      embedder.add(path, size, mtime, res.windows, res.offsets, res.seconds)
+      windows += len(res.windows)
+    done = embedder.take()
+    files, start = [], 0
+    if done:
+      store.write_segment(self.index_path, shard.segment, np.concatenate([d[3] for d in done]),
+                          np.concatenate([d[4] for d in done]))
+      for path, size, mtime, rows, _, seconds in done:
+        files.append([path, size, mtime, start, len(rows), float(seconds)])
+        start += len(rows)
+    yield json.dumps({"shard": shard.shard, "segment": shard.segment, "rows": start,
+                      "files": files, "skipped": skipped, "pid": os.getpid()})
+
+
+def build(pipeline: beam.Pipeline, shards: list[Shard], embed: EmbedShard,
+          records: str) -> None:
+  """The pipeline's transforms: shards in, one JSON record per shard under `records`."""
+  _ = (pipeline
+       | "Shards" >> beam.Create(shards)
+       | "Spread" >> beam.Reshuffle()
+       | "Embed" >> beam.ParDo(embed)
+       | "Records" >> beam.io.WriteToText(records, file_name_suffix=".jsonl"))
+
+
+@contextlib.contextmanager
+def _quiet(console: str | None):
+  """On the local runner, Beam's and the worker processes' console output (gRPC channels,
+  TensorFlow and XLA start-up lines) goes to the file `console` instead of stderr: the
+  workers inherit file descriptor 2 when they start. Remote runners keep Beam's logging (the
+  job's state and its console address)."""
+  if console is None:
+    yield
+    return
+  beam_log = logging.getLogger("apache_beam")
+  level, beam_log.level = beam_log.level, logging.ERROR
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(console, "ab") as f:
+    os.dup2(f.fileno(), 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    beam_log.setLevel(level)
+
+
+def _read_records(prefix: str) -> list[dict[str, Any]]:
+  lines = []
+  for match in FileSystems.match([prefix + "*.jsonl"]):
+    for meta in match.metadata_list:
+      with FileSystems.open(meta.path) as f:
+        lines += [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+  return lines
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+def update(index_path: str, audio: str, export_dir: str, pipeline_args: list[str],
+           rebuild: bool = False, strict: bool = False, with_ann: bool | None = None,
+           batch_size: int = 64, progress: bool = True, hop: float | None = None,
+           max_seconds: float | None = DEFAULT_MAX_SECONDS) -> dict[str, Any]:
+  """indexer.update with the embedding run as a Beam pipeline under `pipeline_args`; the
+  same summary (plus windows, shards and workers)."""
+  t0 = time.perf_counter()
+  options = pipeline_options(pipeline_args)
+  if not os.path.exists(audio):
+    raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
+                           "audio to index.")
+  listed_skipped: list[dict[str, str]] = []
+  scanned = {}
+  for p in audio_files(audio, listed_skipped):
+    p = os.path.abspath(p)
+    scanned[p] = indexer._stat(p)  # pylint: disable=protected-access
+  if strict and listed_skipped:
+    raise SearchIndexError(f"{listed_skipped[0]['reason']} (strict mode stops at the first bad "
+                           "file; without --strict such files are reported and skipped)")
+  if not scanned:
+    raise SearchIndexError(f"{audio} holds no audio files ({' '.join(AUDIO_EXTENSIONS)}); pass "
+                           "--audio=FOLDER with the audio to index.")
+  index_path = os.path.abspath(index_path)
+  if os.path.exists(index_path) and not os.path.isdir(index_path):
+    raise SearchIndexError(f"{index_path} is a file, not a search index folder; pass a new or "
+                           "empty folder as --index.")
+  if os.path.isdir(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST)):
+    names = os.listdir(index_path)
+    foreign = store.foreign_files(index_path) or ([] if store.LOCK in names else sorted(names))
+    if foreign:
+      raise SearchIndexError(f"{index_path} exists and is not a search index (it holds "
+                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+                             "); pass a new or empty folder as --index.")
+  os.makedirs(index_path, exist_ok=True)
+  with store.writer_lock(index_path):
+    summary = _update(index_path, scanned, export_dir, options, rebuild, strict, with_ann,
+                      batch_size, progress, t0, hop, max_seconds)
+  summary["skipped"] = listed_skipped + summary["skipped"]
+  return summary
+
+
+def _update(index_path, scanned, export_dir, options, rebuild, strict, with_ann, batch_size,
+            progress, t0, hop, max_seconds) -> dict[str, Any]:
+  # pylint: disable=protected-access
+  meta = exported.load(export_dir).meta   # checked whole before any worker starts
+  exists = os.path.isfile(os.path.join(index_path, store.MANIFEST))
+  old = store.read_manifest(index_path) if exists else None
+  store.remove_unreferenced(index_path, old)
+  if hop is None and old is not None and not rebuild:
+    hop = old.model.get("settings", {}).get("window_hop")
+  if hop is not None and not 0.0 < hop <= 1.0:
+    raise SearchIndexError(f"--hop={hop} is not a fraction of a window in (0, 1]; e.g. 0.25 "
+                           "for a window every quarter window.")
+  ident = store.model_identity(
+      {**meta, "settings": dataclasses.asdict(indexer.search_settings(meta, hop))})
+  if old is not None and old.unfinished:
+    if with_ann is None:
+      with_ann = old.unfinished.get("ann") or None
+    if rebuild and old.unfinished.get("fresh") and old.model == ident:
+      rebuild = False
+  if old is not None and not rebuild:
+    indexer._check_same_model(index_path, old.model, ident)
+  previous = {} if old is None or rebuild else {e.path: e for e in old.files}
+  live, removed = {}, 0
+  for path, e in previous.items():
+    if os.path.exists(path):
+      live[path] = e
+    else:
+      removed += 1
+  todo = [p for p in sorted(scanned)
+          if p not in live or scanned[p] != (live[p].size, live[p].mtime_ns)]
+  updated = sum(p in previous for p in todo)
+  unchanged = len(previous) - removed - updated
+  writer = indexer._Writer(index_path, export_dir, ident, old, old is None or rebuild, live,
+                           with_ann)
+  workers = worker_count(options)
+  shards = plan_shards(todo, scanned, writer.generation, workers)
+  records, skipped = _run(index_path, export_dir, indexer.search_settings(meta, hop), shards,
+                          options, batch_size, max_seconds, progress,
+                          int(meta["embedding_dim"]))
+  errors = sorted(skipped, key=lambda s: s["path"])
+  if strict and errors:
+    raise SearchIndexError(f"{errors[0]['reason']} (strict mode stops at the first bad file; "
+                           "without --strict such files are reported and skipped)")
+  for s in errors:
+    live.pop(s["path"], None)    # a changed file that no longer decodes loses its old rows
+  windows = 0
+  for r in records:
+    if r["rows"]:
+      writer.segments[r["segment"]] = r["rows"]
+    for path, size, mtime, start, count, seconds in r["files"]:
+      live[path] = store.Entry(path, size, mtime, r["segment"], start, count, seconds)
+      windows += count
+  writer.generation += len(shards)
+  t_embed = time.perf_counter() - t0
+  nothing_to_do = (old is not None and not old.unfinished and not rebuild and not todo
+                   and not removed)
+  manifest = writer.commit([], final=True, unchanged=nothing_to_do)
+  return {"index": index_path, "files": len(manifest.files), "rows": manifest.live_rows,
+          "added": len(todo) - updated - len(errors), "updated": updated, "removed": removed,
+          "unchanged": unchanged, "skipped": errors, "embed_seconds": t_embed,
+          "files_per_second": len(todo) / t_embed if todo else 0.0,
+          "windows": windows, "windows_per_second": windows / t_embed if todo else 0.0,
+          "shards": len(shards), "workers": len({r["pid"] for r in records}),
+          "ann_recall_at_10": manifest.ann["recall_at_10"] if manifest.ann else None,
+          "seconds": time.perf_counter() - t0}
+
+
+def _run(index_path, export_dir, settings, shards, options, batch_size, max_seconds,
+         progress, dim) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+  """Run the pipeline over `shards`; (one record per shard, every file skipped). Checks that
+  every shard reported and that its segment holds the rows it says."""
+  if not shards:
+    return [], []
+  every = options.get_all_options()
+  own_tmp = not every.get("temp_location")
+  tmp = tempfile.mkdtemp(prefix="jaxaudio-beam-") if own_tmp else FileSystems.join(
+      every["temp_location"], f"jaxaudio-index-{os.getpid()}-{time.time_ns()}")
+  prefix = FileSystems.join(tmp, "shards")
+  embed = EmbedShard(index_path, export_dir, settings, batch_size, max_seconds)
+  if progress:
+    log.info("index: %d files in %d shards on %s", sum(len(s.files) for s in shards),
+             len(shards), every.get("runner") or "DirectRunner")
+  local = is_local(options)
+  console = os.path.join(tempfile.gettempdir(), f"jaxaudio-beam-{os.getpid()}.log")
+  try:
+    with _quiet(console if local else None):
+      with beam.Pipeline(options=options) as pipeline:
+        build(pipeline, shards, embed, prefix)
+    by_shard = {}
+    for r in _read_records(prefix):
+      by_shard.setdefault(r["shard"], r)    # a retried shard may report twice: same rows
+  except Exception as err:   # a runner's own failure types vary; the sentence names it
+    where = f" (the local workers' output is in {console})" if local else ""
+    raise SearchIndexError(f"the Beam pipeline failed ({type(err).__name__}: "
+                           f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''})"
+                           f"{where}; nothing was committed, the index is as before; fix the "
+                           "cause and run the command again.") from err
+  finally:
+    if own_tmp:
+      shutil.rmtree(tmp, ignore_errors=True)
+    else:
+      FileSystems.delete([tmp])
+  if local:
+    os.remove(console)
+  missing = [s.shard for s in shards if s.shard not in by_shard]
+  if missing:
+    raise SearchIndexError(f"the Beam pipeline finished without the records of shards "
+                           f"{missing[:5]}; nothing was committed; run the command again.")
+  records = [by_shard[s.shard] for s in shards]
+  for r in records:   # the segment holds what the record says (shape and dtype checked)
+    if r["rows"]:
+      store.load_segment(index_path, r["segment"], r["rows"], dim)
+  return records, [s for r in records for s in r["skipped"]]
