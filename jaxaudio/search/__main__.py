@@ -121,6 +121,24 @@ _MAX_QUEUED = flags.DEFINE_integer("max_queued", 64, "serve: forward passes that
                                    "more are refused with 503 and Retry-After.", lower_bound=1)
 
 
+# `index --runner=...`: Beam's pipeline options, taken off the command line before absl reads
+# it (jaxaudio.search.beam_index.split_pipeline_args); empty runs the single-process indexer.
+_PIPELINE_ARGS: list[str] = []
+
+
+def _split_pipeline_args(argv: list[str]) -> list[str]:
+  if not any(a == "--runner" or a.startswith("--runner=") for a in argv[1:]):
+    return argv
+  try:
+    from jaxaudio.search import beam_index  # pylint: disable=import-outside-toplevel
+  except ImportError as err:
+    print(f"error: --runner runs `search index` on Apache Beam, which is not installed ({err}); "
+          "pip install 'jaxaudio[beam]'.", file=sys.stderr)
+    sys.exit(cli.EXIT_USER_ERROR)
+  argv, _PIPELINE_ARGS[:] = beam_index.split_pipeline_args(argv, flags.FLAGS)
+  return argv
+
+
 def _need_audio(command: str) -> str:
   if not _AUDIO.value:
     raise JaxAudioError(f"{command} needs --audio=FILE_OR_FOLDER.")
@@ -137,10 +155,17 @@ def _index() -> int:
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
   audio = _need_audio("index")
   export_dir = _MODEL.value or stablehlo.for_run(_WORKDIR.value, step_flag(_STEP.value))
-  summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
-                   strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
-                   hop=_HOP.value, max_seconds=cli.seconds_limit(_MAX_SECONDS.value),
-                   commit_files=_COMMIT_FILES.value, commit_seconds=_COMMIT_SECONDS.value)
+  if _PIPELINE_ARGS:   # on Beam: the runner's workers embed, one commit at the end
+    from jaxaudio.search import beam_index
+    summary = beam_index.update(_INDEX.value, audio, export_dir, _PIPELINE_ARGS,
+                                rebuild=_REBUILD.value, strict=_STRICT.value,
+                                with_ann=_ANN.value, hop=_HOP.value,
+                                max_seconds=cli.seconds_limit(_MAX_SECONDS.value))
+  else:
+    summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
+                     strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,
+                     hop=_HOP.value, max_seconds=cli.seconds_limit(_MAX_SECONDS.value),
+                     commit_files=_COMMIT_FILES.value, commit_seconds=_COMMIT_SECONDS.value)
   for s in summary["skipped"]:
     print(f"skipped: {s['reason']}")
   print(f"index {summary['index']}: {summary['files']} files, {summary['rows']} windows "
@@ -310,8 +335,12 @@ COMMANDS = {"index": _index, "query": _query, "serve": _serve, "label": _label,
 
 
 def main(argv):
+  if _PIPELINE_ARGS and argv[1] != "index":
+    raise JaxAudioError(f"{' '.join(_PIPELINE_ARGS)}: Beam pipeline options are for `index` "
+                        f"only, not `{argv[1]}`; leave them out.")
   return COMMANDS[argv[1]]()
 
 
 if __name__ == "__main__":
+  sys.argv = _split_pipeline_args(sys.argv)
   cli.run(main, commands=tuple(COMMANDS))
