@@ -14,6 +14,14 @@ scored by a classifier trained on the others, and the threshold is the one that 
 over those out-of-fold scores of the labelled windows. Precision and recall at it are stated
 for the labelled windows (an estimate: which windows got labelled is not a random sample).
 
+Proposals (`rank`). top, margin and mixed order the archive by the classifier's score; hybrid
+starts as search does, with the nearest neighbours of the class's positive windows (their best
+cosine to any of them), while the class has fewer than HYBRID_POSITIVES positive labels, then
+hands over to top. A linear classifier trained on a handful of positives proposes mostly
+negatives (the cold start of active learning), while the neighbours of what was found are
+positives more often and varied, and they train a better classifier than the classifier's own
+proposals do (docs/evidence/agile.md).
+
 A classifier is stored in PATH/classifiers/CLASS.json with the identity of the model whose
 embeddings it was trained on; another index's embeddings are refused.
 """
@@ -46,6 +54,9 @@ L2 = 1e-4
 STEPS = 300
 LEARNING_RATE = 0.05
 FOLDS = 5
+STRATEGIES = ("top", "margin", "mixed", "hybrid")
+HYBRID_POSITIVES = 40    # hybrid: nearest neighbours of the positives until a class has these
+SIMILARITY_BLOCK = 65_536   # rows per matmul of the positives' similarity
 
 
 class ClassifierError(JaxAudioError):
@@ -354,21 +365,43 @@ class Proposal:
   score: float
 
 
+def similarity(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+  """Every window's best cosine to the windows `rows` (embeddings are L2-normalised): the
+  score of query-by-example search with all of them at once."""
+  queries = embeddings[np.asarray(rows, np.int64)].T
+  out = np.empty(len(embeddings), np.float32)
+  for lo in range(0, len(embeddings), SIMILARITY_BLOCK):
+    out[lo:lo + SIMILARITY_BLOCK] = (embeddings[lo:lo + SIMILARITY_BLOCK] @ queries).max(axis=1)
+  return out
+
+
 def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
          strategy: str = "top") -> list[Proposal]:
   """k windows to label next: the highest scores (top), the scores nearest the threshold
-  (margin: what the classifier is least sure of), or both alternating (mixed). Windows
-  overlapping any label of the class are never proposed, nor two overlapping windows."""
-  if strategy not in ("top", "margin", "mixed"):
-    raise JaxAudioError(f"--strategy={strategy} is not top, margin or mixed.")
+  (margin: what the classifier is least sure of), both alternating (mixed), or the nearest
+  neighbours of the class's positive windows until it has HYBRID_POSITIVES positive labels,
+  then top (hybrid). Windows overlapping any label of the class are never proposed, nor two
+  overlapping windows. A proposal's score is the classifier's, whatever the strategy."""
+  if strategy not in STRATEGIES:
+    raise JaxAudioError(f"--strategy={strategy} is not one of {', '.join(STRATEGIES)}.")
   scores = clf.scores(archive.embeddings)
   taken = np.zeros(len(scores), bool)
+  positive = np.zeros(len(scores), bool)
   rows = archive.file_rows()
-  for lab in labels:
-    if lab.label == clf.label:
-      taken[_overlapping(archive, rows, lab)] = True
-  orders = {"top": np.argsort(-scores, kind="stable"),
-            "margin": np.argsort(np.abs(scores - clf.threshold), kind="stable")}
+  mine = [lab for lab in labels if lab.label == clf.label]
+  for lab in mine:
+    hit = _overlapping(archive, rows, lab)
+    taken[hit] = True
+    positive[hit] |= lab.positive
+  if strategy == "hybrid":
+    searching = sum(lab.positive for lab in mine) < HYBRID_POSITIVES and positive.any()
+    strategy = "search" if searching else "top"
+  if strategy == "search":
+    orders = {"search": np.argsort(-similarity(archive.embeddings, np.flatnonzero(positive)),
+                                   kind="stable")}
+  else:
+    orders = {"top": np.argsort(-scores, kind="stable"),
+              "margin": np.argsort(np.abs(scores - clf.threshold), kind="stable")}
   if strategy == "mixed":
     streams = [iter(orders["top"]), iter(orders["margin"])]
   else:
