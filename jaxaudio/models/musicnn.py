@@ -259,7 +259,10 @@ class _VggBlock(nn.Module):
     x = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                 name="conv")(x.astype(self.dtype))
     x = tf_batch_norm("bn", use_running_average, self.bn_axis_name)(nn.relu(x))
-    x = nn.max_pool(x.astype(self.dtype), self.window, strides=self.stride, padding="VALID")
+    # window_shape by keyword: jax2onnx 0.13-0.17's nn.max_pool replacement takes it no other
+    # way ("patched_max_pool() takes 1 positional argument but 2 ... were given").
+    x = nn.max_pool(x.astype(self.dtype), window_shape=self.window, strides=self.stride,
+                    padding="VALID")
     if not self.last:
       x = nn.Dropout(0.25, deterministic=not train)(x)
     return x
