@@ -1,0 +1,138 @@
+"""`search index` on Apache Beam against today's single-process command, side by side.
+
+  python bench/bench_beam.py [--files=120] [--seconds=12] [--rounds=2] [--model=EXPORT_DIR]
+
+Writes --files synthetic recordings of --seconds each (tones with envelopes plus noise, at
+32 kHz so every file is resampled as an archive's would be), then indexes the same folder
+with three commands, each into a new index, --rounds times in turn (A B C A B C ...):
+
+  single   python -m jaxaudio.search index --model=M --audio=F --index=I
+  beam-1   ... --runner=DirectRunner --direct_num_workers=1
+  beam-2   ... --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
+
+and prints, per command, the wall time of the whole command (process start, imports, model
+load and compile, the pipeline's worker start-up: everything a user waits for) and the
+windows per second that makes, the best of the rounds (other processes share the machine),
+and the CPU seconds it used with every process it started (less sensitive to them),
+then the two ratios the goals name: beam-2 / beam-1 windows/s (goal >= 1.7) and the overhead
+of beam-1 against single (goal <= 10%). It also checks that each Beam index holds the single
+index's rows bit for bit. Without --model it trains the tests' tiny scratch model (about a
+minute), whose forward pass is far cheaper than a real model's; pass an aiSFX export for
+figures that mean something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+# pylint: disable=wrong-import-position
+from bench_index_kill import tiny_model  # noqa: E402
+from jaxaudio.search import store  # noqa: E402
+
+RATE = 32000
+COMMANDS = {
+    "single": [],
+    "beam-1": ["--runner=DirectRunner", "--direct_num_workers=1"],
+    "beam-2": ["--runner=DirectRunner", "--direct_num_workers=2",
+               "--direct_running_mode=multi_processing"],
+}
+
+
+def write_audio(folder: str, files: int, seconds: float, seed: int = 0) -> None:
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  n = int(RATE * seconds)
+  t = np.arange(n) / RATE
+  for i in range(files):
+    x = 0.02 * rng.uniform(0.2, 1.0) * rng.standard_normal(n)
+    for _ in range(rng.integers(2, 5)):
+      env = np.clip(np.sin(np.pi * (t / t[-1] * rng.uniform(0.5, 6) + rng.uniform())), 0, 1)
+      x += rng.uniform(0.05, 0.3) * env * np.sin(2 * np.pi * rng.uniform(80, 6000) * t)
+    sf.write(os.path.join(folder, f"rec_{i:05d}.wav"), x.astype(np.float32), RATE)
+
+
+def _cpu() -> float:
+  use = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return use.ru_utime + use.ru_stime
+
+
+def run(name: str, model: str, audio: str, index: str) -> tuple[float, float, str]:
+  """(wall s, CPU s of the command and every process it started, its summary line)."""
+  shutil.rmtree(index, ignore_errors=True)
+  cmd = [sys.executable, "-m", "jaxaudio.search", "index", f"--model={model}",
+         f"--audio={audio}", f"--index={index}", *COMMANDS[name]]
+  t, cpu = time.perf_counter(), _cpu()
+  r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+  wall, cpu = time.perf_counter() - t, _cpu() - cpu
+  if r.returncode:
+    raise SystemExit(f"{name} failed:\n{r.stdout}\n{r.stderr[-3000:]}")
+  return wall, cpu, (r.stdout.strip().splitlines() or [""])[-1]
+
+
+def rows(index: str):
+  m = store.read_manifest(index)
+  r = store.load_rows(index, m)
+  return [(e.path, e.count, e.seconds) for e in m.files], r.embeddings, r.offsets
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--files", type=int, default=120)
+  ap.add_argument("--seconds", type=float, default=12.0)
+  ap.add_argument("--rounds", type=int, default=2)
+  ap.add_argument("--model", default=None)
+  args = ap.parse_args()
+  tmp = tempfile.mkdtemp(prefix="bench_beam-")
+  try:
+    model = args.model or tiny_model(tmp)
+    audio = os.path.join(tmp, "audio")
+    write_audio(audio, args.files, args.seconds)
+    walls: dict[str, list[float]] = {k: [] for k in COMMANDS}
+    cpus: dict[str, list[float]] = {k: [] for k in COMMANDS}
+    for rnd in range(args.rounds):
+      for name in COMMANDS:
+        wall, cpu, line = run(name, model, audio, os.path.join(tmp, name))
+        walls[name].append(wall)
+        cpus[name].append(cpu)
+        print(f"round {rnd + 1} {name:7s} {wall:7.1f} s wall {cpu:7.1f} s CPU   {line} "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    want = rows(os.path.join(tmp, "single"))
+    windows = sum(c for _, c, _ in want[0])
+    print(f"\n{args.files} files x {args.seconds:g} s, {windows} windows, model "
+          f"{os.path.basename(os.path.normpath(model))}, {os.cpu_count()} cores")
+    print(f"{'command':8s} {'best wall s':>11s} {'windows/s':>10s} {'CPU s':>7s}  "
+          "rounds (wall s)  same rows")
+    best = {k: min(v) for k, v in walls.items()}
+    for name in COMMANDS:
+      got = rows(os.path.join(tmp, name))
+      same = (got[0] == want[0] and np.array_equal(got[1], want[1])
+              and np.array_equal(got[2], want[2]))
+      print(f"{name:8s} {best[name]:11.1f} {windows / best[name]:10.1f} {min(cpus[name]):7.1f}  "
+            f"{' '.join(f'{w:.1f}' for w in walls[name])}  {'bitwise' if same else 'DIFFERENT'}")
+    print(f"\nbeam-2 / beam-1 windows/s: {best['beam-1'] / best['beam-2']:.2f}x (goal >= 1.7)")
+    print(f"beam-1 overhead against single: {100 * (best['beam-1'] / best['single'] - 1):+.1f}% "
+          "(goal <= 10%)")
+    print(f"beam-2 / single windows/s: {best['single'] / best['beam-2']:.2f}x")
+    print(f"CPU seconds, beam-1 against single: {100 * (min(cpus['beam-1']) / min(cpus['single']) - 1):+.1f}%, "
+          f"beam-2 against single: {100 * (min(cpus['beam-2']) / min(cpus['single']) - 1):+.1f}%")
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,159 @@
+"""`search index` on Apache Beam (jaxaudio/search/beam_index.py) against the single-process
+index: the same rows bit for bit with 2 local worker processes, an update, a shard run twice
+(a runner's retry) and a failed pipeline, and the remote runners' option sets."""
+
+import os
+import shutil
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import soundfile as sf
+
+from datafixtures import SR, tone
+from jaxaudio.audio import featurize
+from jaxaudio.runtime.errors import SearchIndexError
+from jaxaudio.search import beam_index, indexer, store
+# pylint: disable-next=unused-import
+from test_search import _rows_by_file, collection, export_dir  # noqa: F401 (the fixtures)
+
+TWO_WORKERS = ["--runner=DirectRunner", "--direct_num_workers=2",
+               "--direct_running_mode=multi_processing"]
+ONE_WORKER = ["--runner=DirectRunner", "--direct_num_workers=1"]
+
+
+def _assert_same_index(got: str, want: str) -> None:
+  """The same files (path, size, mtime, rows, seconds) in manifest order, and each file's
+  window offsets and embeddings equal bit for bit; a live manifest with no leftovers."""
+  a, b = store.read_manifest(got), store.read_manifest(want)
+  key = lambda m: [(e.path, e.size, e.mtime_ns, e.count, e.seconds) for e in m.files]  # noqa: E731
+  assert key(a) == key(b)
+  assert a.model == b.model and a.unfinished is None
+  ra, rb = _rows_by_file(got), _rows_by_file(want)
+  for path, (emb, off) in rb.items():
+    assert np.array_equal(ra[path][1], off), path
+    assert np.array_equal(ra[path][0], emb), path
+  names = {store.LOCK, store.MANIFEST, store.MODEL}
+  names |= {f"{s}.{k}.npy" for s in a.segments for k in ("emb", "off")}
+  assert set(os.listdir(got)) == names | ({a.ann["file"]} if a.ann else set())
+
+
+def test_two_beam_workers_give_the_single_process_index_row_for_row(collection, export_dir,
+                                                                     tmp_path, cli):
+  audio = str(tmp_path / "audio")
+  shutil.copytree(collection, audio)
+  single, on_beam = str(tmp_path / "single"), str(tmp_path / "beam")
+  want = indexer.update(single, audio, export_dir, workers=1, progress=False)
+  # The command line: Beam's own option names pass through, two worker processes.
+  r = cli("jaxaudio.search", "index", f"--model={export_dir}", f"--audio={audio}",
+          f"--index={on_beam}", *TWO_WORKERS[:2], "--direct_running_mode", "multi_processing")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"{want['files']} files, {want['rows']} windows" in r.stdout
+  assert "skipped: " in r.stdout and "broken.wav" in r.stdout
+  # The console carries our lines only: no Beam, gRPC, TensorFlow or XLA start-up chatter.
+  assert "apache_beam" not in r.stderr and "INFO" not in r.stderr, r.stderr[-2000:]
+  _assert_same_index(on_beam, single)
+  manifest = store.read_manifest(on_beam)
+  plan = {store.segment_name(k) for k in range(1, 1 + beam_index.SHARDS_PER_WORKER * 2)}
+  assert len(manifest.segments) >= 2 and set(manifest.segments) <= plan   # one per shard
+
+  # An update on Beam (in-process runner): one file changed, one deleted, one new.
+  changed = os.path.abspath(os.path.join(audio, "low", sorted(os.listdir(
+      os.path.join(audio, "low")))[0]))
+  sf.write(changed, tone(700, 2.0, seed=7), SR)
+  os.remove(os.path.join(audio, "long_sweep.wav"))
+  sf.write(os.path.join(audio, "new.wav"), tone(900, 1.5, seed=8), SR)
+  want = indexer.update(single, audio, export_dir, workers=1, progress=False)
+  got = beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False)
+  assert {k: got[k] for k in ("files", "rows", "added", "updated", "removed", "unchanged")} == \
+      {k: want[k] for k in ("files", "rows", "added", "updated", "removed", "unchanged")}
+  embedded = [e.count for e in store.read_manifest(single).files
+              if e.path in (changed, os.path.abspath(os.path.join(audio, "new.wav")))]
+  assert len(embedded) == 2 and got["workers"] == 1 and got["windows"] == sum(embedded)
+  _assert_same_index(on_beam, single)
+
+
+def test_a_retried_shard_adds_no_rows_and_a_failed_pipeline_commits_nothing(
+    collection, export_dir, tmp_path, monkeypatch):
+  audio = str(tmp_path / "audio")
+  shutil.copytree(collection, audio)
+  single, on_beam = str(tmp_path / "single"), str(tmp_path / "beam")
+  indexer.update(single, audio, export_dir, workers=1, progress=False)
+  real = beam_index.EmbedShard.process
+  lost = {2}
+
+  def dies_after_writing(self, shard):   # a worker lost right after it wrote its segment
+    out = list(real(self, shard))
+    if shard.shard in lost:
+      raise RuntimeError("worker lost")
+    yield from out
+
+  monkeypatch.setattr(beam_index.EmbedShard, "process", dies_after_writing)
+  with pytest.raises(SearchIndexError, match="Beam pipeline failed.*worker lost.*nothing was "
+                     "committed"):
+    beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False)
+  assert store.MANIFEST not in os.listdir(on_beam)
+  assert "seg-000003.emb.npy" in os.listdir(on_beam)   # shard 2's orphan segment
+  monkeypatch.setattr(beam_index.EmbedShard, "process", real)
+
+  # A shard run twice, both records reaching the sink (a runner's retry or speculative
+  # second attempt): it rewrites the same segment and the driver keeps one record.
+  plan = beam_index.plan_shards
+
+  def twice(*args):
+    shards = plan(*args)
+    return shards + [shards[1]]
+
+  monkeypatch.setattr(beam_index, "plan_shards", twice)
+  got = beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False)
+  assert got["shards"] == beam_index.SHARDS_PER_WORKER + 1
+  _assert_same_index(on_beam, single)   # no leftover: the orphan was removed or rewritten
+  m = store.read_manifest(on_beam)
+  assert len({e.path for e in m.files}) == len(m.files) == len(store.read_manifest(single).files)
+  assert m.live_rows == sum(m.segments.values())   # no row stored twice
+  monkeypatch.setattr(beam_index, "plan_shards", plan)
+
+  # A failed update leaves the previous commit as it was.
+  before = (store.read_manifest(on_beam).to_json(), _rows_by_file(on_beam))
+  os.utime(os.path.join(audio, "long_sweep.wav"))
+  lost.add(0)   # the update's one shard
+  monkeypatch.setattr(beam_index.EmbedShard, "process", dies_after_writing)
+  try:
+    with pytest.raises(SearchIndexError, match="the index is as before"):
+      beam_index.update(on_beam, audio, export_dir, TWO_WORKERS[:2] + [
+          "--direct_running_mode=in_memory"], progress=False)
+  finally:
+    monkeypatch.setattr(beam_index.EmbedShard, "process", real)
+  assert store.read_manifest(on_beam).to_json() == before[0]
+  after = _rows_by_file(on_beam)
+  assert all(np.array_equal(after[p][0], e) for p, (e, _) in before[1].items())
+
+
+def test_pipeline_options_split_from_ours_and_each_remote_runner_builds_the_pipeline():
+  from absl import flags
+  fv = flags.FlagValues()
+  flags.DEFINE_string("index", None, "", flag_values=fv)
+  flags.DEFINE_string("labels", None, "", flag_values=fv)
+  argv = ["prog", "index", "--index=I", "--runner", "DirectRunner", "--direct_num_workers=2",
+          "--labels=db.sqlite", "--not_a_flag=1"]
+  kept, passed = beam_index.split_pipeline_args(argv, fv)
+  assert passed == ["--runner", "DirectRunner", "--direct_num_workers=2"]
+  assert kept == ["prog", "index", "--index=I", "--labels=db.sqlite", "--not_a_flag=1"]
+  with pytest.raises(Exception, match="direct_num_workers"):
+    beam_index.pipeline_options(["--runner=DirectRunner", "--direct_num_workers=two"])
+  files = {f"/shared/audio/{i}.wav": (100, i) for i in range(40)}
+  for name, want_workers in (("DataflowRunner", 32), ("FlinkRunner", 16), ("SparkRunner", 1)):
+    args = beam_index.EXAMPLE_OPTIONS[name]
+    options = beam_index.pipeline_options(args)
+    assert options.get_all_options()["runner"] == name
+    assert beam_index.worker_count(options) == want_workers
+    shards = beam_index.plan_shards(sorted(files), files, 5, beam_index.worker_count(options))
+    assert [p for s in shards for p, _, _ in s.files] == sorted(files)   # each file once
+    assert [s.segment for s in shards] == [store.segment_name(6 + k) for k in range(len(shards))]
+    pipeline = beam.Pipeline(options=options)
+    beam_index.build(pipeline, shards, beam_index.EmbedShard(
+        "/shared/index", "/shared/model", featurize.Settings(), 64, None), "/shared/tmp/shards")
+    proto = pipeline.to_runner_api()
+    assert type(pipeline.runner).__name__ == name
+    labels = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"Shards", "Spread", "Embed", "Records"} <= labels
