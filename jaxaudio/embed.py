@@ -21,20 +21,14 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxaudio.runtime import xla_cpu
-
-# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli  # noqa: E402
-from jaxaudio.runs import rundir  # noqa: E402
-from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
-from jaxaudio.inference.embedder import Embedder  # noqa: E402
-from jaxaudio.audio.io import audio_files  # noqa: E402
-from jaxaudio.runtime.errors import AudioError, CheckpointError, JaxAudioError  # noqa: E402
-from jaxaudio.models.registry import get_model  # noqa: E402
-from jaxaudio.weights.pretrained import pretrained_variables  # noqa: E402
+from jaxaudio.runtime.command import cli
+from jaxaudio.runs import rundir
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS
+from jaxaudio.inference.embedder import Embedder
+from jaxaudio.audio.io import audio_files
+from jaxaudio.runtime.errors import AudioError, CheckpointError, JaxAudioError
+from jaxaudio.models.registry import get_model
+from jaxaudio.weights.pretrained import pretrained_variables
 
 _MODEL = flags.DEFINE_string("model", "aisfx", "Model name, e.g. aisfx, musicnn_msd or "
                              "panns_cnn14 (taken from the run with --checkpoint=RUN).")

@@ -10,18 +10,14 @@ import json
 
 from absl import flags
 
-from jaxaudio.runtime import xla_cpu
-
-# As the training commands (it cross-validates, and re-evaluates runs they evaluated): the
-# same XLA:CPU kernels give the same numbers as the run's own end-of-training report.
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli, hosts  # noqa: E402
-from jaxaudio.runtime.errors import JaxAudioError  # noqa: E402
-from jaxaudio.workflows.crossval import cross_validate  # noqa: E402
-from jaxaudio.evaluation.heldout import evaluate_run  # noqa: E402
-from jaxaudio.runs.rundir import step_flag  # noqa: E402
+# First, as in the training commands: the same XLA:CPU kernels give the same numbers as a
+# run's own end-of-training report (it cross-validates, and re-evaluates runs they evaluated).
+from jaxaudio.runtime.command import cli
+from jaxaudio.runtime import hosts
+from jaxaudio.runtime.errors import JaxAudioError
+from jaxaudio.workflows.crossval import cross_validate
+from jaxaudio.evaluation.heldout import evaluate_run
+from jaxaudio.runs.rundir import step_flag
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxaudio.main.",
                                required=True)

@@ -12,14 +12,9 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio.runtime import xla_cpu
-
-# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli, hosts  # noqa: E402
-from jaxaudio.workflows import finetune  # noqa: E402
+from jaxaudio.runtime.command import cli
+from jaxaudio.runtime import hosts
+from jaxaudio.workflows import finetune
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)

@@ -23,22 +23,16 @@ import time
 import numpy as np
 from absl import flags
 
-from jaxaudio.runtime import xla_cpu
-
-# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli  # noqa: E402
-from jaxaudio.inference import exported, writers  # noqa: E402
-from jaxaudio.exports import stablehlo  # noqa: E402
-from jaxaudio.models import outputs  # noqa: E402
-from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
-from jaxaudio.audio.featurize import Featurizer, auto_workers  # noqa: E402
-from jaxaudio.audio.io import audio_files  # noqa: E402
-from jaxaudio.runtime.errors import AudioError, ConfigError, JaxAudioError  # noqa: E402
-from jaxaudio.evaluation import thresholds as validation_thresholds  # noqa: E402
-from jaxaudio.runs.rundir import step_flag  # noqa: E402
+from jaxaudio.runtime.command import cli
+from jaxaudio.inference import exported, writers
+from jaxaudio.exports import stablehlo
+from jaxaudio.models import outputs
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS
+from jaxaudio.audio.featurize import Featurizer, auto_workers
+from jaxaudio.audio.io import audio_files
+from jaxaudio.runtime.errors import AudioError, ConfigError, JaxAudioError
+from jaxaudio.evaluation import thresholds as validation_thresholds
+from jaxaudio.runs.rundir import step_flag
 
 DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
 

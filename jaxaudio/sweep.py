@@ -20,13 +20,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from jaxaudio.runtime import xla_cpu
-
-# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli  # noqa: E402
+from jaxaudio.runtime.command import cli
 from jaxaudio.tuning import coordinator, study
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Base config.",

@@ -18,8 +18,8 @@ The option only changes how XLA compiles for the CPU; GPU and TPU programs are u
 so it is safe to set on every machine.
 
 XLA reads XLA_FLAGS once, when JAX creates its first backend, so every command that runs
-a model (`main`, `sweep`, `evaluate`, `select`, `embed`, `predict`, `search`) applies this at
-the top of its module, before JAX starts. Under YNNPACK a window embeds bit for bit alike
+a model (`main`, `sweep`, `evaluate`, `select`, `embed`, `predict`, `search`) imports
+jaxaudio/runtime/command.py first, which applies this before JAX starts. Under YNNPACK a window embeds bit for bit alike
 in batches of 1 to 64 (jit and the exported model); search, which used to keep XLA's kernels,
 now breaks ties between windows that score alike up to rounding by a rule every kernel
 agrees on (search/exact.py), so it takes them too (`search index`: 41 clips/s instead of

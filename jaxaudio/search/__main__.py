@@ -29,15 +29,9 @@ import sys
 
 from absl import flags
 
-from jaxaudio.runtime import xla_cpu
-
-# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli  # noqa: E402
-from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
-from jaxaudio.runtime.errors import AudioError, JaxAudioError  # noqa: E402
+from jaxaudio.runtime.command import cli
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS
+from jaxaudio.runtime.errors import AudioError, JaxAudioError
 
 _INDEX = flags.DEFINE_string("index", None, "Search index folder.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "index: folder to index; query: file or folder.")
