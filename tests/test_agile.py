@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 
+import faiss
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from jaxaudio.runtime.errors import JaxAudioError
 from jaxaudio.search import agile, learn, store
 from jaxaudio.search.labels import Label, LabelError, LabelStore
 from test_sweep import postgres  # noqa: F401  (the throwaway PostgreSQL server fixture)
@@ -233,3 +235,54 @@ def test_two_processes_labelling_at_once_lose_nothing_on_postgresql(postgres):
   db.add([Label("/archive/f1.wav", 0.0, 0.5, "bird", False)])
   assert [lab.positive for lab in db.all() if lab.file == "/archive/f1.wav"
           and lab.start == 0.0] == [False]
+
+
+def test_hybrid_proposes_the_positives_neighbours_then_hands_over_to_top(tmp_path, monkeypatch):
+  index = str(tmp_path / "index")
+  truth = synthetic_index(index)
+  archive = learn.open_archive(index)
+  files = sorted(truth)
+  labels = [Label(files[0], *truth[files[0]][0], "bird", True),
+            Label(files[2], 10.0, 11.0, "bird", False)]
+  (clf,) = learn.learn(index, ["bird"], labels, archive=archive)
+  hybrid = learn.rank(archive, clf, labels, 8, "hybrid")
+  top = learn.rank(archive, clf, labels, 8, "top")
+  # Fewer than HYBRID_POSITIVES positives: search's proposals, against faiss's exact inner
+  # product search with the labelled positive windows as queries.
+  rows = archive.file_rows()
+  lo, hi = rows[files[0]]
+  start, end = truth[files[0]][0]
+  positive = lo + np.flatnonzero((archive.offsets[lo:hi] < end - WINDOW / 2)
+                                 & (archive.offsets[lo:hi] + WINDOW > start + WINDOW / 2))
+  exact = faiss.IndexFlatIP(archive.embeddings.shape[1])
+  exact.add(archive.embeddings)
+  sims, ids = exact.search(archive.embeddings[positive], len(archive.offsets))
+  best = np.full(len(archive.offsets), -np.inf, np.float32)
+  for s, i in zip(sims, ids):
+    best[i] = np.maximum(best[i], s)
+  np.testing.assert_allclose(learn.similarity(archive.embeddings, positive), best, atol=1e-5)
+  row_of = {(archive.files[int(archive.file_of_row[r])].path, float(archive.offsets[r])): r
+            for r in range(len(archive.offsets))}
+  got = [row_of[(p.file, p.offset)] for p in hybrid]
+  free = [r for r in np.argsort(-best, kind="stable") if not any(
+      lab.file == archive.files[int(archive.file_of_row[r])].path
+      and archive.offsets[r] < lab.end and lab.start < archive.offsets[r] + WINDOW
+      for lab in labels)]
+  assert got[0] == free[0]                             # the nearest unlabelled neighbour
+  assert np.all(np.diff(best[got]) <= 1e-6)            # in the order of their similarity
+  assert {p.score for p in hybrid} <= set(clf.scores(archive.embeddings)[got].tolist())
+  gt = _truth_of_rows(archive, truth)
+  assert gt[got].mean() >= 0.75                       # the neighbours of a bird are birds
+  assert [(p.file, p.offset) for p in hybrid] != [(p.file, p.offset) for p in top]
+  for p in hybrid:
+    assert not any(lab.file == p.file and p.offset < lab.end and lab.start < p.end
+                   for lab in labels)
+  for a in hybrid:
+    for b in hybrid:
+      if a is not b and a.file == b.file:
+        assert abs(a.offset - b.offset) >= WINDOW
+  # With HYBRID_POSITIVES positive labels it is top.
+  monkeypatch.setattr(learn, "HYBRID_POSITIVES", 1)
+  assert learn.rank(archive, clf, labels, 8, "hybrid") == top
+  with pytest.raises(JaxAudioError, match="is not one of top, margin, mixed, hybrid"):
+    learn.rank(archive, clf, labels, 8, "best")
