@@ -9,7 +9,7 @@ Labels from search (agile modelling; jaxaudio/search/labels.py, learn.py):
   python -m jaxaudio.search label --index=PATH --from=RANKING.json --accept=1,3 [--reject=2]
   python -m jaxaudio.search labels --index=PATH [--export=labels.csv]
   python -m jaxaudio.search learn --index=PATH --label=CLASS[,CLASS...]
-  python -m jaxaudio.search rank --index=PATH --label=CLASS --k=K [--strategy=top|margin|mixed] [--json]
+  python -m jaxaudio.search rank --index=PATH --label=CLASS --k=K [--strategy=top|margin|mixed|hybrid] [--json]
   python -m jaxaudio.search detect --index=PATH --label=CLASS [--threshold=T] --out=FILE [--format=csv|raven]
 
 `index` embeds every audio file under FOLDER with the run's best checkpoint (exported to
@@ -99,8 +99,10 @@ _ACCEPT = flags.DEFINE_list("accept", [], "label --from: ranks that hold the cla
                             "every result).")
 _REJECT = flags.DEFINE_list("reject", [], "label --from: ranks that do not hold it ('rest' for "
                             "every result not accepted).")
-_STRATEGY = flags.DEFINE_enum("strategy", "top", ["top", "margin", "mixed"], "rank: the "
-                              "classifier's best windows, the least certain ones, or both.")
+_STRATEGY = flags.DEFINE_enum("strategy", "top", ["top", "margin", "mixed", "hybrid"], "rank: "
+                              "the classifier's best windows, the least certain ones, both, or "
+                              "the positives' nearest neighbours until a class has 40 positive "
+                              "labels, then the best.")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "detect: probability cut (default: the "
                                 "classifier's cross-validated threshold).")
 _OUT = flags.DEFINE_string("out", None, "detect: the events file to write.")

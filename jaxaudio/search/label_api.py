@@ -7,7 +7,7 @@ the collection to start from (jaxaudio/search/agile.py does the work; the CLI ru
   DELETE /api/labels?id=&start=&end=&label=    take a verdict back
   POST /api/learn      JSON {labels: [C, ...]}  -> per class: threshold, precision, recall,
                        counts, and the score histogram of the archive
-  GET  /api/rank?label=C&k=K&strategy=top|margin|mixed  -> {label, strategy, threshold,
+  GET  /api/rank?label=C&k=K&strategy=top|margin|mixed|hybrid  -> {label, strategy, threshold,
                        results: [{id, name, offset, end, score, audio_url}]}
   GET  /api/detect?label=C[&threshold=T][&format=csv|raven]  -> the events file
 
@@ -147,7 +147,7 @@ def router(service, file_id: Callable[[str], str], refuse: Callable[[int, str], 
 
   @api.get("/api/rank")
   def rank(label: str, k: int = Query(10, ge=1, le=1000),
-           strategy: str = Query("top", pattern="^(top|margin|mixed)$")):
+           strategy: str = Query("top", pattern="^(top|margin|mixed|hybrid)$")):
     """Windows to label next: the classifier's best (top), its least certain (margin), or
     both (mixed), never labelled ones."""
     _, arch = archive()
