@@ -35,6 +35,7 @@ from jaxaudio.audio.featurize import Featurizer, auto_workers
 from jaxaudio.data.listing import SPLITS, Listing
 from jaxaudio.data.sources import list_source
 from jaxaudio.runtime.errors import DataError
+from jaxaudio.runtime.bundle import write_bundle
 
 FORMAT_VERSION = 2  # 2: mel stored as raw bytes
 DATASET_NAME = "jaxaudio_prepared"
@@ -266,10 +267,7 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
     del report["splits"][s]["clip_keys"]
   with open(os.path.join(out, "meta.json"), "w") as f:
     json.dump(meta, f)
-  with open(os.path.join(out, "report.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(_report_markdown(report))
+  write_bundle(out, "report", report, _report_markdown(report))
   with open(os.path.join(out, "COMPLETE"), "w") as f:
     f.write(key + "\n")
   return report

@@ -7,7 +7,6 @@ run's best checkpoint unless told otherwise.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Callable
@@ -26,6 +25,7 @@ from jaxaudio.data.sources import list_source
 from jaxaudio.audio.io import read_audio
 from jaxaudio.evaluation import calibration, perturb, report, retrieval
 from jaxaudio.runs.rundir import TrainedRun, open_run, starting_variables
+from jaxaudio.runtime.bundle import write_bundle
 
 log = logging.getLogger("jaxaudio")
 
@@ -268,16 +268,9 @@ def evaluate_run(workdir: str, split: str = "test", step: int | str = "best",
 
 def _write(run: TrainedRun, result: dict[str, Any], figures) -> None:
   """DIR/report/evaluation.{json,md}, the figures as PNG, and all of it in TensorBoard."""
-  out_dir = os.path.join(run.workdir, "report")
-  os.makedirs(out_dir, exist_ok=True)
-  images = {}
-  for name, fig in figures.items():
-    fig.savefig(os.path.join(out_dir, f"{name}.png"))
-    images[f"evaluate_{name}"] = report.figure_to_array(fig)[None]
-  with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  with open(os.path.join(out_dir, "evaluation.md"), "w") as f:
-    f.write(markdown(result))
+  write_bundle(os.path.join(run.workdir, "report"), "evaluation", result, markdown(result),
+               figures)
+  images = {f"evaluate_{name}": report.figure_to_array(fig)[None] for name, fig in figures.items()}
   _to_tensorboard(run, result, images)
 
 

@@ -3,7 +3,6 @@ the TensorBoard writer every command that reports on a run shares."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -11,6 +10,7 @@ import jax
 import numpy as np
 
 from jaxaudio.evaluation import metrics
+from jaxaudio.runtime.bundle import write_bundle
 
 
 def summary_writer(workdir: str):
@@ -97,14 +97,12 @@ def figure_to_array(fig) -> np.ndarray:
 
 def write_test_report(workdir: str, report: dict[str, Any], classes: list[str]) -> str:
   out = os.path.join(workdir, "report")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "test_metrics.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  figures = {}
   if "confusion_matrix" in report:
-    fig = confusion_figure(np.array(report["confusion_matrix"]), classes,
-                           f"test (per clip): accuracy {report['accuracy']:.3f}, "
-                           f"macro F1 {report['macro_f1']:.3f}")
-    fig.savefig(os.path.join(out, "confusion_matrix.png"))
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    plt.close(fig)
+    figures["confusion_matrix"] = confusion_figure(
+        np.array(report["confusion_matrix"]), classes,
+        f"test (per clip): accuracy {report['accuracy']:.3f}, macro F1 {report['macro_f1']:.3f}")
+  write_bundle(out, "test_metrics", report, figures=figures)
+  for fig in figures.values():
+    pyplot().close(fig)
   return out

@@ -3,7 +3,6 @@ hyperparameters in TensorBoard, and DIR/best_config.py, which reproduces the bes
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pprint
@@ -16,6 +15,7 @@ import optuna
 
 from jaxaudio.evaluation import report
 from jaxaudio.tuning import space
+from jaxaudio.runtime.bundle import write_bundle
 
 TEST_NOTE = ("The best trial was chosen on the validation split alone; this test figure was "
              "computed once, after the choice, and was not used to make it.")
@@ -198,10 +198,8 @@ def plots(study: optuna.Study, out: str, importances: dict[str, float]) -> list[
     fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
     fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4.5))
     fig.tight_layout()
-    path = os.path.join(out, f"{name}.png")
-    fig.savefig(path, dpi=100)
+    written.append(write_bundle(out, None, figures={name: fig}, dpi=100)[name])
     plt.close(fig)
-    written.append(path)
   return written
 
 
@@ -232,9 +230,6 @@ def write(sweep_dir: str, summary: dict[str, Any], study: optuna.Study,
     path = os.path.join(sweep_dir, "best_config.py")
     with open(path, "w") as f:
       f.write(best_config(base, params, summary, path, sweep_dir))
-  with open(os.path.join(out, "sweep.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  with open(os.path.join(out, "sweep.md"), "w") as f:
-    f.write(markdown(summary, sweep_dir))
+  write_bundle(out, "sweep", summary, markdown(summary, sweep_dir))
   hparams(summary, sweep_dir)
   return out

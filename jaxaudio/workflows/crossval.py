@@ -25,6 +25,7 @@ from jaxaudio.runtime import hosts
 from jaxaudio.evaluation import report
 from jaxaudio.evaluation.heldout import evaluate_run
 from jaxaudio.runtime.errors import CheckpointError
+from jaxaudio.runtime.bundle import write_bundle
 
 CLASSIFICATION_KEYS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "mAP",
                        "micro_f1", "ece")
@@ -143,14 +144,9 @@ def cross_validate(workdir: str, folds: int, with_retrieval: bool = False,
   summary["workdir"] = workdir
   if not hosts.is_primary():   # every process ran the folds; process 0 writes the summary
     return summary
-  out = os.path.join(workdir, "report")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "cross_validation.json"), "w") as f:
-    json.dump(summary, f, indent=2)
-  with open(os.path.join(out, "cross_validation.md"), "w") as f:
-    f.write(markdown(summary, workdir))
   fig = figure(summary)
-  fig.savefig(os.path.join(out, "cross_validation.png"))
+  write_bundle(os.path.join(workdir, "report"), "cross_validation", summary,
+               markdown(summary, workdir), {"cross_validation": fig})
   writer = report.summary_writer(workdir)
   scalars = {}
   for key, s in summary["classification"].items():

@@ -20,7 +20,6 @@ a probe far from its optimum in a few hundred steps.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from jaxaudio.evaluation import metrics, report, retrieval
 from jaxaudio.models.registry import ModelInfo, get_model, param_count
 from jaxaudio.weights.pretrained import pretrained_variables
 from jaxaudio.train.probe import fit_probe
+from jaxaudio.runtime.bundle import write_bundle
 
 log = logging.getLogger("jaxaudio")
 
@@ -306,13 +306,8 @@ def figure(result: dict[str, Any]):
 def write_report(workdir: str, result: dict[str, Any]) -> str:
   """DIR/report/select.{json,md,png} and TensorBoard scalars per model; returns the folder."""
   out = os.path.join(workdir, "report")
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "select.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  with open(os.path.join(out, "select.md"), "w") as f:
-    f.write(markdown(result))
   fig = figure(result)
-  fig.savefig(os.path.join(out, "select.png"))
+  write_bundle(out, "select", result, markdown(result), {"select": fig})
   writer = report.summary_writer(workdir)
   for i, row in enumerate(result["models"]):
     writer.write_scalars(i, {f"select/{row['name']}/{k}": row[k]
