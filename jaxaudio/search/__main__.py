@@ -101,7 +101,7 @@ _REJECT = flags.DEFINE_list("reject", [], "label --from: ranks that do not hold 
                             "every result not accepted).")
 _STRATEGY = flags.DEFINE_enum("strategy", "top", ["top", "margin", "mixed", "hybrid"], "rank: "
                               "the classifier's best windows, the least certain ones, both, or "
-                              "the positives' nearest neighbours until a class has 40 positive "
+                              "the positives' nearest neighbours until a class has 20 positive "
                               "labels, then the best.")
 _THRESHOLD = flags.DEFINE_float("threshold", None, "detect: probability cut (default: the "
                                 "classifier's cross-validated threshold).")

@@ -16,11 +16,13 @@ for the labelled windows (an estimate: which windows got labelled is not a rando
 
 Proposals (`rank`). top, margin and mixed order the archive by the classifier's score; hybrid
 starts as search does, with the nearest neighbours of the class's positive windows (their best
-cosine to any of them), while the class has fewer than HYBRID_POSITIVES positive labels, then
-hands over to top. A linear classifier trained on a handful of positives proposes mostly
-negatives (the cold start of active learning), while the neighbours of what was found are
-positives more often and varied, and they train a better classifier than the classifier's own
-proposals do (docs/evidence/agile.md).
+cosine to any of them; windows that share any audio with a label are skipped, as the
+half-overlapping neighbours of a labelled window would come first and hold the same sound),
+while the class has fewer than HYBRID_POSITIVES positive labels, then hands over to top. A
+linear classifier trained on a handful of positives proposes mostly negatives (the cold start
+of active learning), while the neighbours of what was found are positives more often, and
+they train a better classifier than the classifier's own proposals do; once it has enough
+positives, its top proposals find what search cannot (docs/evidence/agile.md).
 
 A classifier is stored in PATH/classifiers/CLASS.json with the identity of the model whose
 embeddings it was trained on; another index's embeddings are refused.
@@ -55,7 +57,7 @@ STEPS = 300
 LEARNING_RATE = 0.05
 FOLDS = 5
 STRATEGIES = ("top", "margin", "mixed", "hybrid")
-HYBRID_POSITIVES = 40    # hybrid: nearest neighbours of the positives until a class has these
+HYBRID_POSITIVES = 20    # hybrid: nearest neighbours of the positives until a class has these
 SIMILARITY_BLOCK = 65_536   # rows per matmul of the positives' similarity
 
 
@@ -396,7 +398,11 @@ def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
   if strategy == "hybrid":
     searching = sum(lab.positive for lab in mine) < HYBRID_POSITIVES and positive.any()
     strategy = "search" if searching else "top"
-  if strategy == "search":
+  if strategy == "search":   # a window sharing any audio with a label is near it: skip it
+    for lab in mine:
+      lo, hi = rows.get(lab.file, (0, 0))
+      start = archive.offsets[lo:hi]
+      taken[lo:hi] |= (start < lab.end) & (start + archive.window_seconds > lab.start)
     orders = {"search": np.argsort(-similarity(archive.embeddings, np.flatnonzero(positive)),
                                    kind="stable")}
   else:
