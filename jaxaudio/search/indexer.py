@@ -38,7 +38,6 @@ from jaxaudio.audio.io import audio_files
 from jaxaudio.runtime.errors import SearchIndexError
 from jaxaudio.runtime.progress import progress as progress_bar
 from jaxaudio.search import ann, store
-from jaxaudio.search.exact import ExactIndex
 
 log = logging.getLogger("jaxaudio")
 
@@ -109,13 +108,14 @@ class _Embedder:
 
 
 def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
-           strict: bool = False, with_ann: bool | None = None, workers: int = 0,
+           strict: bool = False, with_ann: bool | str | None = None, workers: int = 0,
            batch_size: int = 64, progress: bool = True, hop: float | None = None,
            max_seconds: float | None = DEFAULT_MAX_SECONDS, commit_files: int | None = None,
            commit_seconds: float | None = None) -> dict[str, Any]:
   """Bring the index at `index_path` up to date with the audio under `audio`.
 
-  with_ann: True builds the approximate index, False removes it, None keeps what the index
+  with_ann: True builds the approximate index (the method it had, else HNSW), "hnsw" or
+  "ivfpq" that method (jaxaudio.search.ann), False removes it, None keeps what the index
   had. hop: window hop as a fraction of a window (smaller = finer offsets, more rows); None
   keeps the index's, or for a new index the model's training hop. max_seconds: files
   declaring a longer duration are skipped undecoded. commit_files / commit_seconds: the
@@ -164,7 +164,7 @@ class _Writer:
 
   def __init__(self, path: str, export_dir: str, ident: dict[str, Any],
                old: store.Manifest | None, fresh: bool, live: dict[str, store.Entry],
-               with_ann: bool | None):
+               with_ann: bool | str | None):
     self.path, self.export_dir, self.ident, self.live = path, export_dir, ident, live
     self.segments = {} if fresh else dict(old.segments)
     self.generation = old.generation if old else 0
@@ -172,7 +172,8 @@ class _Writer:
     self.with_ann = with_ann
     resumed_fresh = bool(old and old.unfinished and old.unfinished.get("fresh"))
     self.unfinished = {"fresh": fresh or resumed_fresh,
-                       "ann": bool(with_ann or (with_ann is None and self.prev_ann))}
+                       "ann": with_ann if isinstance(with_ann, str) else
+                       bool(with_ann or (with_ann is None and self.prev_ann))}
     # a rebuild killed between its model install and its first commit left another model
     self.need_model = fresh or store.installed_weights(path) != ident["weights_sha256"]
 
@@ -204,8 +205,8 @@ class _Writer:
       store.install_model(self.path, self.export_dir)
       self.need_model = False
     if final:
-      manifest.ann = _ann_upkeep(self.path, self.prev_ann, manifest, rows, compacted,
-                                 self.with_ann, unchanged)
+      manifest.ann = ann.upkeep(self.path, self.prev_ann, manifest, rows, compacted,
+                                self.with_ann, unchanged)
     else:
       manifest.ann = None if self.with_ann is False else self.prev_ann
       manifest.unfinished = self.unfinished
@@ -322,71 +323,6 @@ class _Tally:
     elapsed = time.monotonic() - self.start
     left = elapsed * (self.total_bytes - self.bytes) / max(self.bytes, 1)
     return f"ETA {left / 60:.0f} min" if left >= 90 else f"ETA {left:.0f} s"
-
-
-def _ann_upkeep(index_path: str, prev: dict[str, Any] | None, manifest: store.Manifest,
-                rows: store.Rows | None, compacted: bool, with_ann: bool | None,
-                unchanged: bool) -> dict[str, Any] | None:
-  """The manifest's approximate-index entry after this update (None: no graph).
-
-  with_ann None keeps a graph if the index had one. An intact graph is extended with the
-  rows of every segment it does not cover yet (this run's commits and a killed run's) when it
-  then holds every live row and at most a quarter of it is dead; otherwise (first build,
-  compaction, damaged or missing file) it is built over the live rows. Recall against exact
-  search is measured again after any change."""
-  if with_ann is False or not (with_ann or prev):
-    return None
-  t = time.perf_counter()
-  file = os.path.join(index_path, prev["file"]) if prev else ""
-  intact = bool(prev) and os.path.isfile(file) and os.path.getsize(file) == prev.get("bytes")
-  if unchanged and intact:
-    return prev
-  graph, added = None, []
-  if intact and not compacted:
-    covered = {span[0] for span in prev["spans"]}
-    added = [s for s in sorted(manifest.segments) if s not in covered]
-    spans = prev["spans"] + [[s, 0, manifest.segments[s]] for s in added]
-    to_live = ann.live_ids(spans, manifest)
-    if (np.sum(to_live >= 0) == manifest.live_rows   # not compacted, and not too many dead
-        and len(to_live) - manifest.live_rows <= store.COMPACT_DEAD_FRACTION * len(to_live)):
-      try:
-        graph = ann.load(file)
-      except SearchIndexError as err:
-        log.warning("%s; building a new approximate index", err)
-      if graph is not None and graph.ntotal != prev["graph_rows"]:
-        log.warning("%s holds %d rows, its manifest %d; building a new approximate index",
-                    file, graph.ntotal, prev["graph_rows"])
-        graph = None
-  elif prev and not intact:
-    log.warning("%s is missing or not the file the manifest names; building a new approximate "
-                "index", file)
-  if rows is None:
-    rows = store.load_rows(index_path, manifest)
-  if graph is not None:
-    how = "extended" if added else "kept"
-    dim = int(manifest.model["embedding_dim"])
-    for s in added:
-      ann.add(graph, store.load_segment(index_path, s, manifest.segments[s], dim)[0])
-  else:
-    how, (spans, to_live) = "built", ann.layout(manifest.files)
-    same = np.array_equal(to_live, np.arange(len(to_live)))   # no copy of the rows then
-    graph = ann.build(rows.embeddings if same else rows.embeddings[to_live])
-  name = prev["file"] if how == "kept" else f"ann-{manifest.generation:06d}.faiss"
-  if how != "kept":
-    ann.save(graph, os.path.join(index_path, name))
-  searchable = ann.Graph(graph, to_live, name)
-  recall = ann.recall_at_10(lambda q, k: searchable.search(q, k)[1], _exact_rows(rows),
-                            rows.embeddings)
-  return {"file": name, "bytes": os.path.getsize(os.path.join(index_path, name)),
-          "kind": f"faiss HNSW M={ann.M}", "rows": manifest.live_rows,
-          "graph_rows": len(to_live), "dead_rows": searchable.dead, "spans": spans,
-          "recall_at_10": recall, "ef_search": ann.EF_SEARCH, "last_update": how,
-          "seconds": time.perf_counter() - t}
-
-
-def _exact_rows(rows: store.Rows):
-  exact = ExactIndex(rows.embeddings, rows.file_of_row, len(rows.files))
-  return lambda q, k: exact.search([w[None] for w in q], k, per_file=False)[1]
 
 
 def _compact(path: str, manifest: store.Manifest) -> tuple[store.Manifest, store.Rows]:
