@@ -377,6 +377,16 @@ def similarity(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
   return out
 
 
+def _covering(archive: Archive, lab: Label, hit: np.ndarray) -> np.ndarray:
+  """Of the rows `hit` a label reaches, those that cover the most of it (to 1 ms): the window
+  itself for a label of one window (not its half-overlapping neighbours, which a rounding
+  tie can let in), every window inside a longer span, every window holding a short one
+  whole. Search's queries for the label."""
+  start = archive.offsets[hit].astype(np.float64)
+  overlap = np.minimum(start + archive.window_seconds, lab.end) - np.maximum(start, lab.start)
+  return hit[overlap >= overlap.max() - 1e-3]
+
+
 def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
          strategy: str = "top") -> list[Proposal]:
   """k windows to label next: the highest scores (top), the scores nearest the threshold
@@ -388,22 +398,23 @@ def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
     raise JaxAudioError(f"--strategy={strategy} is not one of {', '.join(STRATEGIES)}.")
   scores = clf.scores(archive.embeddings)
   taken = np.zeros(len(scores), bool)
-  positive = np.zeros(len(scores), bool)
+  queries = np.zeros(len(scores), bool)
   rows = archive.file_rows()
   mine = [lab for lab in labels if lab.label == clf.label]
   for lab in mine:
     hit = _overlapping(archive, rows, lab)
     taken[hit] = True
-    positive[hit] |= lab.positive
+    if lab.positive and len(hit):
+      queries[_covering(archive, lab, hit)] = True
   if strategy == "hybrid":
-    searching = sum(lab.positive for lab in mine) < HYBRID_POSITIVES and positive.any()
+    searching = sum(lab.positive for lab in mine) < HYBRID_POSITIVES and queries.any()
     strategy = "search" if searching else "top"
   if strategy == "search":   # a window sharing any audio with a label is near it: skip it
     for lab in mine:
       lo, hi = rows.get(lab.file, (0, 0))
       start = archive.offsets[lo:hi]
       taken[lo:hi] |= (start < lab.end) & (start + archive.window_seconds > lab.start)
-    orders = {"search": np.argsort(-similarity(archive.embeddings, np.flatnonzero(positive)),
+    orders = {"search": np.argsort(-similarity(archive.embeddings, np.flatnonzero(queries)),
                                    kind="stable")}
   else:
     orders = {"top": np.argsort(-scores, kind="stable"),
