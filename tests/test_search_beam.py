@@ -12,7 +12,7 @@ import soundfile as sf
 
 from datafixtures import SR, tone
 from jaxaudio.audio import featurize
-from jaxaudio.runtime.errors import SearchIndexError
+from jaxaudio.runtime.errors import JaxAudioError, SearchIndexError
 from jaxaudio.search import beam_index, indexer, store
 # pylint: disable-next=unused-import
 from test_search import _rows_by_file, collection, export_dir  # noqa: F401 (the fixtures)
@@ -139,8 +139,10 @@ def test_pipeline_options_split_from_ours_and_each_remote_runner_builds_the_pipe
   kept, passed = beam_index.split_pipeline_args(argv, fv)
   assert passed == ["--runner", "DirectRunner", "--direct_num_workers=2"]
   assert kept == ["prog", "index", "--index=I", "--labels=db.sqlite", "--not_a_flag=1"]
-  with pytest.raises(Exception, match="direct_num_workers"):
+  with pytest.raises(JaxAudioError, match="direct_num_workers.*invalid int value"):
     beam_index.pipeline_options(["--runner=DirectRunner", "--direct_num_workers=two"])
+  with pytest.raises(JaxAudioError, match="--runner=Bogus is not a Beam runner"):
+    beam_index.pipeline_options(["--runner=Bogus"])
   files = {f"/shared/audio/{i}.wav": (100, i) for i in range(40)}
   for name, want_workers in (("DataflowRunner", 32), ("FlinkRunner", 16), ("SparkRunner", 1)):
     args = beam_index.EXAMPLE_OPTIONS[name]

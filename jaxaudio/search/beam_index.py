@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -156,14 +157,26 @@ def split_pipeline_args(argv: list[str], ours) -> tuple[list[str], list[str]]:
 
 def pipeline_options(pipeline_args: list[str]) -> po.PipelineOptions:
   """Beam's PipelineOptions for `pipeline_args`, with a sentence for one Beam refuses."""
+  given = " ".join(pipeline_args)
   if not any(a.startswith("--default_sdk_harness_log_level") for a in pipeline_args):
     pipeline_args = [*pipeline_args, "--default_sdk_harness_log_level=WARNING"]
+  said = io.StringIO()   # argparse prints its complaint, then exits
   try:
-    options = po.PipelineOptions(pipeline_args)
-    options.get_all_options(retain_unknown_options=False)   # parses, so bad values raise here
+    with contextlib.redirect_stderr(said):
+      options = po.PipelineOptions(pipeline_args)
+      options.get_all_options(retain_unknown_options=False)   # parses: bad values raise here
   except (SystemExit, ValueError) as err:
-    raise JaxAudioError(f"Beam refuses the pipeline options {' '.join(pipeline_args)} "
-                        f"({err}); see Beam's pipeline options for the runner.") from None
+    why = (said.getvalue().strip().splitlines() or [str(err)])[-1].removeprefix(
+        sys.argv[0].split("/")[-1] + ": ")
+    raise JaxAudioError(f"Beam refuses the pipeline options {given} ({why}); see Beam's "
+                        "pipeline options for the runner.") from None
+  runner = options.get_all_options().get("runner")
+  try:
+    if runner:
+      beam.runners.create_runner(runner)
+  except ValueError as err:
+    raise JaxAudioError(f"--runner={runner} is not a Beam runner ({err}); e.g. DirectRunner, "
+                        "DataflowRunner, FlinkRunner or SparkRunner.") from None
   return options
 
 
