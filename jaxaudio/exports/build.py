@@ -12,6 +12,7 @@ card; a quantised export also carries the accuracy change on the run's test spli
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from typing import Any
@@ -23,9 +24,8 @@ import numpy as np
 from jaxaudio.audio.spec import FrontendSpec
 from jaxaudio.data.prepare import prepare, settings_from_config
 from jaxaudio.exports import card as cards
-from jaxaudio.exports import contract, graph, runtime, stablehlo, to_onnx, to_saved_model
+from jaxaudio.exports import contract, graph, runtime, stablehlo
 from jaxaudio.exports import quantize as quant
-from jaxaudio.exports import to_tflite
 from jaxaudio.runs.rundir import open_run, starting_variables
 from jaxaudio.runtime.errors import ConfigError, DataError
 
@@ -50,21 +50,32 @@ def check_flags(fmt: str, input_kind: str, quantize: str) -> None:
                       "and compute the log-mel in float32 (jaxaudio.audio.frontend).")
 
 
+def _writer(fmt: str):
+  """The converter module of `fmt`, imported on demand: the converters (jax2onnx, onnxruntime,
+  TensorFlow's) are the optional `export` extra, which the default stablehlo export and
+  loading do not need."""
+  try:
+    return importlib.import_module(f"jaxaudio.exports.to_{fmt}")
+  except ImportError as err:
+    raise ConfigError(f"--format={fmt} needs {err.name}, which is in jaxaudio's export extra: "
+                      "pip install 'jaxaudio[export]'.") from err
+
+
 def write_model(fn, window: tuple[int, ...], fmt: str, input_kind: str, out: str,
                 quantize: str = "none", calibration: np.ndarray | None = None) -> int | None:
   """Write DIR/model.onnx, DIR/saved_model/ or DIR/model.tflite; returns the graph's fixed
   batch size (None: any)."""
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, contract.FILES[fmt])
+  writer = _writer(fmt)
   if fmt == "onnx":
-    to_onnx.write(to_onnx.convert(fn, input_kind, window), path, quantize, input_kind,
-                  calibration)
-    return None
-  if fmt == "saved_model":
-    to_saved_model.write(fn, input_kind, window, path)
-    return None
-  to_tflite.write(fn, input_kind, window, path, quantize, calibration)
-  return to_tflite.batch_size(quantize)
+    writer.write(writer.convert(fn, input_kind, window), path, quantize, input_kind,
+                 calibration)
+  elif fmt == "saved_model":
+    writer.write(fn, input_kind, window, path)
+  else:
+    writer.write(fn, input_kind, window, path, quantize, calibration)
+  return contract.fixed_batch(fmt, quantize)
 
 
 def export_model(model: nn.Module, variables: Any, spec: FrontendSpec, classes: list[str],

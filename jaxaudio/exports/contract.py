@@ -24,3 +24,10 @@ NOT_IN_AUDIO_GRAPH = (
 NOT_IN_MEL_GRAPH = (
     "the log-mel frontend: compute `mel` windows with jaxaudio.audio.frontend.log_mel and the "
     "FrontendSpec in `frontend` (or export with --input=audio)",)
+
+
+def fixed_batch(fmt: str, quantize: str) -> int | None:
+  """The input's fixed batch size, or None where any batch size is taken: an int8 TFLite
+  model takes one window per call (TF's int8 calibration crashes on the batch loop, see
+  jaxaudio/exports/to_tflite.py)."""
+  return 1 if (fmt, quantize) == ("tflite", "int8") else None

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from jaxaudio.exports.contract import OUTPUTS
+from jaxaudio.exports.contract import OUTPUTS, fixed_batch
 from jaxaudio.exports.graph import output_dims
 
 
@@ -52,15 +52,10 @@ def _named_tf(body: Callable, input_name: str) -> Callable:
   return serve
 
 
-def batch_size(quantize: str) -> int | None:
-  """The input's fixed batch size, or None where any batch size is taken."""
-  return 1 if quantize == "int8" else None
-
-
 def write(fn: Callable, input_name: str, window: tuple[int, ...], path: str,
           quantize: str = "none", calibration: np.ndarray | None = None) -> None:
   """DIR/model.tflite of fn, with the signature `serving_default`."""
-  serve = _one_window(fn, input_name, window, batched=batch_size(quantize) is None)
+  serve = _one_window(fn, input_name, window, batched=fixed_batch("tflite", quantize) is None)
   with tempfile.TemporaryDirectory() as tmp:
     module = tf.Module()
     module.serve = serve
