@@ -20,8 +20,9 @@ jaxaudio.search.indexer. The pipeline:
            the single-process path does them)
 
 Why it gives the single-process index row for row: the same featurize call and settings,
-the same chunking into forward passes, and YNNPACK's embeddings do not depend on the batch a
-window shares (jaxaudio.runtime.xla_cpu), so every row is bitwise the same.
+forward passes of the same batch size, and under YNNPACK a window's embedding does not
+depend on the batch it shares (jaxaudio.runtime.xla_cpu), so although the shards cut the
+chunks at other files, every row is bitwise the same (tests/test_search_beam.py).
 
 Why a retried shard adds no rows: a shard's segment name is fixed by the driver before the
 pipeline starts, so a retry (or a speculative second attempt) overwrites the same file with
@@ -240,14 +241,13 @@ class EmbedShard(beam.DoFn):
   def process(self, shard: Shard):
     spec = self.model.meta["frontend"]
     embedder = indexer._Embedder(self.model, self.batch_size)  # pylint: disable=protected-access
-    skipped, windows = [], 0
+    skipped = []
     for i, (path, size, mtime) in enumerate(shard.files):
       res = featurize.featurize(i, spec, self.settings, path=path, max_seconds=self.max_seconds)
       if res.error:
         skipped.append({"path": path, "reason": res.error})
         continue
       embedder.add(path, size, mtime, res.windows, res.offsets, res.seconds)
-      windows += len(res.windows)
     done = embedder.take()
     files, start = [], 0
     if done:
