@@ -27,7 +27,7 @@ Then the labels of one strategy at the largest budget (`--finetune_on`, default 
 mean AP) are exported (search labels --export), aiSFX is fine-tuned on them (python -m
 jaxaudio.main, the default recipe, the recording as group), the archive is re-indexed with the
 fine-tuned model and `learn` runs again on the same labels: the same figures with the
-fine-tuned embedding, for the first `--finetune_seeds` seeds.
+fine-tuned embedding, for each seed of `--finetune_seeds`.
 
   python bench/make_agile_archive.py --out=/tmp/agile
   python bench/agile.py --archive=/tmp/agile --work=/tmp/agile-work --seeds=5
@@ -330,8 +330,9 @@ def main() -> None:
                       "labels, re-index, learn again")
   parser.add_argument("--finetune_on", default="", help="the strategy whose labels the "
                       "fine-tune takes (default: the best learn strategy by mean AP at 200)")
-  parser.add_argument("--finetune_seeds", type=int, default=1, help="fine-tune for the first "
-                      "N seeds")
+  parser.add_argument("--finetune_seeds", default="0", help="the seeds to fine-tune for, "
+                      "comma-separated (each is its own training run: several processes can "
+                      "take one seed each, and a last one with --reuse gathers them)")
   parser.add_argument("--hoplite_python", default="", help="python of a virtual environment "
                       "with perch-hoplite and tensorflow-cpu: run the reference classifier")
   parser.add_argument("--hoplite_on", default="top", help="the strategies (comma-separated) "
@@ -400,7 +401,7 @@ def main() -> None:
     best = args.finetune_on or max(learned, key=lambda s: np.mean(
         [_mean_of(r, max(BUDGETS), classes, "ap") for r in all_results[s]]))
     report["finetune"] = []
-    for seed in range(args.finetune_seeds):
+    for seed in [int(x) for x in args.finetune_seeds.split(",")]:
       report["finetune"].append(finetune(args, py, events, classes, best, seed, dbs[(best, seed)],
                                          all_results[best][seed]))
     print(finetune_table(report["finetune"], classes))
