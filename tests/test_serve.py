@@ -45,7 +45,7 @@ def served(trained, tmp_path_factory):
 
 def _client(index, **kwargs):
   """A test client of the app, addressed as a browser on this machine addresses it."""
-  from jaxaudio.search.service import create_app
+  from jaxaudio.search.app import create_app
   return TestClient(create_app(index, **kwargs), base_url="http://127.0.0.1:8000")
 
 
@@ -312,7 +312,7 @@ def _until(condition):
 
 
 def test_batcher_batches_concurrent_jobs_in_powers_of_two_and_refuses_when_full():
-  from jaxaudio.search.service import Batcher, Busy, pow2_chunks
+  from jaxaudio.search.batching import Batcher, Busy, pow2_chunks
   assert pow2_chunks(0, 64) == [] and pow2_chunks(1, 64) == [(0, 1)]
   assert pow2_chunks(27, 64) == [(0, 16), (16, 24), (24, 26), (26, 27)]
   assert pow2_chunks(130, 64) == [(0, 64), (64, 128), (128, 130)]

@@ -17,7 +17,7 @@ RUN/export/ on first use; or pass --model=EXPORT_DIR) and brings PATH up to date
 or changed files are embedded, deleted ones are dropped. `query` prints the best-matching
 files with the offset of their best window; --audio may be a folder (one query per file).
 `serve` answers queries over HTTP (JSON API and a page to listen to the matches; see
-jaxaudio/search/service.py) with the model and index kept loaded.
+jaxaudio/search/app.py) with the model and index kept loaded.
 """
 
 from __future__ import annotations
@@ -218,8 +218,9 @@ def _query() -> int:
 def _serve() -> int:
   # pylint: disable=import-outside-toplevel
   import uvicorn
-  from jaxaudio.search import service
-  app = service.create_app(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value, token=_TOKEN.value,
+  from jaxaudio.search.app import create_app
+  from jaxaudio.search.http_guards import EVERY_INTERFACE
+  app = create_app(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value, token=_TOKEN.value,
                    max_upload_mb=_MAX_UPLOAD.value, host=_HOST.value,
                    allow_hosts=_ALLOW_HOST.value, allow_origins=_ALLOW_ORIGIN.value,
                    show_paths=_SHOW_PATHS.value, max_upload_seconds=_MAX_UPLOAD_SECONDS.value,
@@ -235,7 +236,7 @@ def _serve() -> int:
   if _HOST.value not in ("127.0.0.1", "localhost", "::1") and not _TOKEN.value:
     print(f"note: bound to {_HOST.value} without --token: anyone who reaches this port can "
           "query the index and listen to its files.")
-  if _HOST.value in service.EVERY_INTERFACE and "*" not in app.state.allowed_hosts:
+  if _HOST.value in EVERY_INTERFACE and "*" not in app.state.allowed_hosts:
     print(f"answers to the Host names {', '.join(app.state.allowed_hosts)}; add others (a DNS "
           "name, an interface address) with --allow_host=NAME.")
   uvicorn.run(app, host=_HOST.value, port=_PORT.value, log_level="warning")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query
@@ -28,7 +28,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from jaxaudio.search import agile, learn
+from jaxaudio.search.http_guards import ApiError
 from jaxaudio.search.labels import Label, LabelError, LabelStore
+from jaxaudio.search.service import Service, file_id
 
 HISTOGRAM_BINS = 20
 
@@ -48,10 +50,10 @@ class LearnIn(BaseModel):
   labels: list[str] = Field(description="the classes to train, one-vs-rest")
 
 
-def router(service, file_id: Callable[[str], str], refuse: Callable[[int, str], Exception],
-           labels_at: str | None = None, show_paths: bool = False) -> APIRouter:
-  """The routes over `service` (search.service.Service); `file_id` names files, `refuse`
-  makes the app's JSON error (status, one sentence)."""
+def router(service: Service, labels_at: str | None = None, show_paths: bool = False
+           ) -> APIRouter:
+  """The routes over `service`, labels in the database at `labels_at` (default the index's
+  labels.sqlite)."""
   api = APIRouter()
   db = LabelStore(labels_at or service.path)   # one engine (a connection pool) for all
   def archive() -> tuple[Any, learn.Archive]:
@@ -61,7 +63,7 @@ def router(service, file_id: Callable[[str], str], refuse: Callable[[int, str], 
   def path_of(loaded, fid: str) -> str:
     entry = loaded.files.get(fid)
     if entry is None:
-      raise refuse(404, f"no indexed file has id {fid!r}; take ids from /api/query results.")
+      raise ApiError(404, f"no indexed file has id {fid!r}; take ids from /api/query results.")
     return entry.path
 
   def window(path: str, start: float, end: float, score: float | None = None
@@ -83,9 +85,9 @@ def router(service, file_id: Callable[[str], str], refuse: Callable[[int, str], 
     try:
       return fn(*args)
     except LabelError as err:
-      raise refuse(400, _private(str(err), service.current())) from err
+      raise ApiError(400, _private(str(err), service.current())) from err
     except learn.ClassifierError as err:
-      raise refuse(409, _private(str(err), service.current())) from err
+      raise ApiError(409, _private(str(err), service.current())) from err
 
   @api.get("/api/collection")
   def collection(sample: int = Query(24, ge=0, le=500), seed: int = Query(0, ge=0)):
@@ -133,7 +135,7 @@ def router(service, file_id: Callable[[str], str], refuse: Callable[[int, str], 
     score histogram."""
     _, arch = archive()
     if not body.labels:
-      raise refuse(400, "learn needs at least one class in `labels`.")
+      raise ApiError(400, "learn needs at least one class in `labels`.")
     clfs = guarded(learn.learn, service.path, body.labels, db.all(), learn.WEAK_WEIGHT,
                    learn.FOLDS, 0, arch)
     out = {}
