@@ -322,6 +322,9 @@ def main() -> None:
   parser.add_argument("--archive", required=True)
   parser.add_argument("--work", required=True)
   parser.add_argument("--seeds", type=int, default=5)
+  parser.add_argument("--seed_list", default="", help="run only these seeds (comma-separated; "
+                      "default all --seeds): several processes can take some seeds each, and "
+                      "a last one with --reuse gathers them")
   parser.add_argument("--k", type=int, default=10)
   parser.add_argument("--strategies", default=",".join(STRATEGIES))
   parser.add_argument("--reuse", action="store_true", help="take the figures, labels and "
@@ -362,7 +365,8 @@ def main() -> None:
   hoplite_on = [s for s in args.hoplite_on.split(",") if s] if args.hoplite_python else []
   for strategy in args.strategies.split(","):
     all_results[strategy] = []
-    for seed in range(args.seeds):
+    for seed in ([int(x) for x in args.seed_list.split(",")] if args.seed_list
+                 else range(args.seeds)):
       db_file = os.path.join(args.work, f"labels-{strategy}-{seed}.sqlite")
       db = dbs[(strategy, seed)] = f"sqlite:///{db_file}"
       cached = os.path.join(args.work, f"results-{strategy}-{seed}.json")
