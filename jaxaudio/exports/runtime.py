@@ -65,7 +65,10 @@ class Artefact:
   def _saved_model(self, threads):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     if threads:
-      tf.config.threading.set_intra_op_parallelism_threads(threads)
+      try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+      except RuntimeError:  # process-wide, settable only before TensorFlow first runs
+        pass
     fn = tf.saved_model.load(os.path.join(self.path, contract.FILES["saved_model"])
                              ).signatures["serving_default"]
 
