@@ -41,8 +41,22 @@ _STEP = flags.DEFINE_string("step", "best", "index: checkpoint: best, latest, a 
 _MODEL = flags.DEFINE_string("model", None, "index: an exported model (jaxaudio.exported) "
                              "instead of --workdir.")
 _REBUILD = flags.DEFINE_bool("rebuild", False, "index: start over (e.g. with a new model).")
-_ANN = flags.DEFINE_bool("ann", None, "index: build (or drop, --noann) the approximate index; "
-                         "query: search it instead of exact search.")
+
+
+class _AnnParser(flags.BooleanParser):
+  """--ann / --noann as a bool flag, and --ann=hnsw|ivfpq: the method (jaxaudio.search.ann)."""
+
+  def parse(self, argument):
+    if isinstance(argument, str) and argument.lower() in ("hnsw", "ivfpq"):
+      return argument.lower()
+    return super().parse(argument)
+
+
+_ANN = flags.DEFINE_flag(flags.Flag(
+    _AnnParser(), flags.ArgumentSerializer(), "ann", None, "index: build the approximate "
+    "index (--ann: the method it had, else hnsw; --ann=hnsw or --ann=ivfpq, IVF-PQ codes for "
+    "100M+ windows), or drop it (--noann); query: search it instead of exact search.",
+    boolean=True))
 _STRICT = flags.DEFINE_bool("strict", False, "index: stop at the first unreadable file.")
 _HOP = flags.DEFINE_float("hop", None, "index: window hop as a fraction of a window (default: "
                           "the index's, or the model's training hop); smaller = finer offsets.")
@@ -60,6 +74,10 @@ _MAX_SECONDS = cli.max_seconds_flag(DEFAULT_MAX_SECONDS)
 _PER_FILE = flags.DEFINE_bool("per_file", True, "query: one hit per file (its best window); "
                               "--noper_file ranks windows.")
 _EF = flags.DEFINE_integer("ef", 128, "query --ann: HNSW search breadth (recall vs speed).")
+_NPROBE = flags.DEFINE_integer("nprobe", None, "query --ann on an IVF-PQ index: lists scanned "
+                               "(default: the smallest that reached recall@10 0.95 at build).")
+_SHARDS = flags.DEFINE_list("shards", [], "index: write --index as a sharded index of these "
+                            "index folders (comma-separated), searched as one.")
 _JSON = flags.DEFINE_bool("json", False, "query: print JSON instead of a table.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: address to bind (127.0.0.1 = this "
                             "machine only; 0.0.0.0 = every interface).")
@@ -146,6 +164,12 @@ def _index() -> int:
   from jaxaudio.exports import stablehlo
   from jaxaudio.search.indexer import update
   from jaxaudio.runs.rundir import step_flag
+  if _SHARDS.value:
+    from jaxaudio.search import shards
+    done = shards.write(_INDEX.value, _SHARDS.value)
+    print(f"sharded index {os.path.abspath(_INDEX.value)}: {done['shards']} shards, "
+          f"{done['files']} files, {done['rows']} windows")
+    return 0
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise JaxAudioError("index needs exactly one of --workdir=RUN (a jaxaudio.main run) and "
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
@@ -181,7 +205,8 @@ def _query() -> int:
   audio = _need_audio("query")
   if not os.path.exists(audio):
     raise JaxAudioError(f"{audio}: no such audio file or folder; check --audio.")
-  searcher = Searcher(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value)
+  searcher = Searcher(_INDEX.value, use_ann=bool(_ANN.value), ef=_EF.value,
+                      nprobe=_NPROBE.value)
   limit = cli.seconds_limit(_MAX_SECONDS.value)
   skipped: list[dict[str, str]] = []
   paths, queries = [], []

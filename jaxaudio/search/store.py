@@ -102,6 +102,10 @@ def read_manifest(path: str) -> Manifest:
   try:
     with open(file) as f:
       raw = json.load(f)
+    if isinstance(raw, dict) and "shards" in raw:   # jaxaudio.search.shards
+      raise SearchIndexError(f"{path} is a sharded index (a list of {len(raw['shards'])} index "
+                             "folders); query or serve it, and index, label or learn in one "
+                             "of its shards' folders.")
     if raw.get("format_version") != FORMAT_VERSION:
       raise SearchIndexError(f"{path}: index format {raw.get('format_version')} is not "
                         f"{FORMAT_VERSION}; rebuild it with this jaxaudio (--rebuild).")
