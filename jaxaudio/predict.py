@@ -16,6 +16,7 @@ and skipped (--strict stops at the first); rows are written as files finish.
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from jaxaudio.audio.io import audio_files
 from jaxaudio.runtime.errors import AudioError, ConfigError, JaxAudioError
 from jaxaudio.evaluation import thresholds as validation_thresholds
 from jaxaudio.runs.rundir import step_flag
+from jaxaudio.inference.stream import LOUDNESS_MODES, PCM_FORMATS, Stream, pcm_blocks
 
 DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
 
@@ -40,8 +42,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of python -m jaxa
 _MODEL = flags.DEFINE_string("model", None, "An exported model (jaxaudio.exported) instead "
                              "of --workdir.")
 _STEP = flags.DEFINE_string("step", "best", "--workdir: checkpoint: best, latest or a number.")
-_AUDIO = flags.DEFINE_string("audio", None, "Audio file or folder.", required=True)
-_OUT = flags.DEFINE_string("out", None, "Output file (.csv, .json, or .txt for Raven).",
+_AUDIO = flags.DEFINE_string("audio", None, "Audio file or folder (or --stream).")
+_OUT = flags.DEFINE_string("out", None, "Output file (.csv, .json, or .txt for Raven); "
+                           "--stream: the events CSV, appended as events end.",
                            required=True)
 _JSON = flags.DEFINE_bool("json", False, "Write JSON instead of CSV.")
 _FORMAT = flags.DEFINE_enum("format", "csv", ["csv", "raven"], "csv, or raven: a Raven "
@@ -58,6 +61,17 @@ _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first file that cannot
 _WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0 = auto).")
 _MAX_SECONDS = cli.max_seconds_flag(DEFAULT_MAX_SECONDS)
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Windows per forward pass.", lower_bound=1)
+_STREAM = flags.DEFINE_bool("stream", False, "Live: read raw PCM from stdin (arecord, sox -d "
+                            "-t raw -), print events as they end and append them to --out.")
+_STREAM_FORMAT = flags.DEFINE_enum("stream_format", "s16le", list(PCM_FORMATS), "--stream: "
+                                   "sample format of stdin.")
+_STREAM_RATE = flags.DEFINE_integer("stream_rate", 0, "--stream: sample rate of stdin in Hz "
+                                    "(0 = the model's; another is resampled).", lower_bound=0)
+_STREAM_CHANNELS = flags.DEFINE_integer("stream_channels", 1, "--stream: interleaved channels "
+                                        "(averaged to mono).", lower_bound=1)
+_STREAM_LOUDNESS = flags.DEFINE_enum("stream_loudness", "running", list(LOUDNESS_MODES),
+                                     "--stream: running = peak normalisation by the loudest "
+                                     "sample so far; none = samples as they come.")
 
 
 def _model() -> exported.ExportedModel:
@@ -112,8 +126,59 @@ def _writer(model, windows: bool, thresholds):
   return writers.CsvWriter(_OUT.value, classes, windows, _TOP_K.value, listed)
 
 
+def _stream(model: exported.ExportedModel) -> int:
+  """predict --stream: events (and with --windows each window's scores) as the audio comes."""
+  meta = model.meta
+  cuts = _thresholds(model)
+  if cuts is None:
+    cuts = outputs.thresholds_array(meta["classes"], DEFAULT_THRESHOLD)
+  try:
+    stream = Stream(model, meta, cuts, hop=_HOP.value, loudness=_STREAM_LOUDNESS.value,
+                    batch_size=_BATCH.value)
+  except ValueError as err:
+    raise ConfigError(f"--hop: {err}") from err
+  rate = _STREAM_RATE.value or int(meta["frontend"]["sample_rate"])
+  skipped = [k for k in ("trim_db", "denoise") if float(meta["settings"].get(k, 0) or 0) > 0]
+  print(f"streaming: {_STREAM_FORMAT.value} {rate} Hz x{_STREAM_CHANNELS.value} from stdin, "
+        f"window {stream.window_seconds:.2f} s every {stream.hop_seconds:.2f} s; loudness "
+        f"{_STREAM_LOUDNESS.value}" + (f"; not applied live: {', '.join(skipped)}" if skipped
+                                      else ""), file=sys.stderr)
+  classes = list(meta["classes"])
+  events = writers.EventsWriter(_OUT.value)
+  out = csv.writer(sys.stdout)
+  out.writerow(writers.EVENT_COLUMNS if not _WINDOWS.value
+               else ["kind", "start", "end", "label"] + classes)
+  found = 0
+  blocks = pcm_blocks(sys.stdin.buffer, _STREAM_FORMAT.value, _STREAM_CHANNELS.value, rate,
+                      int(meta["frontend"]["sample_rate"]))
+  try:
+    for windows, ended in stream.run(blocks):
+      if _WINDOWS.value:
+        for s, e, row in zip(windows.start, windows.end, windows.probabilities):
+          out.writerow(["window", f"{s:.3f}", f"{e:.3f}", classes[int(row.argmax())]]
+                       + [f"{p:.6f}" for p in row])
+      for ev in ended:
+        row = writers.event_row("stdin", ev)
+        out.writerow(row if not _WINDOWS.value else ["event"] + row[1:4] + [row[4]])
+      events.add_events("stdin", ended)
+      found += len(ended)
+      sys.stdout.flush()
+  finally:
+    events.close()
+  print(f"streamed {stream.seconds:.1f} s of audio: {found} events; wrote {_OUT.value}",
+        file=sys.stderr)
+  return 0
+
+
 def main(argv):
   del argv
+  if _STREAM.value:
+    if _AUDIO.value:
+      raise JaxAudioError("--stream reads stdin; pass --stream or --audio, not both.")
+    return _stream(_model())
+  if not _AUDIO.value:
+    raise JaxAudioError("predict needs --audio=FILE_OR_FOLDER, or --stream to read PCM from "
+                        "stdin.")
   if not os.path.exists(_AUDIO.value):
     raise JaxAudioError(f"{_AUDIO.value}: no such audio file or folder; check --audio.")
   unlisted: list[dict[str, str]] = []

@@ -300,3 +300,57 @@ def test_multi_label_predictions_are_sigmoid_means_with_thresholded_labels(multi
           f"--out={tmp_path / 'p.csv'}")
   rows = _read_csv(tmp_path / "p.csv")
   assert list(rows[0])[-1] == "labels" and len(rows) == 24
+
+
+def test_a_live_stream_reports_the_offline_events_once_each_as_they_end(detector, cli, tmp_path):
+  """predict --stream on the recording's PCM through a pipe: the windows and events of
+  predict --windows on the file (same starts, probabilities to 1e-5, the same events once
+  each), each event written as it ends; ExportedModel.stream gives them block by block within
+  one window and one hop of the event's end."""
+  import subprocess
+  import sys
+  from jaxaudio.exports import stablehlo
+  from jaxaudio.inference import exported
+  from jaxaudio.inference.stream import pcm_blocks
+  workdir, long, _ = detector
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={long}",
+          f"--out={tmp_path / 'off.csv'}", "--windows", "--hop=0.25", "--threshold=0.5")
+  assert r.returncode == 0, r.stderr
+  offline = _read_csv(tmp_path / "off.events.csv")
+  off_windows = _read_csv(tmp_path / "off.windows.csv")
+  pcm, rate = sf.read(long, dtype="int16")
+  live = tmp_path / "live.events.csv"
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxaudio.predict", "--stream", f"--workdir={workdir}",
+       "--stream_format=s16le", f"--stream_rate={rate}", "--stream_loudness=none", "--windows",
+       "--hop=0.25", "--threshold=0.5", f"--out={live}"],
+      input=pcm.astype("<i2").tobytes(), capture_output=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+  printed = list(csv.reader(proc.stdout.decode().splitlines()))
+  header, rows = printed[0], printed[1:]
+  win_rows = [dict(zip(header, r)) for r in rows if r[0] == "window"]
+  assert [w["start"] for w in win_rows] == [w["start"] for w in off_windows]
+  classes = header[4:]
+  np.testing.assert_allclose([[float(w[c]) for c in classes] for w in win_rows],
+                             [[float(w[c]) for c in classes] for w in off_windows], atol=1e-5)
+  streamed = _read_csv(live)
+  key = lambda e: (e["label"], e["start"], e["end"])  # noqa: E731
+  assert sorted(map(key, streamed)) == sorted(map(key, offline)) and len(offline) >= 3
+  assert len(set(map(key, streamed))) == len(streamed)          # never the same sound twice
+  np.testing.assert_allclose([float(e["peak"]) for e in sorted(streamed, key=key)],
+                             [float(e["peak"]) for e in sorted(offline, key=key)], atol=1e-5)
+  # In Python, block by block: each event comes out no later than one window + one hop after
+  # its end (the first window that no longer holds it).
+  model = exported.load(stablehlo.for_run(workdir))
+  stream = model.live(threshold=0.5, hop=0.25, loudness="none")
+  with open(long.replace(".wav", ".s16"), "wb") as f:
+    f.write(pcm.astype("<i2").tobytes())
+  latency, heard = [], 0.0
+  with open(long.replace(".wav", ".s16"), "rb") as f:
+    for block in pcm_blocks(f, "s16le", 1, rate, rate, block_seconds=0.05):
+      heard += len(block) / rate
+      _, ended = stream.push(block)
+      latency += [heard - e.end for e in ended]
+  _, ended = stream.close()
+  assert latency and max(latency) <= stream.window_seconds + stream.hop_seconds, latency
+  assert len(latency) + len(ended) == len(offline)

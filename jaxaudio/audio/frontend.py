@@ -69,20 +69,30 @@ def log_mel(waveform: np.ndarray, spec: FrontendSpec) -> np.ndarray:
   total = num_frames(len(x), spec)
   padded = _padded(x, spec)
   frames = np.lib.stride_tricks.sliding_window_view(padded, spec.n_fft)[::spec.hop_length]
+  return frames_to_log_mel(frames[:total], spec)
+
+
+def frames_to_log_mel(frames: np.ndarray, spec: FrontendSpec) -> np.ndarray:
+  """[T, n_fft] float32 frames of the padded signal -> normalised log-mel [T, n_mels]; each
+  frame's row depends on that frame alone, to the last bit, so a live stream that computes
+  its frames as they come, a few at a time, gets the offline features (jaxaudio.inference.stream).
+  The filterbank sum runs in float64: BLAS's float32 sum of a row differs by an ulp with the
+  number of rows in the call, which float64 rounded to float32 does not show."""
+  total = len(frames)
   win = _window(spec)
   fb = melfilters.filterbank(spec.mel_filters, spec.sample_rate, spec.n_fft, spec.n_mels,
                              float(spec.fmin), float(spec.fmax))
-  fb32 = fb.T.astype(np.float32)
+  fb64 = np.asarray(fb.T, np.float64)
   out = np.empty((total, spec.n_mels), np.float32)
   for start in range(0, total, _CHUNK_FRAMES):
     stop = min(start + _CHUNK_FRAMES, total)
     # float64 FFT: float32 costs up to 1e-3 dB in quiet bins next to loud tones. Power as
-    # re^2 + im^2 skips abs()'s square root; the filterbank sum is fine in float32.
+    # re^2 + im^2 skips abs()'s square root.
     z = np.fft.rfft(frames[start:stop] * win, axis=-1)
     power = (z.real * z.real + z.imag * z.imag).astype(np.float32)
     if spec.power != 2.0:
       power = power ** np.float32(spec.power / 2.0)
-    out[start:stop] = compress(power @ fb32, spec)
+    out[start:stop] = compress(power.astype(np.float64) @ fb64, spec)
   return out
 
 

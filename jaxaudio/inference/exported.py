@@ -17,13 +17,14 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
 
 from jaxaudio.models import outputs
-from jaxaudio.inference.predictor import Prediction, Predictor
+from jaxaudio.inference.predictor import Event, Prediction, Predictor
+from jaxaudio.inference.stream import Stream
 
 FORMAT_VERSION = 1
 
@@ -70,6 +71,23 @@ class ExportedModel:
                        "python -m jaxaudio.exported from a run with a validation split, or "
                        "pass a number.")
     return dict(self.meta["thresholds"])
+
+  def live(self, threshold: float | str | None = None, hop: float | None = None,
+           loudness: str = "running", batch_size: int = 64) -> Stream:
+    """A live Stream of this model: push PCM blocks at the model's rate, get the windows that
+    became complete and the events that ended (jaxaudio/inference/stream.py). `threshold`:
+    a probability, "validation" (meta.json's per-class thresholds) or None (0.5)."""
+    classes = list(self.meta["classes"])
+    cuts = outputs.thresholds_array(classes, 0.5 if threshold is None
+                                    else self.thresholds(threshold))
+    return Stream(self, self.meta, cuts, hop=hop, loudness=loudness, batch_size=batch_size)
+
+  def stream(self, blocks: Iterable[np.ndarray], threshold: float | str | None = None,
+             hop: float | None = None, loudness: str = "running") -> Iterator[Event]:
+    """Events of a stream of mono float32 blocks at the model's rate, each as soon as it
+    ends (e.g. blocks from jaxaudio.inference.stream.pcm_blocks(sys.stdin.buffer, ...))."""
+    for _, ended in self.live(threshold, hop, loudness).run(blocks):
+      yield from ended
 
   def embeddings(self, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """[N, D] embeddings of [N, frames, mels] windows, in padded batches of `batch_size`."""

@@ -64,7 +64,7 @@ class CsvWriter:
         self._windows.writerow([pred.file, f"{s:.3f}", f"{e:.3f}",
                                 self.classes[int(row.argmax())]] + [f"{p:.6f}" for p in row])
       for ev in pred.events:
-        self._events.writerow(_event_row(pred.file, ev))
+        self._events.writerow(event_row(pred.file, ev))
     for f in self._files:
       f.flush()
 
@@ -76,7 +76,7 @@ class CsvWriter:
 EVENT_COLUMNS = ["file", "start", "end", "label", "peak"]
 
 
-def _event_row(file: str, ev) -> list[str]:
+def event_row(file: str, ev) -> list[str]:
   return [file, f"{ev.start:.3f}", f"{ev.end:.3f}", ev.label, f"{ev.peak:.6f}"]
 
 
@@ -90,8 +90,12 @@ class EventsWriter:
     self._w.writerow(EVENT_COLUMNS)
 
   def add(self, pred: Prediction) -> None:
-    for ev in pred.events:
-      self._w.writerow(_event_row(pred.file, ev))
+    self.add_events(pred.file, pred.events)
+
+  def add_events(self, file: str, events) -> None:
+    """Rows for `events` of `file`, flushed at once (a live stream appends as they end)."""
+    for ev in events:
+      self._w.writerow(event_row(file, ev))
     self._f.flush()
 
   def close(self) -> None:
