@@ -333,13 +333,13 @@ def exact_top_streamed(reader: SpanRows, to_live: np.ndarray, queries: np.ndarra
   q = np.ascontiguousarray(queries, np.float32)
   best_s = np.full((len(q), 0), -np.inf, np.float32)
   best_r = np.zeros((len(q), 0), np.int64)
-  for first, rows in zip(range(0, reader.total, ADD_CHUNK), reader.chunks()):
-    live = to_live[first:first + len(rows)]
-    keep = live >= 0
-    if not keep.any():
+  for first in range(0, reader.total, ADD_CHUNK):
+    ids = np.arange(first, min(first + ADD_CHUNK, reader.total))
+    ids = ids[to_live[ids] >= 0]          # dead rows' segments may be gone
+    if not len(ids):
       continue
-    s = np.concatenate([best_s, q @ rows[keep].T], axis=1)
-    r = np.concatenate([best_r, np.broadcast_to(live[keep], (len(q), int(keep.sum())))], axis=1)
+    s = np.concatenate([best_s, q @ reader.read(ids).T], axis=1)
+    r = np.concatenate([best_r, np.broadcast_to(to_live[ids], (len(q), len(ids)))], axis=1)
     order = np.lexsort((r, -s), axis=-1)[:, :k]
     best_s, best_r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
   return best_r
