@@ -5,11 +5,10 @@
 For each model (full size, seeded weights; throughput does not depend on the values) it
 writes the jax.export artefact's forward (XLA, the reference) and ONNX (onnxruntime),
 TF SavedModel (TensorFlow), TFLite (LiteRT) and int8 TFLite / int8 ONNX exports of the same
-classifier (10 classes), then prints for batch 1 and 32 the median milliseconds per call (the runners timed in turn,
-repeat after repeat, so a busy host slows them alike),
-windows/s and the ratio to XLA, each artefact's size, and its parity with jax.export (max
-absolute difference of probabilities and embeddings on the same log-mel windows of
-synthetic audio). Every runtime gets the same thread count. The int8 models are calibrated
+classifier (10 classes), then prints for batch 1 and 32 the median milliseconds per call
+(the runners timed in turn, repeat after repeat, so a busy host slows them alike), windows/s
+and the ratio to XLA, each artefact's size, and its parity with jax.export (max absolute
+difference of probabilities and embeddings on the same log-mel windows of synthetic audio). Every runtime gets the same thread count. The int8 models are calibrated
 on 32 of those windows; an int8 TFLite model takes one window per call, so its batch 32 is
 32 calls.
 """

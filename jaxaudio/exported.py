@@ -16,17 +16,11 @@ import os
 
 from absl import flags
 
-from jaxaudio.runtime import xla_cpu
-
-# Before JAX starts: YNNPACK's kernels for XLA:CPU's dots and convolutions (xla_cpu.py).
-xla_cpu.apply()
-
-# pylint: disable=wrong-import-position
-from jaxaudio.runtime import cli  # noqa: E402
-from jaxaudio.evaluation import thresholds as validation_thresholds  # noqa: E402
-from jaxaudio.exports import build, contract  # noqa: E402
-from jaxaudio.runtime.errors import DataError  # noqa: E402
-from jaxaudio.runs.rundir import step_flag  # noqa: E402
+from jaxaudio.runtime.command import cli
+from jaxaudio.evaluation import thresholds as validation_thresholds
+from jaxaudio.exports import build, contract
+from jaxaudio.runtime.errors import DataError
+from jaxaudio.runs.rundir import step_flag
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)

@@ -20,9 +20,10 @@ FAMILIES = {"aisfx": (4, 8, 8, 16), "panns_cnn6": (4, 8, 8, 16), "musicnn_mtt": 
 FORMATS = ("onnx", "saved_model", "tflite")
 TOL = 1e-5
 # The raw-audio graph computes the frontend in float32 (a DFT matrix product), jaxaudio in
-# float64: measured at most ~2e-6 on aiSFX's and ~2e-5 on musicnn's normalised log-mel and
-# 0.03 dB on PANNs' (unnormalised dB, -100..25) for these windows.
-AUDIO_TOL = {"aisfx": 1e-4, "panns_cnn6": 1e-3, "musicnn_mtt": 1e-3, "vgg_mtt": 1e-3}
+# float64: measured at most ~3e-6 on aiSFX's and ~2e-5 on musicnn's normalised log-mel and
+# 0.03 dB on PANNs' (unnormalised dB, -100..25) for these windows; the outputs then differ by
+# at most 4.3e-6 (docs/guides/export.md).
+AUDIO_TOL = 1e-4
 
 
 def _windows(spec, n, seed=0):
@@ -97,7 +98,7 @@ def test_every_format_of_every_family_equals_jax_export(family, input_kind, form
   from jaxaudio.exports.frontend_graph import window_samples
   ref = family.reference(family.mel)
   x = family.mel if input_kind == "mel" else family.audio
-  tol = TOL if input_kind == "mel" else AUDIO_TOL[family.info.name]
+  tol = TOL if input_kind == "mel" else AUDIO_TOL
   for fmt in formats:
     out = str(tmp_path / fmt)
     meta = build.export_model(family.model, family.variables, family.spec, family.classes,
@@ -192,7 +193,7 @@ def test_audio_exports_of_the_run_give_its_frontend_and_model(exports):
   ref = {"probabilities": probabilities(ref["logits"], False), "embeddings": ref["embedding"]}
   for name in ("onnx-audio-none", "saved_model-audio-none", "tflite-audio-none"):
     diff = _max_diff(runtime.load(dirs[name])(audio), ref)
-    assert max(diff.values()) <= AUDIO_TOL["aisfx"], (name, diff)
+    assert max(diff.values()) <= AUDIO_TOL, (name, diff)
 
 
 def test_meta_json_states_the_contract_and_the_model_card(exports):

@@ -92,7 +92,10 @@ def write(model: onnx.ModelProto, path: str, quantize: str = "none", input_name:
     with tempfile.TemporaryDirectory() as tmp, _quiet():
       src, pre = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "pre.onnx")
       onnx.save(model, src)
-      quant_pre_process(src, pre)
+      # onnxruntime's symbolic shape inference fails on PANNs' graph ("object of type
+      # 'NoneType' has no len()"); ONNX's own shape inference (which keeps the batch
+      # symbolic) is all the quantiser needs.
+      quant_pre_process(src, pre, skip_symbolic_shape=True)
       quantize_static(pre, path, _Windows(input_name, np.asarray(calibration, np.float32)),
                       quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                       weight_type=QuantType.QInt8, per_channel=True)
