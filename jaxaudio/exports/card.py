@@ -54,8 +54,11 @@ def model_card(run, splits: dict[str, Any] | None) -> dict[str, Any]:
                 "license": info.license or "not recorded: see docs/reference/models.md"}
   if init == "scratch":
     pretrained["license"] = "none: trained from a seeded initialisation, no pretrained weights"
-  return {"model": info.name, "step": int(run.step), "data": data,
-          "metrics": _metrics(run.workdir), "pretrained_weights": pretrained}
+  metrics = _metrics(run.workdir) if run.step else {
+      "source": None, "note": "the weights the run started from (--step=start): the run's "
+                              "test metrics are those of its fine-tuned checkpoints"}
+  return {"model": info.name, "step": int(run.step), "data": data, "metrics": metrics,
+          "pretrained_weights": pretrained}
 
 
 def meta(*, fmt: str, input_kind: str, quantize: str, spec: FrontendSpec,
