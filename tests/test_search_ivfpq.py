@@ -150,8 +150,8 @@ def _file_offsets(path, manifest):
   return [r.files[f] for f in r.file_of_row], r.offsets
 
 
-def _shards(tmp_path, identity, export_dir, method=None):
-  """Two shards of interleaved file names and one index over the union of their rows."""
+def _shards(tmp_path, identity, export_dir, method=None, union=True):
+  """Two shards of interleaved file names and (`union`) one index over all their rows."""
   dim = identity["embedding_dim"]
   emb = clustered(2 * 6000, dim, seed=3)
   names = [f"/archive/{i:05d}.wav" for i in range(len(emb) // 6)]
@@ -159,7 +159,8 @@ def _shards(tmp_path, identity, export_dir, method=None):
   for part in (0, 1):
     write_index(str(tmp_path / "parts" / f"shard{part}"), identity, export_dir,
                 per_file[part::2].reshape(-1, dim), names[part::2], 6, method)
-  write_index(str(tmp_path / "union"), identity, export_dir, emb, names, 6, method)
+  if union:
+    write_index(str(tmp_path / "union"), identity, export_dir, emb, names, 6, method)
   return emb, names
 
 
@@ -198,7 +199,7 @@ def test_sharded_ivfpq_search_keeps_its_recall_against_exact_search_on_the_union
     tmp_path, identity, export_dir):
   from jaxaudio.search import ann, shards
   from jaxaudio.search.searcher import Searcher
-  emb, names = _shards(tmp_path, identity, export_dir, "ivfpq")
+  emb, names = _shards(tmp_path, identity, export_dir, "ivfpq", union=False)
   top = str(tmp_path / "top")
   shards.write(top, _parts(tmp_path))
   sharded = Searcher(top, use_ann=True)
@@ -223,7 +224,7 @@ def test_sharded_index_is_served(tmp_path, identity, export_dir):
   from jaxaudio.search import shards
   from jaxaudio.search.app import create_app
   from jaxaudio.search.searcher import Searcher
-  _shards(tmp_path, identity, export_dir)
+  _shards(tmp_path, identity, export_dir, union=False)
   top = str(tmp_path / "top")
   shards.write(top, _parts(tmp_path))
   clip = str(tmp_path / "q.wav")
