@@ -9,8 +9,8 @@ target (what featurize does to a file, so --stream_loudness=none sees the offlin
 written as float32 and sent as f32le in 0.1 s blocks, each at its real time. Printed: the
 offline events, the streamed ones (matched by label, start and end to the millisecond), the
 latency of each (wall time its line arrived minus the wall time its end was sent),
-percentiles, and the stream's CPU seconds per second of audio (utime + stime from
-/proc/PID/stat), whose inverse is how many real-time streams one core serves. A second,
+percentiles, and the stream's CPU seconds per second of audio (the process's utime + stime
+after the model loaded, from /proc/PID/stat and wait4), whose inverse is how many real-time streams one core serves. A second,
 faster-than-real-time pass with --stream_loudness=running shows what the running
 normalisation changes.
 """
@@ -72,9 +72,10 @@ def _stream(model: str, x: np.ndarray, rate: int, out: str, loudness: str, real_
     proc.stdin.write(x[i:i + step].astype("<f4").tobytes())
     proc.stdin.flush()
   sent = time.monotonic()
-  cpu = _cpu_seconds(proc.pid) - cpu0
   proc.stdin.close()
-  proc.wait()
+  _, status, usage = os.wait4(proc.pid, 0)   # the whole run's CPU, backlog included
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  cpu = usage.ru_utime + usage.ru_stime - cpu0
   reader.join()
   if proc.returncode:
     raise SystemExit(proc.stderr.read().decode()[-3000:])

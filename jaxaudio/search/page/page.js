@@ -72,7 +72,10 @@ async function decodeInBrowser(blob) {
 
 function wavBlob(buffer) {
   // 16-bit PCM WAV of the first channel: recordings go to the server in a format it reads.
-  const data = buffer.getChannelData(0), rate = buffer.sampleRate;
+  return wavOf(buffer.getChannelData(0), buffer.sampleRate);
+}
+
+function wavOf(data, rate) {
   const out = new DataView(new ArrayBuffer(44 + data.length * 2));
   const text = (o, s) => [...s].forEach((c, i) => out.setUint8(o + i, c.charCodeAt(0)));
   text(0, "RIFF"); out.setUint32(4, 36 + data.length * 2, true); text(8, "WAVE");
@@ -144,14 +147,38 @@ $("drop").addEventListener("drop", (e) => {
   if (f) useBlob(f, f.name);
 });
 
-let recorder = null;
+// While recording: every half second the last window of audio goes to /api/classify and the
+// model's labels for it show under the button (one request in flight; a slow server skips).
+let recorder = null, liveBusy = false, windowSeconds = 1.0;
+async function classifyLive(chunks) {
+  if (liveBusy || !chunks.length) return;
+  liveBusy = true;
+  try {
+    const buffer = await decodeInBrowser(new Blob(chunks, { type: chunks[0].type }));
+    const data = buffer.getChannelData(0);
+    const tail = data.subarray(Math.max(0, data.length - Math.round(windowSeconds * buffer.sampleRate)));
+    const form = new FormData();
+    form.append("audio", wavOf(tail, buffer.sampleRate), "live.wav");
+    form.append("top_k", "3");
+    const answer = await api("/api/classify", { method: "POST", body: form });
+    if (recorder) {
+      $("live-labels").textContent = "live: " + answer.top_k.map(
+          (t) => `${t.label} ${(100 * t.probability).toFixed(0)}%`).join(" · ");
+    }
+  } catch (err) {
+    // a partial recording the browser cannot decode yet: the next half second will do
+  } finally {
+    liveBusy = false;
+  }
+}
+
 $("record").addEventListener("click", async () => {
   if (recorder) { recorder.stop(); return; }
   try {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     const chunks = [];
     recorder = new MediaRecorder(stream);
-    recorder.ondataavailable = (e) => chunks.push(e.data);
+    recorder.ondataavailable = (e) => { chunks.push(e.data); if (recorder) classifyLive(chunks); };
     recorder.onstop = async () => {
       stream.getTracks().forEach((t) => t.stop());
       recorder = null;
@@ -164,7 +191,8 @@ $("record").addEventListener("click", async () => {
         setStatus(`the recording could not be decoded (${err.message})`, true);
       }
     };
-    recorder.start();
+    recorder.start(500);
+    $("live-labels").textContent = "live: listening…";
     $("record").textContent = "■ Stop";
     $("record").setAttribute("aria-pressed", "true");
   } catch (err) {
@@ -438,6 +466,7 @@ refreshCounts();
 showCollection();   // opened without a query: the collection itself, to start from
 
 api("/api/index").then((info) => {
+  windowSeconds = info.window_seconds;
   $("index-info").textContent = `${info.model} · ${info.files} files · ${info.windows} windows of ${info.window_seconds.toFixed(2)} s · ${info.classes.length} classes` +
     (info.ann_recall_at_10 !== null ? ` · approximate search recall@10 ${info.ann_recall_at_10.toFixed(3)}` : "");
 }).catch((err) => { $("index-info").textContent = err.message; });
