@@ -50,6 +50,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -225,6 +226,16 @@ def plan_shards(todo: list[str], scanned: dict[str, tuple[int, int]], generation
           for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
 
+# One model and one shard at a time per worker process. Beam's SDK harness may run several
+# bundles of a process in threads at once, each with its own DoFn instance: they share the
+# model loaded first and take turns, so a worker process holds one copy of the model and its
+# forward passes do not compete with each other for XLA's threads (as in the single-process
+# command; rows computed by two threads at once were checked bitwise equal, so this is about
+# memory and threads, not about the numbers).
+_MODELS: dict[str, exported.ExportedModel] = {}
+_ONE_AT_A_TIME = threading.Lock()
+
+
 class EmbedShard(beam.DoFn):
   """Decode, featurize and embed a shard's files; write its segment; emit its record."""
 
@@ -236,9 +247,17 @@ class EmbedShard(beam.DoFn):
     self.model = None
 
   def setup(self):
-    self.model = exported.load(self.export_dir)   # once per worker process
+    with _ONE_AT_A_TIME:   # loaded once per worker process
+      if self.export_dir not in _MODELS:
+        _MODELS[self.export_dir] = exported.load(self.export_dir)
+      self.model = _MODELS[self.export_dir]
 
   def process(self, shard: Shard):
+    with _ONE_AT_A_TIME:
+      record = self._embed(shard)
+    yield record
+
+  def _embed(self, shard: Shard) -> str:
     spec = self.model.meta["frontend"]
     embedder = indexer._Embedder(self.model, self.batch_size)  # pylint: disable=protected-access
     skipped = []
@@ -256,7 +275,7 @@ class EmbedShard(beam.DoFn):
       for path, size, mtime, rows, _, seconds in done:
         files.append([path, size, mtime, start, len(rows), float(seconds)])
         start += len(rows)
-    yield json.dumps({"shard": shard.shard, "segment": shard.segment, "rows": start,
+    return json.dumps({"shard": shard.shard, "segment": shard.segment, "rows": start,
                       "files": files, "skipped": skipped, "pid": os.getpid()})
 
 
