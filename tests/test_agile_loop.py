@@ -109,4 +109,11 @@ def test_from_an_unlabelled_archive_to_a_fine_tuned_model_and_back(cli, export_d
   r = _ok(cli("jaxaudio.search", "labels", f"--index={index}"))
   assert "chirp:" in r.stdout
   r = _ok(cli("jaxaudio.search", "learn", f"--index={index}", "--label=chirp"))
-  _ok(cli("jaxaudio.search", "rank", f"--index={index}", "--label=chirp", "--k=3"))
+  r = _ok(cli("jaxaudio.search", "rank", f"--index={index}", "--label=chirp", "--k=3",
+              "--strategy=hybrid", "--json"))
+  hybrid = json.loads(r.stdout)
+  assert hybrid["strategy"] == "hybrid" and len(hybrid["results"]) == 3
+  labelled = [(lab["path"], float(lab["start"]), float(lab["end"]))
+              for lab in csv.DictReader(open(labels_csv))]
+  for h in hybrid["results"]:      # nothing that shares audio with a label
+    assert not any(f == h["file"] and h["offset"] < e and s < h["end"] for f, s, e in labelled)
