@@ -107,6 +107,11 @@ def test_ivfpq_recall_against_exact_search_is_measured_and_stored(tmp_path, iden
   assert hits[0].score == pytest.approx(1.0, abs=1e-5)
   assert s.info()["nprobe"] == entry["nprobe"]
   assert store.read_manifest(str(tmp_path / "index")).ann == entry
+  # `serve --nprobe`: the server's approximate searcher scans what it is told, else the manifest's
+  from jaxaudio.search.service import Service
+  assert Service(str(tmp_path / "index")).current().approx.nprobe == entry["nprobe"]
+  assert Service(str(tmp_path / "index"), nprobe=entry["nprobe"] + 3).current().approx.nprobe \
+      == entry["nprobe"] + 3
 
 
 def test_ivfpq_extended_over_two_updates_holds_one_builds_row_set(tmp_path, trained,

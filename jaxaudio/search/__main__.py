@@ -74,8 +74,9 @@ _MAX_SECONDS = cli.max_seconds_flag(DEFAULT_MAX_SECONDS)
 _PER_FILE = flags.DEFINE_bool("per_file", True, "query: one hit per file (its best window); "
                               "--noper_file ranks windows.")
 _EF = flags.DEFINE_integer("ef", 128, "query --ann: HNSW search breadth (recall vs speed).")
-_NPROBE = flags.DEFINE_integer("nprobe", None, "query --ann on an IVF-PQ index: lists scanned "
-                               "(default: the smallest that reached recall@10 0.95 at build).")
+_NPROBE = flags.DEFINE_integer("nprobe", None, "query --ann and serve on an IVF-PQ index: lists "
+                               "scanned (default: the smallest that reached recall@10 0.95 at "
+                               "build).")
 _SHARDS = flags.DEFINE_list("shards", [], "index: write --index as a sharded index of these "
                             "index folders (comma-separated), searched as one.")
 _JSON = flags.DEFINE_bool("json", False, "query: print JSON instead of a table.")
@@ -251,7 +252,7 @@ def _serve() -> int:
                    show_paths=_SHOW_PATHS.value, max_upload_seconds=_MAX_UPLOAD_SECONDS.value,
                    batching=_BATCHING.value, batch_window_ms=_BATCH_WINDOW_MS.value,
                    max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value,
-                   warm=True, labels_at=_LABELS.value)
+                   warm=True, labels_at=_LABELS.value, nprobe=_NPROBE.value)
   info = app.state.service.current()
   where = f"http://{_HOST.value}:{_PORT.value}/"
   print(f"serving {app.state.service.path}: {len(info.files)} files, "

@@ -44,10 +44,11 @@ def _stamp(path: str) -> tuple:
   return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _load(path: str, ef: int) -> Loaded:
+def _load(path: str, ef: int, nprobe: int | None = None) -> Loaded:
   stamp = _stamp(path)
   exact = Searcher(path)
-  approx = Searcher(path, use_ann=True, ef=ef, share=exact) if exact.manifest.ann else None
+  approx = (Searcher(path, use_ann=True, ef=ef, share=exact, nprobe=nprobe)
+            if exact.manifest.ann else None)
   files = {file_id(e.path): e for e in exact.rows.files}
   return Loaded(stamp, exact, approx, exact.model.predictor(), files, time.time())
 
@@ -55,10 +56,11 @@ def _load(path: str, ef: int) -> Loaded:
 class Service:
   """The index behind the API: loaded once, reloaded when its manifest changes."""
 
-  def __init__(self, index_path: str, use_ann: bool = False, ef: int = 128):
+  def __init__(self, index_path: str, use_ann: bool = False, ef: int = 128,
+               nprobe: int | None = None):
     self.path = os.path.abspath(index_path)
-    self.default_ann, self.ef = use_ann, ef
-    self._current = _load(self.path, ef)
+    self.default_ann, self.ef, self.nprobe = use_ann, ef, nprobe
+    self._current = _load(self.path, ef, nprobe)
     if use_ann and self._current.approx is None:
       raise SearchIndexError(f"{self.path} has no approximate index; build it with python -m "
                              "jaxaudio.search index --ann, or serve without --ann.")
@@ -80,7 +82,7 @@ class Service:
     if stamp == self._current.stamp or not self._reload_lock.acquire(blocking=False):
       return self._current
     try:
-      fresh = _load(self.path, self.ef)
+      fresh = _load(self.path, self.ef, self.nprobe)
       self._current = fresh
       log.warning("reloaded %s: %d files", self.path, len(fresh.files))
     except (JaxAudioError, OSError, ValueError) as err:  # a rewrite in progress: try later
