@@ -1,6 +1,6 @@
 """Label new recordings with a fine-tuned model.
 
-  python -m jaxaudio.predict --workdir=RUN --audio=FILE_OR_DIR --out=writers.csv
+  python -m jaxaudio.predict --workdir=RUN --audio=FILE_OR_DIR --out=predictions.csv
   python -m jaxaudio.predict --model=EXPORT --audio=long.wav --out=p.csv --windows \\
       --threshold=validation
   python -m jaxaudio.predict --workdir=RUN --audio=DIR --out=sel.txt --format=raven

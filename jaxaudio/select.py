@@ -5,7 +5,7 @@
       [--metric=macro_f1|accuracy|mAP] [--folds=5]
 
 Scores each candidate's pretrained embeddings on the train and validation clips (K-fold linear
-probe and retrieval, jaxaudio/model_selection.py), never the test split, and writes
+probe and retrieval, jaxaudio/workflows/model_selection.py), never the test split, and writes
 DIR/report/select.{json,md,png} and TensorBoard: the ranking, whether the runner-up is within
 noise, and the command that fine-tunes the recommended model.
 """

@@ -57,7 +57,7 @@ def test_the_readme_job_fine_tunes_pretrained_full_width_aisfx_on_the_demo(job):
   metrics = json.load(open(f"{workdir}/report/test_metrics.json"))
   assert metrics["num_examples"] == 10 and metrics["best_step"] == 2
   assert len(metrics["per_class"]) == 10 and 0.0 <= metrics["accuracy"] <= 1.0
-  evaluation = json.load(open(f"{workdir}/report/heldout.json"))
+  evaluation = json.load(open(f"{workdir}/report/evaluation.json"))
   assert evaluation["step"] == 2 and evaluation["split"] == "test"
   assert evaluation["classification"]["accuracy"] == pytest.approx(metrics["accuracy"])
   assert f"report: {workdir}/report" in r.stdout
