@@ -105,7 +105,7 @@ def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
 def _run(task, spec_dict, settings, max_seconds):
   i, path, wave, rate, *span = task
   return featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate,
-                             max_seconds=max_seconds, span=span[0] if span else None)
+                   max_seconds=max_seconds, span=span[0] if span else None)
 
 
 _SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -34,6 +34,7 @@ from jaxaudio.audio import featurize
 from jaxaudio.audio.featurize import Featurizer, auto_workers
 from jaxaudio.data.listing import SPLITS, Listing
 from jaxaudio.data.sources import list_source
+from jaxaudio.runtime.cache import cache_dir
 from jaxaudio.runtime.errors import DataError
 from jaxaudio.runtime.bundle import write_bundle
 
@@ -300,7 +301,6 @@ def _remove_stale_builds(root: str) -> None:
 def prepared_root(cfg) -> str:
   if cfg.prepared_dir:
     return os.path.abspath(os.path.expanduser(cfg.prepared_dir))
-  from jaxaudio.runtime.cache import cache_dir  # pylint: disable=import-outside-toplevel
   return os.path.join(cache_dir(), "prepared")
 
 

@@ -31,3 +31,15 @@ def fixed_batch(fmt: str, quantize: str) -> int | None:
   model takes one window per call (TF's int8 calibration crashes on the batch loop, see
   jaxaudio/exports/to_tflite.py)."""
   return 1 if (fmt, quantize) == ("tflite", "int8") else None
+
+
+def with_input_name(fn, input_name: str):
+  """`fn` as a one-argument function whose argument is called `input_name` ("mel" or
+  "audio"): TF names a signature's input after the traced function's argument."""
+  if input_name == "mel":
+    def serve(mel):
+      return fn(mel)
+  else:
+    def serve(audio):
+      return fn(audio)
+  return serve

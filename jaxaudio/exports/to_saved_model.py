@@ -11,7 +11,7 @@ from typing import Callable
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from jaxaudio.exports.contract import OUTPUTS
+from jaxaudio.exports.contract import OUTPUTS, with_input_name
 
 
 def _named(fn: Callable, dims: str, input_name: str) -> Callable:
@@ -19,13 +19,7 @@ def _named(fn: Callable, dims: str, input_name: str) -> Callable:
   (the argument's name is what TF calls it)."""
   converted = jax2tf.convert(lambda x: dict(zip(OUTPUTS, fn(x))),
                              polymorphic_shapes=[f"(b, {dims})"], with_gradient=False)
-  if input_name == "mel":
-    def serve(mel):
-      return converted(mel)
-  else:
-    def serve(audio):
-      return converted(audio)
-  return serve
+  return with_input_name(converted, input_name)
 
 
 def write(fn: Callable, input_name: str, window: tuple[int, ...], out_dir: str) -> None:

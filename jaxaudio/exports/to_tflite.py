@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from jaxaudio.exports.contract import OUTPUTS, fixed_batch
+from jaxaudio.exports.contract import OUTPUTS, fixed_batch, with_input_name
 from jaxaudio.exports.graph import output_dims
 
 
@@ -37,19 +37,9 @@ def _one_window(fn: Callable, input_name: str, window: tuple[int, ...], batched:
       return one(x)
     return tf.map_fn(lambda w: {k: v[0] for k, v in one(w[None]).items()}, x,
                      fn_output_signature=sig)
-  serve = _named_tf(body, input_name)
+  serve = with_input_name(body, input_name)
   return tf.function(serve, autograph=False, input_signature=[
       tf.TensorSpec([None if batched else 1, *window], tf.float32, name=input_name)])
-
-
-def _named_tf(body: Callable, input_name: str) -> Callable:
-  if input_name == "mel":
-    def serve(mel):
-      return body(mel)
-  else:
-    def serve(audio):
-      return body(audio)
-  return serve
 
 
 def write(fn: Callable, input_name: str, window: tuple[int, ...], path: str,

@@ -73,7 +73,7 @@ from apache_beam.options import pipeline_options as po  # noqa: E402
 logging.disable(logging.NOTSET)
 
 from jaxaudio.audio import featurize  # noqa: E402
-from jaxaudio.audio.io import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, audio_files  # noqa: E402
+from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
 from jaxaudio.inference import exported  # noqa: E402
 from jaxaudio.runtime.errors import JaxAudioError, SearchIndexError  # noqa: E402
 from jaxaudio.search import indexer, store  # noqa: E402
@@ -332,32 +332,8 @@ def update(index_path: str, audio: str, export_dir: str, pipeline_args: list[str
   same summary (plus windows, shards and workers)."""
   t0 = time.perf_counter()
   options = pipeline_options(pipeline_args)
-  if not os.path.exists(audio):
-    raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
-                           "audio to index.")
-  listed_skipped: list[dict[str, str]] = []
-  scanned = {}
-  for p in audio_files(audio, listed_skipped):
-    p = os.path.abspath(p)
-    scanned[p] = indexer._stat(p)  # pylint: disable=protected-access
-  if strict and listed_skipped:
-    raise SearchIndexError(f"{listed_skipped[0]['reason']} (strict mode stops at the first bad "
-                           "file; without --strict such files are reported and skipped)")
-  if not scanned:
-    raise SearchIndexError(f"{audio} holds no audio files ({' '.join(AUDIO_EXTENSIONS)}); pass "
-                           "--audio=FOLDER with the audio to index.")
-  index_path = os.path.abspath(index_path)
-  if os.path.exists(index_path) and not os.path.isdir(index_path):
-    raise SearchIndexError(f"{index_path} is a file, not a search index folder; pass a new or "
-                           "empty folder as --index.")
-  if os.path.isdir(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST)):
-    names = os.listdir(index_path)
-    foreign = store.foreign_files(index_path) or ([] if store.LOCK in names else sorted(names))
-    if foreign:
-      raise SearchIndexError(f"{index_path} exists and is not a search index (it holds "
-                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
-                             "); pass a new or empty folder as --index.")
-  os.makedirs(index_path, exist_ok=True)
+  scanned, listed_skipped = indexer.scan(audio, strict)
+  index_path = indexer.index_folder(index_path)
   with store.writer_lock(index_path):
     summary = _update(index_path, scanned, export_dir, options, rebuild, strict, with_ann,
                       batch_size, progress, t0, hop, max_seconds)

@@ -107,6 +107,46 @@ class _Embedder:
     self.pending, self.pending_windows = [], 0
 
 
+def scan(audio: str, strict: bool) -> tuple[dict[str, tuple], list[dict[str, str]]]:
+  """{absolute path: (size, mtime)} of the audio files under `audio`, and the entries skipped
+  as unreadable (dangling symlinks, pipes: reported, not read); one sentence for a missing
+  folder, a folder without audio, or (strict) the first skip."""
+  if not os.path.exists(audio):
+    raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
+                           "audio to index.")
+  listed_skipped: list[dict[str, str]] = []
+  scanned = {}
+  for p in audio_files(audio, listed_skipped):
+    p = os.path.abspath(p)
+    scanned[p] = _stat(p)
+  if strict and listed_skipped:
+    raise SearchIndexError(f"{listed_skipped[0]['reason']} (strict mode stops at the first bad "
+                           "file; without --strict such files are reported and skipped)")
+  if not scanned:
+    raise SearchIndexError(f"{audio} holds no audio files ({' '.join(AUDIO_EXTENSIONS)}); pass "
+                           "--audio=FOLDER with the audio to index.")
+  return scanned, listed_skipped
+
+
+def index_folder(index_path: str) -> str:
+  """The absolute index folder, made if missing; refused in one sentence when it is a file or
+  a folder of something else (an unfinished build of ours holds the lock file, made first,
+  and only our names)."""
+  index_path = os.path.abspath(index_path)
+  if os.path.exists(index_path) and not os.path.isdir(index_path):
+    raise SearchIndexError(f"{index_path} is a file, not a search index folder; pass a new or "
+                           "empty folder as --index.")
+  if os.path.isdir(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST)):
+    names = os.listdir(index_path)
+    foreign = store.foreign_files(index_path) or ([] if store.LOCK in names else sorted(names))
+    if foreign:
+      raise SearchIndexError(f"{index_path} exists and is not a search index (it holds "
+                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
+                             "); pass a new or empty folder as --index.")
+  os.makedirs(index_path, exist_ok=True)
+  return index_path
+
+
 def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
            strict: bool = False, with_ann: bool | str | None = None, workers: int = 0,
            batch_size: int = 64, progress: bool = True, hop: float | None = None,
@@ -122,33 +162,8 @@ def update(index_path: str, audio: str, export_dir: str, rebuild: bool = False,
   commit interval (None: COMMIT_FILES / COMMIT_SECONDS as they are at the call). Returns a
   summary of this run (files added, updated, removed, unchanged, skipped, rows, timings)."""
   t0 = time.perf_counter()
-  if not os.path.exists(audio):
-    raise SearchIndexError(f"{audio}: no such file or folder; pass --audio=FOLDER with the "
-                           "audio to index.")
-  listed_skipped: list[dict[str, str]] = []   # dangling symlinks, pipes: reported, not read
-  scanned = {}
-  for p in audio_files(audio, listed_skipped):
-    p = os.path.abspath(p)
-    scanned[p] = _stat(p)
-  if strict and listed_skipped:
-    raise SearchIndexError(f"{listed_skipped[0]['reason']} (strict mode stops at the first bad "
-                           "file; without --strict such files are reported and skipped)")
-  if not scanned:
-    raise SearchIndexError(f"{audio} holds no audio files ({' '.join(AUDIO_EXTENSIONS)}); pass "
-                           "--audio=FOLDER with the audio to index.")
-  index_path = os.path.abspath(index_path)
-  if os.path.exists(index_path) and not os.path.isdir(index_path):
-    raise SearchIndexError(f"{index_path} is a file, not a search index folder; pass a new or "
-                           "empty folder as --index.")
-  if os.path.isdir(index_path) and not os.path.isfile(os.path.join(index_path, store.MANIFEST)):
-    # An unfinished build of ours holds the lock file (made first) and only our names.
-    names = os.listdir(index_path)
-    foreign = store.foreign_files(index_path) or ([] if store.LOCK in names else sorted(names))
-    if foreign:
-      raise SearchIndexError(f"{index_path} exists and is not a search index (it holds "
-                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}"
-                             "); pass a new or empty folder as --index.")
-  os.makedirs(index_path, exist_ok=True)
+  scanned, listed_skipped = scan(audio, strict)
+  index_path = index_folder(index_path)
   with store.writer_lock(index_path):
     summary = _update(index_path, scanned, export_dir, rebuild, strict, with_ann, workers,
                       batch_size, progress, t0, hop, max_seconds, commit_files or COMMIT_FILES,
