@@ -286,3 +286,33 @@ def test_hybrid_proposes_the_positives_neighbours_then_hands_over_to_top(tmp_pat
   assert learn.rank(archive, clf, labels, 8, "hybrid") == top
   with pytest.raises(JaxAudioError, match="is not one of top, margin, mixed, hybrid"):
     learn.rank(archive, clf, labels, 8, "best")
+
+
+def test_a_one_window_label_is_one_positive_however_float32_rounds_its_neighbours():
+  """With the hop half a window (aiSFX: 2.32 s, hop 1.16 s), a one-window label's neighbours
+  overlap it by exactly half; stored as float32 an hour into a file, that tie used to fall
+  either way and turn one label into 2-3 positives. Now it is one positive, and rank never
+  proposes the label's window nor the half-heard neighbours."""
+  window = 2.3219954648526078
+  hop = window / 2
+  n = 4000                                   # 77 minutes of windows
+  offsets = (np.arange(n) * hop).astype(np.float32)
+  rng = np.random.default_rng(0)
+  emb = rng.standard_normal((n, 8)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  entry = store.Entry("/a/long.wav", 1, 1, "seg-000001", 0, n, float(offsets[-1]) + window)
+  archive = learn.Archive(emb, offsets, np.zeros(n, np.int32), [entry], window, hop, 8000.0,
+                          IDENTITY)
+  rows = rng.choice(np.arange(1, n - 1), 300, replace=False)
+  labels = [Label(entry.path, float(offsets[r]), float(offsets[r]) + window, "bird", True)
+            for r in rows]
+  # the rounding really is there: some neighbours come out a hair over half, some under
+  gaps = np.diff(offsets.astype(np.float64))
+  assert (gaps < hop - 1e-7).any() and (gaps > hop + 1e-7).any()
+  pos, _, spans = learn.targets(archive, labels, ["bird"])
+  assert [list(s) for s in spans] == [[r] for r in rows]
+  assert set(np.flatnonzero(pos[:, 0])) == set(rows)
+  clf = learn.Classifier("bird", np.ones(8, np.float32), 0.0, 0.5, IDENTITY, {})
+  proposed = {int(round(p.offset / hop)) for p in learn.rank(archive, clf, labels, 200)}
+  assert len(proposed) == 200
+  assert not proposed & (set(rows) | set(rows + 1) | set(rows - 1))

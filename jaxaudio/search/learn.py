@@ -111,15 +111,26 @@ def _identity(manifest: store.Manifest) -> dict[str, Any]:
   return {k: manifest.model[k] for k in ("model", "weights_sha256", "embedding_dim")}
 
 
-def _overlapping(archive: Archive, rows: dict[str, tuple[int, int]], lab: Label) -> np.ndarray:
+# Window offsets are stored as float32 (about 1e-4 s off an hour into a file), so an overlap
+# within a millisecond of a rule's bound is a tie, not a verdict: with the hop half a window, a
+# one-window label's neighbours overlap it by exactly half, and unrounded that tie fell either
+# way (a one-window label became 2-3 positives).
+TIE_SECONDS = 1e-3
+
+
+def _overlapping(archive: Archive, rows: dict[str, tuple[int, int]], lab: Label,
+                 half_counts: bool = False) -> np.ndarray:
   """Rows of `lab.file` whose window overlaps the span by more than half the shorter of the
-  two (a window half outside a long span is mostly something else)."""
+  two (a window half outside a long span is mostly something else) -- or, with
+  `half_counts`, by half or more (windows an annotator has already half heard)."""
   lo, hi = rows.get(lab.file, (0, 0))
   start = archive.offsets[lo:hi].astype(np.float64)
   end = start + archive.window_seconds
   overlap = np.minimum(end, lab.end) - np.maximum(start, lab.start)
   need = 0.5 * min(archive.window_seconds, lab.end - lab.start)
-  return lo + np.flatnonzero(overlap > need + 1e-9)
+  if half_counts:
+    return lo + np.flatnonzero(overlap >= need - TIE_SECONDS)
+  return lo + np.flatnonzero(overlap > need + TIE_SECONDS)
 
 
 def targets(archive: Archive, labels: Sequence[Label], classes: Sequence[str]
@@ -378,13 +389,12 @@ def similarity(embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _covering(archive: Archive, lab: Label, hit: np.ndarray) -> np.ndarray:
-  """Of the rows `hit` a label reaches, those that cover the most of it (to 1 ms): the window
-  itself for a label of one window (not its half-overlapping neighbours, which a rounding
-  tie can let in), every window inside a longer span, every window holding a short one
-  whole. Search's queries for the label."""
+  """Of the rows `hit` a label reaches, those that cover the most of it (to TIE_SECONDS): the
+  window itself for a label of one window, every window inside a longer span, every window
+  holding a short one whole. Search's queries for the label."""
   start = archive.offsets[hit].astype(np.float64)
   overlap = np.minimum(start + archive.window_seconds, lab.end) - np.maximum(start, lab.start)
-  return hit[overlap >= overlap.max() - 1e-3]
+  return hit[overlap >= overlap.max() - TIE_SECONDS]
 
 
 def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
@@ -392,8 +402,8 @@ def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
   """k windows to label next: the highest scores (top), the scores nearest the threshold
   (margin: what the classifier is least sure of), both alternating (mixed), or the nearest
   neighbours of the class's positive windows until it has HYBRID_POSITIVES positive labels,
-  then top (hybrid). Windows overlapping any label of the class are never proposed, nor two
-  overlapping windows. A proposal's score is the classifier's, whatever the strategy."""
+  then top (hybrid). A window half or more inside a label of the class is never proposed
+  (search's proposals share no audio with one at all), nor two overlapping windows. A proposal's score is the classifier's, whatever the strategy."""
   if strategy not in STRATEGIES:
     raise JaxAudioError(f"--strategy={strategy} is not one of {', '.join(STRATEGIES)}.")
   scores = clf.scores(archive.embeddings)
@@ -402,8 +412,8 @@ def rank(archive: Archive, clf: Classifier, labels: Sequence[Label], k: int,
   rows = archive.file_rows()
   mine = [lab for lab in labels if lab.label == clf.label]
   for lab in mine:
+    taken[_overlapping(archive, rows, lab, half_counts=True)] = True
     hit = _overlapping(archive, rows, lab)
-    taken[hit] = True
     if lab.positive and len(hit):
       queries[_covering(archive, lab, hit)] = True
   if strategy == "hybrid":
