@@ -27,6 +27,7 @@ import json
 import os
 import sys
 
+import threadpoolctl
 from absl import flags
 
 from jaxaudio.runtime.command import cli
@@ -253,6 +254,11 @@ def _serve() -> int:
                    batching=_BATCHING.value, batch_window_ms=_BATCH_WINDOW_MS.value,
                    max_batch=_MAX_BATCH.value, max_queued=_MAX_QUEUED.value,
                    warm=True, labels_at=_LABELS.value, nprobe=_NPROBE.value)
+  # The server's parallelism is its requests, so numpy's BLAS (the log-mel filterbank product
+  # of every upload) runs single-threaded in each request's thread: threaded OpenBLAS, called
+  # from 16 request threads at once, spent most of the server's CPU in that one product
+  # (bench/bench_serve.py; docs/evidence/speed.md).
+  threadpoolctl.threadpool_limits(limits=1, user_api="blas")
   info = app.state.service.current()
   where = f"http://{_HOST.value}:{_PORT.value}/"
   print(f"serving {app.state.service.path}: {len(info.files)} files, "
