@@ -12,6 +12,7 @@ import soundfile as sf
 
 from datafixtures import SR, tone
 from jaxaudio.audio import featurize
+from jaxaudio.runtime import beam_options
 from jaxaudio.runtime.errors import JaxAudioError, SearchIndexError
 from jaxaudio.search import beam_index, indexer, store
 # pylint: disable-next=unused-import
@@ -136,20 +137,20 @@ def test_pipeline_options_split_from_ours_and_each_remote_runner_builds_the_pipe
   flags.DEFINE_string("labels", None, "", flag_values=fv)
   argv = ["prog", "index", "--index=I", "--runner", "DirectRunner", "--direct_num_workers=2",
           "--labels=db.sqlite", "--not_a_flag=1"]
-  kept, passed = beam_index.split_pipeline_args(argv, fv)
+  kept, passed = beam_options.split_pipeline_args(argv, fv)
   assert passed == ["--runner", "DirectRunner", "--direct_num_workers=2"]
   assert kept == ["prog", "index", "--index=I", "--labels=db.sqlite", "--not_a_flag=1"]
   with pytest.raises(JaxAudioError, match="direct_num_workers.*invalid int value"):
-    beam_index.pipeline_options(["--runner=DirectRunner", "--direct_num_workers=two"])
+    beam_options.pipeline_options(["--runner=DirectRunner", "--direct_num_workers=two"])
   with pytest.raises(JaxAudioError, match="--runner=Bogus is not a Beam runner"):
-    beam_index.pipeline_options(["--runner=Bogus"])
+    beam_options.pipeline_options(["--runner=Bogus"])
   files = {f"/shared/audio/{i}.wav": (100, i) for i in range(40)}
   for name, want_workers in (("DataflowRunner", 32), ("FlinkRunner", 16), ("SparkRunner", 1)):
-    args = beam_index.EXAMPLE_OPTIONS[name]
-    options = beam_index.pipeline_options(args)
+    args = beam_options.EXAMPLE_OPTIONS[name]
+    options = beam_options.pipeline_options(args)
     assert options.get_all_options()["runner"] == name
-    assert beam_index.worker_count(options) == want_workers
-    shards = beam_index.plan_shards(sorted(files), files, 5, beam_index.worker_count(options))
+    assert beam_options.worker_count(options) == want_workers
+    shards = beam_index.plan_shards(sorted(files), files, 5, beam_options.worker_count(options))
     assert [p for s in shards for p, _, _ in s.files] == sorted(files)   # each file once
     assert [s.segment for s in shards] == [store.segment_name(6 + k) for k in range(len(shards))]
     pipeline = beam.Pipeline(options=options)

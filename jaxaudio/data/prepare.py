@@ -37,6 +37,7 @@ from jaxaudio.data.sources import list_source
 from jaxaudio.runtime.cache import cache_dir
 from jaxaudio.runtime.errors import DataError
 from jaxaudio.runtime.bundle import write_bundle
+from jaxaudio.runtime.progress import progress as progress_bar
 
 FORMAT_VERSION = 2  # 2: mel stored as raw bytes
 DATASET_NAME = "jaxaudio_prepared"
@@ -167,9 +168,13 @@ def _report_markdown(report: dict[str, Any]) -> str:
 
 def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, out: str,
            workers: int, strict: bool, progress: bool, key: str,
-           max_seconds: float | None) -> dict[str, Any]:
+           max_seconds: float | None, pipeline_args: list[str] | None = None) -> dict[str, Any]:
+  """Featurize every clip (in worker processes, or with `pipeline_args` on Apache Beam) and
+  write the TFDS dataset, meta.json and the report under `out`."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   from tensorflow_datasets.core.dataset_builders import adhoc_builder  # pylint: disable=import-outside-toplevel
+  if pipeline_args:   # the optional `beam` extra
+    from jaxaudio.data import beam_prepare  # pylint: disable=import-outside-toplevel
 
   tfds.disable_progress_bar()  # ours below shows files/s and ETA; TFDS's own would interleave
   classes = list(listing.classes)
@@ -189,19 +194,34 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   report = {"source": listing.source, "key": key, "classes": classes, "skipped": [],
             "ignored": [{"path": p, "reason": r} for p, r in listing.ignored],
             "splits": {}, "sample_rates": Counter(), "durations": []}
-  featurizer = Featurizer(workers)
   spec_dict = spec.to_dict()
   start = time.perf_counter()
+  featurizer = None
+  if pipeline_args:   # featurized on Beam's workers first, read back here in listing order
+    on_beam = beam_prepare.featurize_on_beam(listing, spec_dict, settings, max_seconds,
+                                             pipeline_args, os.path.join(out, "beam"), progress)
+
+    def results(split):
+      with progress_bar(len(listing.split(split)), f"prepare {split}" if progress else None,
+                        "file") as bar:
+        for res in on_beam(split):
+          bar.update(1)
+          yield res
+  else:
+    featurizer = Featurizer(workers)
+
+    def results(split):
+      return featurizer.map(_tasks(listing, split), spec_dict, settings,
+                            total=len(listing.split(split)),
+                            desc=f"prepare {split}" if progress else None,
+                            max_seconds=max_seconds)
 
   def generate(split):
     clips = listing.split(split)
     stats = {"clips": 0, "windows": 0, "skipped": 0, "class_clips": Counter(),
              "clip_keys": [], "groups": Counter()}
     report["splits"][split] = stats
-    tasks = _tasks(listing, split)
-    for res in featurizer.map(tasks, spec_dict, settings, total=len(clips),
-                              desc=f"prepare {split}" if progress else None,
-                              max_seconds=max_seconds):
+    for res in results(split):
       clip = clips[res.index]
       if res.error:
         if strict:
@@ -244,7 +264,9 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
           description=f"jaxaudio log-mel windows of {listing.source}")
   finally:
     absl_logging.set_verbosity(verbosity)
-    featurizer.close()
+    if featurizer is not None:
+      featurizer.close()
+    shutil.rmtree(os.path.join(out, "beam"), ignore_errors=True)
   elapsed = time.perf_counter() - start
   empty = [c for c in classes if report["splits"]["train"]["class_clips"].get(c, 0) == 0]
   if empty:
@@ -304,8 +326,11 @@ def prepared_root(cfg) -> str:
   return os.path.join(cache_dir(), "prepared")
 
 
-def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, bool]:
-  """Prepare the config's `data` section for `spec`; returns (prepared, built_now)."""
+def prepare(cfg, spec: FrontendSpec, progress: bool = True,
+            pipeline_args: list[str] | None = None) -> tuple[Prepared, bool]:
+  """Prepare the config's `data` section for `spec`; returns (prepared, built_now). With
+  `pipeline_args` (Beam's options, --runner first) the clips are featurized on Apache Beam
+  (jaxaudio.data.beam_prepare); the dataset is the same bytes either way."""
   listing = list_source(cfg)
   settings = settings_from_config(cfg)
   max_seconds = float(cfg.max_seconds) if cfg.max_seconds else None
@@ -327,7 +352,8 @@ def prepare(cfg, spec: FrontendSpec, progress: bool = True) -> tuple[Prepared, b
   os.makedirs(tmp)
   workers = int(cfg.workers) or auto_workers()
   try:
-    _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key, max_seconds)
+    _build(listing, spec, settings, tmp, workers, bool(cfg.strict), progress, key, max_seconds,
+           pipeline_args)
     # Another host or process may have finished the same build meanwhile: the rename is
     # atomic and fails onto an existing build, so the first finished build wins and no one
     # deletes a build that is complete (others may be reading it already).

@@ -88,6 +88,21 @@ def _console_log() -> None:
   log.propagate = False
 
 
+def take_beam_args(argv: list[str], command: str) -> tuple[list[str], list[str]]:
+  """(argv for absl, Beam's pipeline options) of a command that runs on Apache Beam when given
+  --runner: Beam's own option names go to Beam untouched (jaxaudio.runtime.beam_options,
+  imported only then: Beam is the optional `beam` extra). Without --runner nothing is taken."""
+  if not any(a == "--runner" or a.startswith("--runner=") for a in argv[1:]):
+    return argv, []
+  try:
+    from jaxaudio.runtime import beam_options  # pylint: disable=import-outside-toplevel
+  except ImportError as err:
+    print(f"error: --runner runs `{command}` on Apache Beam, which is not installed ({err}); "
+          "pip install 'jaxaudio[beam]'.", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+  return beam_options.split_pipeline_args(argv, flags.FLAGS)
+
+
 def run(main: Callable[[list[str]], int | None], commands: tuple[str, ...] = ()) -> None:
   """absl app.run(main), printing JaxAudioError as `error: <sentence>` and exiting 2.
 

@@ -138,21 +138,8 @@ _MAX_QUEUED = flags.DEFINE_integer("max_queued", 64, "serve: forward passes that
 
 
 # `index --runner=...`: Beam's pipeline options, taken off the command line before absl reads
-# it (jaxaudio.search.beam_index.split_pipeline_args); empty runs the single-process indexer.
+# it (cli.take_beam_args); empty runs the single-process indexer.
 _PIPELINE_ARGS: list[str] = []
-
-
-def _split_pipeline_args(argv: list[str]) -> list[str]:
-  if not any(a == "--runner" or a.startswith("--runner=") for a in argv[1:]):
-    return argv
-  try:
-    from jaxaudio.search import beam_index  # pylint: disable=import-outside-toplevel
-  except ImportError as err:
-    print(f"error: --runner runs `search index` on Apache Beam, which is not installed ({err}); "
-          "pip install 'jaxaudio[beam]'.", file=sys.stderr)
-    sys.exit(cli.EXIT_USER_ERROR)
-  argv, _PIPELINE_ARGS[:] = beam_index.split_pipeline_args(argv, flags.FLAGS)
-  return argv
 
 
 def _need_audio(command: str) -> str:
@@ -371,5 +358,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.argv = _split_pipeline_args(sys.argv)
+  sys.argv, _PIPELINE_ARGS[:] = cli.take_beam_args(sys.argv, "search index")
   cli.run(main, commands=tuple(COMMANDS))
