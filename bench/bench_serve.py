@@ -13,8 +13,9 @@
    requests per row (after 4 warm-up requests).
 3. Load, side by side in one run: `--load_clients` concurrent clients send `--load_requests`
    uploads to a server that batches forward passes (the default) and to one that runs them
-   one request at a time under a lock (`--nobatching`): p50 / p95 / max latency, requests
-   per second, and the server's resident memory before the load (after warm-up), after it,
+   one request at a time under a lock (`--nobatching`), and with `--baseline=CHECKOUT` to
+   both of an earlier commit's server: p50 / p95 / max latency, requests per second, the
+   server's CPU seconds per request, and its resident memory before the load (after warm-up), after it,
    and after four uploads of a 64 KB WAV whose header declares 1 Hz (8.9 hours once
    resampled) to /api/classify, which must be refused without memory growing.
 
@@ -80,12 +81,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(index: str, *flags: str):
-  """(url, server process) of `python -m jaxaudio.search serve` on a free loopback port."""
+def serving(index: str, *flags: str, cwd: str = ROOT):
+  """(url, server process) of `python -m jaxaudio.search serve` on a free loopback port, run
+  from the checkout `cwd` (this one, or --baseline's)."""
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   server = subprocess.Popen([sys.executable, "-m", "jaxaudio.search", "serve",
-                             f"--index={index}", f"--port={port}", *flags], cwd=ROOT,
+                             f"--index={index}", f"--port={port}", *flags], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     for _ in range(600):
@@ -142,16 +144,19 @@ def one_hz_wav(path: str) -> str:
 
 
 def load_row(index: str, files: list[str], clients: int, requests: int, hostile: str,
-             *flags: str) -> dict:
-  """Latency and server memory under `clients` concurrent uploaders (see the docstring)."""
-  with serving(index, *flags) as (url, server):
+             *flags: str, cwd: str = ROOT) -> dict:
+  """Latency, server CPU and memory under `clients` concurrent uploaders (the docstring)."""
+  with serving(index, *flags, cwd=cwd) as (url, server):
     ask = _asker(url, files)
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
       list(pool.map(ask, range(2 * clients)))   # warm-up: every batch shape compiled
-      rss_before = psutil.Process(server.pid).memory_info().rss
+      proc = psutil.Process(server.pid)
+      rss_before = proc.memory_info().rss
+      cpu_before = sum(proc.cpu_times()[:2])
       t0 = time.perf_counter()
       lat = list(pool.map(ask, range(requests)))
       wall = time.perf_counter() - t0
+      cpu = sum(proc.cpu_times()[:2]) - cpu_before
     rss_after = psutil.Process(server.pid).memory_info().rss
     codes = []
     for _ in range(4):
@@ -160,7 +165,8 @@ def load_row(index: str, files: list[str], clients: int, requests: int, hostile:
                                 timeout=300).status_code)
     rss_hostile = psutil.Process(server.pid).memory_info().rss
   return {"p50": 1e3 * np.percentile(lat, 50), "p95": 1e3 * np.percentile(lat, 95),
-          "max": 1e3 * max(lat), "rps": requests / wall, "rss_before": rss_before / 1e6,
+          "max": 1e3 * max(lat), "rps": requests / wall, "cpu_ms": 1e3 * cpu / requests,
+          "rss_before": rss_before / 1e6,
           "rss_after": rss_after / 1e6, "rss_hostile": rss_hostile / 1e6, "codes": codes}
 
 
@@ -175,6 +181,9 @@ def main():
   parser.add_argument("--rounds", type=int, default=2, help="load rounds of each server")
   parser.add_argument("--batch_flags", default="",
                       help="serve flags of the batched server, e.g. '--max_batch=16'")
+  parser.add_argument("--baseline", default="", help="a checkout of an earlier commit (git "
+                      "worktree add DIR COMMIT) whose server, batched and --nobatching, joins "
+                      "the load rounds: today's code side by side with this one")
   parser.add_argument("--only_load", action="store_true",
                       help="skip predict and the 1- and 8-client table")
   args = parser.parse_args()
@@ -197,25 +206,30 @@ def main():
     hostile = one_hz_wav(os.path.join(tmp, "one_hz.wav"))
     batched = f"batched {args.batch_flags or '(default)'}"
     locked = "lock per query (--nobatching)"
-    servers = {batched: args.batch_flags.split(), locked: ["--nobatching"]}
-    rows = []   # rounds alternate the two servers, so a load that comes and goes hits both
+    servers = {batched: (args.batch_flags.split(), ROOT), locked: (["--nobatching"], ROOT)}
+    if args.baseline:
+      servers["baseline (default flags)"] = ([], os.path.abspath(args.baseline))
+      servers["baseline --nobatching"] = (["--nobatching"], os.path.abspath(args.baseline))
+    rows = []   # rounds alternate the servers, so a load that comes and goes hits them all
     for i in range(args.rounds):
-      for name, flags in servers.items():
+      for name, (flags, cwd) in servers.items():
         rows.append((i + 1, name, load_row(index, files, args.load_clients, args.load_requests,
-                                           hostile, *flags)))
+                                           hostile, *flags, cwd=cwd)))
     print(f"\n{args.load_clients} concurrent clients, {args.load_requests} uploads, exact "
-          "search:\n\n| round | server | p50 ms | p95 ms | max ms | requests/s | RSS before -> "
-          "after MB | after 4 x 1 Hz WAV to /api/classify |\n|---:|---|---:|---:|---:|---:|---:|---|")
+          "search:\n\n| round | server | p50 ms | p95 ms | max ms | requests/s | server CPU ms a "
+          "request | RSS before -> after MB | after 4 x 1 Hz WAV to /api/classify |\n"
+          "|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for i, name, r in rows:
       print(f"| {i} | {name} | {r['p50']:.0f} | {r['p95']:.0f} | {r['max']:.0f} | "
-            f"{r['rps']:.1f} | {r['rss_before']:.0f} -> {r['rss_after']:.0f} "
+            f"{r['rps']:.1f} | {r['cpu_ms']:.1f} | {r['rss_before']:.0f} -> {r['rss_after']:.0f} "
             f"({100 * (r['rss_after'] / r['rss_before'] - 1):+.1f}%) | "
             f"{r['rss_hostile']:.0f} MB, HTTP {sorted(set(r['codes']))} |")
-    for q in ("p50", "p95"):
+    for q in ("p50", "p95", "cpu_ms"):
       fast = np.median([r[q] for _, name, r in rows if name == batched])
-      slow = np.median([r[q] for _, name, r in rows if name == locked])
-      print(f"{q}: batched {fast:.0f} ms, lock {slow:.0f} ms (median over rounds): "
-            f"{slow / fast:.2f}x")
+      for other in [n for n in servers if n != batched]:
+        slow = np.median([r[q] for _, name, r in rows if name == other])
+        print(f"{q}: batched {fast:.0f}, {other} {slow:.0f} (median over rounds): "
+              f"{slow / fast:.2f}x")
 
 
 if __name__ == "__main__":

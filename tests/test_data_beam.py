@@ -77,7 +77,11 @@ def _prepare(tmp_path, clips, name, *extra):
 
 
 def test_prepare_on_beam_with_two_workers_writes_the_plain_builders_bytes(tmp_path, clips):
-  plain, _ = _prepare(tmp_path, clips, "plain")
+  # the plain build in this process: configs/folder.py's data section, as the command has it
+  built, _ = prep.prepare(data_config(tmp_path / "plain", f"folder:{clips}", denoise=0.0,
+                                      val_fraction=0.2, test_fraction=0.2),
+                          AISFX_SPEC, progress=False)
+  plain = {"prepared": built.root}
   out, console = _prepare(tmp_path, clips, "beam", *BEAM)
   assert "on DirectRunner" in console
   beam_root = out["prepared"]
