@@ -245,6 +245,15 @@ def test_sharded_index_is_served(tmp_path, identity, export_dir):
                                                      for h in want]
   info = client.get("/api/index").json()
   assert info["files"] == len(s.rows.files)
+  # a commit to one shard alone (a file removed from shard1) reloads the served index
+  from jaxaudio.search import store
+  one = _parts(tmp_path)[1]
+  m = store.read_manifest(one)
+  m.files, m.generation = m.files[:-1], m.generation + 1
+  store.write_manifest(one, m)
+  app_service = client.app.state.service
+  app_service._checked = float("-inf")   # pylint: disable=protected-access  # no 0.5 s wait
+  assert client.get("/api/index").json()["files"] == len(s.rows.files) - 1
 
 
 def test_bad_input_gets_one_sentence(tmp_path, identity, export_dir):

@@ -1,5 +1,6 @@
 """The index behind the search API: loaded once and kept warm, reloaded in the background of
-the old one when `search index` replaces its manifest (until the new one is complete, and if
+the old one when `search index` replaces its manifest (or, for a sharded index, its list or
+any shard's manifest) (until the new one is complete, and if
 it cannot be loaded, the previous index keeps answering). Files are named by ids, a hash of
 their path, so responses need not show where the index or its files live."""
 
@@ -14,7 +15,7 @@ import time
 
 from jaxaudio.inference.predictor import Predictor
 from jaxaudio.runtime.errors import JaxAudioError, SearchIndexError
-from jaxaudio.search import store
+from jaxaudio.search import shards, store
 from jaxaudio.search.searcher import Searcher
 
 log = logging.getLogger("jaxaudio")
@@ -40,8 +41,13 @@ class Loaded:
 
 
 def _stamp(path: str) -> tuple:
-  st = os.stat(os.path.join(path, store.MANIFEST))
-  return (st.st_ino, st.st_mtime_ns, st.st_size)
+  """What changes when the index on disk does: its manifest's identity, and for a sharded
+  index every shard's too, so a commit to one shard reloads the server like a new list."""
+  stamps = []
+  for where in [path, *(shards.shard_paths(path) or [])]:
+    st = os.stat(os.path.join(where, store.MANIFEST))
+    stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+  return tuple(stamps)
 
 
 def _load(path: str, ef: int, nprobe: int | None = None) -> Loaded:
@@ -77,7 +83,7 @@ class Service:
     self._checked = now
     try:
       stamp = _stamp(self.path)
-    except OSError:
+    except (OSError, ValueError, JaxAudioError):   # a list or shard being rewritten: later
       return self._current
     if stamp == self._current.stamp or not self._reload_lock.acquire(blocking=False):
       return self._current

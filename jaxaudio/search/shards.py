@@ -14,8 +14,8 @@ shard, searches each and merges their top k as one index over the union of their
 ranks them: by score, ties by file path and then offset (the order of an index's rows:
 files by path, windows by time), so exact search over the shards returns what exact search
 over one index of the same files returns. The shards must be made by the same model with
-the same settings and hold disjoint files. A server reloads when PATH/index.json is
-rewritten: write it again after updating a shard.
+the same settings and hold disjoint files. A server reloads when PATH/index.json or a
+shard's manifest is rewritten (a commit to one shard is enough).
 """
 
 from __future__ import annotations
