@@ -19,6 +19,7 @@ from datafixtures import SR, data_config, tone, write_class_folder
 from jaxaudio.audio import featurize
 from jaxaudio.data import beam_prepare
 from jaxaudio.data import prepare as prep
+from jaxaudio.data.listing import SPLITS
 from jaxaudio.data.sources import list_source
 from jaxaudio.models.registry import AISFX_SPEC
 from jaxaudio.runtime.errors import DataError, JaxAudioError
@@ -99,13 +100,14 @@ def test_prepare_on_beam_with_two_workers_writes_the_plain_builders_bytes(tmp_pa
   # several shards per split, so the driver really stitched them back in order
   listing = list_source(data_config(tmp_path / "x", f"folder:{clips}", val_fraction=0.2,
                                          test_fraction=0.2))
-  shards = beam_prepare.plan_shards(listing, 2)
+  shards = beam_prepare.plan_shards(
+      {s: list(prep.featurize_tasks(listing, s)) for s in SPLITS}, 2)
   assert sum(s.name.startswith("train-") for s in shards) >= 3
 
 
 def test_a_shard_file_reads_back_as_the_results_written(tmp_path, clips):
   listing = list_source(data_config(tmp_path, f"folder:{clips}"))
-  tasks = [t for s in beam_prepare.plan_shards(listing, 1) for t in s.tasks][:6]
+  tasks = list(prep.featurize_tasks(listing, "train"))[:6]
   settings = prep.settings_from_config(data_config(tmp_path, f"folder:{clips}"))
   spec = AISFX_SPEC.to_dict()
   results = [featurize.featurize(t[0], spec, settings, path=t[1]) for t in tasks]
@@ -129,6 +131,7 @@ def test_beam_refusals_are_one_sentence(tmp_path, clips):
   listing = list_source(cfg)
   listing.tfds = {"name": "speech_commands"}
   with pytest.raises(DataError, match="prepare a TFDS source without --runner"):
-    beam_prepare.featurize_on_beam(listing, AISFX_SPEC.to_dict(), prep.settings_from_config(cfg),
-                                   None, ["--runner=DirectRunner"], str(tmp_path / "w"), False)
+    beam_prepare.featurize_on_beam(listing, {}, AISFX_SPEC.to_dict(),
+                                   prep.settings_from_config(cfg), None,
+                                   ["--runner=DirectRunner"], str(tmp_path / "w"), False)
   assert not any(prep.is_complete(str(p)) for p in (tmp_path / "prepared").glob("*"))

@@ -176,14 +176,14 @@ def test_tfds_catalog_dataset_with_mock_data(tmp_path, monkeypatch):
     listing = list_source(cfg)
     # mock_data also stubs every builder's download_and_prepare, our writer's too: read the
     # examples through the real TFDS path here, write them after the mock is gone.
-    tasks = {s: list(prep._tasks(listing, s)) for s in ("train", "validation", "test")}  # pylint: disable=protected-access
+    tasks = {s: list(prep.featurize_tasks(listing, s)) for s in ("train", "validation", "test")}
     cfg.tfds.audio_key = "waveform"
     with pytest.raises(DataError, match="has no feature 'waveform'"):
       list_source(cfg)
   assert listing.tfds["sample_rate"] == 8000 and listing.classes[:3] == ("0", "1", "2")
   assert [c.labels for c in listing.split("train")[:4]] == [("0",), ("1",), ("2",), ("0",)]
   assert tasks["train"][1][2].dtype == np.int64 and tasks["train"][1][3] == 8000
-  monkeypatch.setattr(prep, "_tasks", lambda listing, split: iter(tasks[split]))
+  monkeypatch.setattr(prep, "featurize_tasks", lambda listing, split: iter(tasks[split]))
   monkeypatch.setattr(prep, "list_source", lambda cfg: listing)
   prepared, built = prep.prepare(cfg, AISFX_SPEC, progress=False)
   assert built and prepared.num_windows("train") == 9   # 0.5-0.6 s clips -> one window each

@@ -102,7 +102,9 @@ def featurize(index: int, spec_dict: dict[str, Any], settings: Settings,
                 seconds=seconds, source_rate=rate, trimmed=lo / spec.sample_rate)
 
 
-def _run(task, spec_dict, settings, max_seconds):
+def run_task(task, spec_dict, settings, max_seconds):
+  """featurize() of one task tuple (index, path, waveform, rate[, (start, end)]), the form
+  Featurizer.map and prepare's Beam workers take them in."""
   i, path, wave, rate, *span = task
   return featurize(i, spec_dict, settings, path=path, waveform=wave, rate=rate,
                    max_seconds=max_seconds, span=span[0] if span else None)
@@ -171,11 +173,11 @@ class Featurizer:
   def _results(self, tasks, spec_dict, settings, max_seconds) -> Iterator[Result]:
     if self._pool is None:
       for task in tasks:
-        yield _run(task, spec_dict, settings, max_seconds)
+        yield run_task(task, spec_dict, settings, max_seconds)
       return
     pending: collections.deque = collections.deque()
     for task in tasks:
-      pending.append(self._pool.apply_async(_run, (task, spec_dict, settings, max_seconds)))
+      pending.append(self._pool.apply_async(run_task, (task, spec_dict, settings, max_seconds)))
       if len(pending) >= _WINDOW * self.workers:
         yield pending.popleft().get()
     while pending:

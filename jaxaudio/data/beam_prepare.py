@@ -34,23 +34,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from jaxaudio.runtime.beam_options import is_local, pipeline_options, quiet, worker_count
+from jaxaudio.runtime.beam_options import pipeline_options, run_pipeline, worker_count
 import apache_beam as beam  # after beam_options, which silences Beam's import warnings
 from jaxaudio.audio import featurize
 from jaxaudio.audio.featurize import Result
 from jaxaudio.data.listing import SPLITS, Listing
 from jaxaudio.runtime.errors import DataError
-
-log = logging.getLogger("jaxaudio")
 
 SHARD_CLIPS = 256     # most clips in one shard
 SHARDS_PER_WORKER = 4
@@ -61,20 +56,20 @@ class Shard:
   """Consecutive clips of one split, featurized by one worker into one file."""
 
   name: str                    # <split>-<k>: the file <work>/<name>.npz
-  tasks: list[tuple]           # (index, path, None, 0[, (start, end)]) as prepare's _tasks
+  tasks: list[tuple]           # featurize.run_task's tuples, as prepare.featurize_tasks makes
 
 
-def plan_shards(listing: Listing, workers: int) -> list[Shard]:
-  """Every split's clips cut into contiguous shards of at most SHARD_CLIPS, at least
-  SHARDS_PER_WORKER per worker over the whole set when there are clips enough."""
-  total = sum(len(listing.split(s)) for s in SPLITS)
+def plan_shards(tasks: dict[str, list[tuple]], workers: int) -> list[Shard]:
+  """Every split's tasks ({split: tasks in listing order}) cut into contiguous shards of at
+  most SHARD_CLIPS, at least SHARDS_PER_WORKER per worker over the whole set when there are
+  clips enough."""
+  total = sum(len(t) for t in tasks.values())
   per = max(1, min(SHARD_CLIPS, -(-total // max(1, SHARDS_PER_WORKER * workers))))
   shards = []
   for split in SPLITS:
-    clips = listing.split(split)
-    tasks = [(i, c.path, None, 0) + ((c.span,) if c.span else ()) for i, c in enumerate(clips)]
-    for k, lo in enumerate(range(0, len(tasks), per)):
-      shards.append(Shard(f"{split}-{k:06d}", tasks[lo:lo + per]))
+    mine = tasks.get(split, [])
+    for k, lo in enumerate(range(0, len(mine), per)):
+      shards.append(Shard(f"{split}-{k:06d}", mine[lo:lo + per]))
   return shards
 
 
@@ -88,9 +83,8 @@ class FeaturizeShard(beam.DoFn):
     self.max_seconds = max_seconds
 
   def process(self, shard: Shard):
-    results = [featurize.featurize(t[0], self.spec_dict, self.settings, path=t[1],
-                                   max_seconds=self.max_seconds,
-                                   span=t[4] if len(t) > 4 else None) for t in shard.tasks]
+    results = [featurize.run_task(t, self.spec_dict, self.settings, self.max_seconds)
+               for t in shard.tasks]
     write_shard(os.path.join(self.work, f"{shard.name}.npz"), results)
     yield shard.name
 
@@ -98,10 +92,9 @@ class FeaturizeShard(beam.DoFn):
 def write_shard(path: str, results: list[Result]) -> None:
   """The results of a shard's clips in one .npz (windows of all clips concatenated)."""
   good = [r for r in results if not r.error]
-  first = good[0].windows if good else np.zeros((0, 1, 1), np.float16)
   arrays = {
       "windows": (np.concatenate([r.windows for r in good]) if good
-                  else np.zeros((0,) + first.shape[1:], np.float16)),
+                  else np.zeros((0, 1, 1), np.float16)),
       "offsets": (np.concatenate([r.offsets for r in good]) if good else np.zeros(0)),
       "meta": np.frombuffer(json.dumps([
           {"index": r.index, "error": r.error, "count": 0 if r.error else len(r.windows),
@@ -131,41 +124,31 @@ def read_shard(path: str) -> Iterator[Result]:
     at += n
 
 
-def featurize_on_beam(listing: Listing, spec_dict: dict[str, Any],
-                      settings: featurize.Settings, max_seconds: float | None,
-                      pipeline_args: list[str], work: str, progress: bool
-                      ) -> Callable[[str], Iterator[Result]]:
-  """Run the pipeline; returns results(split): that split's Results in listing order, read
-  from the shards' files under `work` (which the caller removes when the build is done)."""
+def featurize_on_beam(listing: Listing, tasks: dict[str, list[tuple]],
+                      spec_dict: dict[str, Any], settings: featurize.Settings,
+                      max_seconds: float | None, pipeline_args: list[str], work: str,
+                      progress: bool) -> Callable[[str], Iterator[Result]]:
+  """Run the pipeline over `tasks` ({split: featurize tasks in listing order}); returns
+  results(split): that split's Results in listing order, read from the shards' files under
+  `work` (which the caller removes when the build is done)."""
   if listing.tfds is not None:
     raise DataError(f"{listing.source} is a TFDS dataset: prepare runs on Beam over audio "
                     "files (a folder, a CSV or a manifest); prepare a TFDS source without "
                     "--runner.")
   options = pipeline_options(pipeline_args)
-  shards = plan_shards(listing, worker_count(options))
+  shards = plan_shards(tasks, worker_count(options))
   os.makedirs(work, exist_ok=True)
-  local = is_local(options)
   runner = options.get_all_options().get("runner") or "DirectRunner"
   clips = sum(len(s.tasks) for s in shards)
   if progress:
     print(f"prepare: {clips} files in {len(shards)} shards on {runner}", flush=True)
-  console = os.path.join(tempfile.gettempdir(), f"jaxaudio-beam-{os.getpid()}.log")
   start = time.perf_counter()
-  try:
-    with quiet(console if local else None):
-      with beam.Pipeline(options=options) as pipeline:
-        _ = (pipeline
-             | "Shards" >> beam.Create(shards)
-             | "Spread" >> beam.Reshuffle()
-             | "Featurize" >> beam.ParDo(FeaturizeShard(work, spec_dict, settings,
-                                                        max_seconds)))
-  except Exception as err:   # a runner's own failure types vary; the sentence names it
-    where = f" (the local workers' output is in {console})" if local else ""
-    raise DataError(f"the Beam pipeline failed ({type(err).__name__}: "
-                    f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}){where}; "
-                    "nothing was written; fix the cause and run the command again.") from err
-  if local and os.path.exists(console):
-    os.remove(console)
+  featurize_shard = FeaturizeShard(work, spec_dict, settings, max_seconds)
+  run_pipeline(options, lambda pipeline: (pipeline
+                                          | "Shards" >> beam.Create(shards)
+                                          | "Spread" >> beam.Reshuffle()
+                                          | "Featurize" >> beam.ParDo(featurize_shard)),
+               DataError, "nothing was written; fix the cause and run the command again.")
   missing = [s.name for s in shards if not os.path.isfile(os.path.join(work, f"{s.name}.npz"))]
   if missing:
     raise DataError(f"the Beam pipeline finished without the shards {missing[:5]} under {work} "
@@ -183,7 +166,3 @@ def featurize_on_beam(listing: Listing, spec_dict: dict[str, Any],
     for path in by_split[split]:
       yield from read_shard(path)
   return results
-
-
-def remove_work(work: str) -> None:
-  shutil.rmtree(work, ignore_errors=True)

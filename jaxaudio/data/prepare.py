@@ -112,9 +112,9 @@ def open_prepared(root: str, expected_spec: FrontendSpec | None = None,
   return prepared
 
 
-def _tasks(listing: Listing, split: str) -> Iterator[tuple]:
-  """(index, path or None, waveform or None, rate[, segment]) in listing order; TFDS audio
-  is read lazily."""
+def featurize_tasks(listing: Listing, split: str) -> Iterator[tuple]:
+  """featurize.run_task's tuples (index, path or None, waveform or None, rate[, segment]) in
+  listing order; TFDS audio is read lazily."""
   clips = listing.split(split)
   if listing.tfds is None:
     for i, c in enumerate(clips):
@@ -198,7 +198,8 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
   start = time.perf_counter()
   featurizer = None
   if pipeline_args:   # featurized on Beam's workers first, read back here in listing order
-    on_beam = beam_prepare.featurize_on_beam(listing, spec_dict, settings, max_seconds,
+    tasks = {} if listing.tfds else {s: list(featurize_tasks(listing, s)) for s in SPLITS}
+    on_beam = beam_prepare.featurize_on_beam(listing, tasks, spec_dict, settings, max_seconds,
                                              pipeline_args, os.path.join(out, "beam"), progress)
 
     def results(split):
@@ -211,7 +212,7 @@ def _build(listing: Listing, spec: FrontendSpec, settings: featurize.Settings, o
     featurizer = Featurizer(workers)
 
     def results(split):
-      return featurizer.map(_tasks(listing, split), spec_dict, settings,
+      return featurizer.map(featurize_tasks(listing, split), spec_dict, settings,
                             total=len(listing.split(split)),
                             desc=f"prepare {split}" if progress else None,
                             max_seconds=max_seconds)

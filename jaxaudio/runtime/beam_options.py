@@ -13,6 +13,8 @@ import io
 import logging
 import os
 import sys
+import tempfile
+from typing import Callable
 
 # Beam warns on import, through the root logger, about Google Cloud clients it did not find
 # (none is needed here): the console carries our lines.
@@ -143,7 +145,6 @@ def is_local(options: po.PipelineOptions) -> bool:
                                                      "SwitchingDirectRunner")
 
 
-
 @contextlib.contextmanager
 def quiet(console: str | None):
   """On the local runner, Beam's and the worker processes' console output (gRPC channels,
@@ -166,3 +167,24 @@ def quiet(console: str | None):
     os.dup2(saved, 2)
     os.close(saved)
     beam_log.setLevel(level)
+
+
+def run_pipeline(options: po.PipelineOptions, build: Callable[[beam.Pipeline], None],
+                 error: type[JaxAudioError], aftermath: str) -> None:
+  """Build (`build(pipeline)`) and run one pipeline to its end. On the local runner the
+  console of Beam and its workers goes to a file (quiet), removed when the run succeeds and
+  named in the error when it fails; a failure of any kind is one sentence, an `error` that
+  ends with `aftermath` (what state the command left, and what to do)."""
+  local = is_local(options)
+  console = os.path.join(tempfile.gettempdir(), f"jaxaudio-beam-{os.getpid()}.log")
+  try:
+    with quiet(console if local else None):
+      with beam.Pipeline(options=options) as pipeline:
+        build(pipeline)
+  except Exception as err:   # a runner's own failure types vary; the sentence names it
+    where = f" (the local workers' output is in {console})" if local else ""
+    last = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+    raise error(f"the Beam pipeline failed ({type(err).__name__}: {last}){where}; "
+                f"{aftermath}") from err
+  if local and os.path.exists(console):
+    os.remove(console)

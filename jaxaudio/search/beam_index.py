@@ -58,21 +58,17 @@ from jaxaudio.runtime import xla_cpu
 # single-process command go in before JAX starts there too, so the rows are the same bits.
 xla_cpu.apply()
 
-# Beam warns on import, through the root logger, about Google Cloud clients it did not find
-# (none is needed here): the console carries our lines.
-logging.disable(logging.WARNING)
 # pylint: disable=wrong-import-position
+# beam_options first: it imports Beam with its import-time warnings silenced
+from jaxaudio.runtime.beam_options import (  # noqa: E402
+    pipeline_options, run_pipeline, worker_count)
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
-
-logging.disable(logging.NOTSET)
 
 from jaxaudio.audio import featurize  # noqa: E402
 from jaxaudio.audio.io import DEFAULT_MAX_SECONDS  # noqa: E402
 from jaxaudio.inference import exported  # noqa: E402
 from jaxaudio.runtime.errors import SearchIndexError  # noqa: E402
-from jaxaudio.runtime.beam_options import (  # noqa: E402
-    is_local, pipeline_options, quiet, worker_count)
 from jaxaudio.search import indexer, store  # noqa: E402
 
 log = logging.getLogger("jaxaudio")
@@ -278,28 +274,18 @@ def _run(index_path, export_dir, settings, shards, options, batch_size, max_seco
   if progress:
     log.info("index: %d files in %d shards on %s", sum(len(s.files) for s in shards),
              len(shards), every.get("runner") or "DirectRunner")
-  local = is_local(options)
-  console = os.path.join(tempfile.gettempdir(), f"jaxaudio-beam-{os.getpid()}.log")
   try:
-    with quiet(console if local else None):
-      with beam.Pipeline(options=options) as pipeline:
-        build(pipeline, shards, embed, prefix)
+    run_pipeline(options, lambda pipeline: build(pipeline, shards, embed, prefix),
+                 SearchIndexError, "nothing was committed, the index is as before; fix the "
+                 "cause and run the command again.")
     by_shard = {}
     for r in _read_records(prefix):
       by_shard.setdefault(r["shard"], r)    # a retried shard may report twice: same rows
-  except Exception as err:   # a runner's own failure types vary; the sentence names it
-    where = f" (the local workers' output is in {console})" if local else ""
-    raise SearchIndexError(f"the Beam pipeline failed ({type(err).__name__}: "
-                           f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''})"
-                           f"{where}; nothing was committed, the index is as before; fix the "
-                           "cause and run the command again.") from err
   finally:
     if own_tmp:
       shutil.rmtree(tmp, ignore_errors=True)
     else:
       FileSystems.delete([tmp])
-  if local:
-    os.remove(console)
   missing = [s.shard for s in shards if s.shard not in by_shard]
   if missing:
     raise SearchIndexError(f"the Beam pipeline finished without the records of shards "
