@@ -1,9 +1,14 @@
 """`search index` on Apache Beam (jaxaudio/search/beam_index.py) against the single-process
-index: the same rows bit for bit with 2 local worker processes, an update, a shard run twice
-(a runner's retry) and a failed pipeline, and the remote runners' option sets."""
+index: the same rows bit for bit with 2 local worker processes, an update, a failed job that
+keeps its finished shards and a rerun that embeds the rest, a shard run twice (a runner's
+retry), and the remote runners' option sets."""
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -39,24 +44,65 @@ def _assert_same_index(got: str, want: str) -> None:
   assert set(os.listdir(got)) == names | ({a.ann["file"]} if a.ann else set())
 
 
-def test_two_beam_workers_give_the_single_process_index_row_for_row(collection, export_dir,
-                                                                     tmp_path, cli):
+# The job killed at an event, not a time: the driver takes in one shard's record, commits it
+# and says so in a file, then stops there while the workers go on; the test SIGKILLs the
+# driver and its worker processes together.
+_KILLED_INDEX = """
+import os, runpy, sys, time
+from jaxaudio.search import beam_index
+real_read, real_take = beam_index.read_records, beam_index._Committer.take
+def first_only(folder):
+  return dict(sorted(real_read(folder).items())[:1])
+def take(self, force=False):
+  if real_take(self, force):
+    open(os.environ["PAUSED"], "w").close()
+    while True:
+      time.sleep(60)
+  return False
+beam_index.read_records, beam_index._Committer.take = first_only, take
+sys.argv = ["jaxaudio.search"] + sys.argv[1:]
+runpy.run_module("jaxaudio.search", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_two_beam_workers_killed_and_rerun_give_the_single_process_index_row_for_row(
+    collection, export_dir, tmp_path, cli):
   audio = str(tmp_path / "audio")
   shutil.copytree(collection, audio)
   single, on_beam = str(tmp_path / "single"), str(tmp_path / "beam")
   want = indexer.update(single, audio, export_dir, workers=1, progress=False)
-  # The command line: Beam's own option names pass through, two worker processes.
-  r = cli("jaxaudio.search", "index", f"--model={export_dir}", f"--audio={audio}",
-          f"--index={on_beam}", *TWO_WORKERS[:2], "--direct_running_mode", "multi_processing")
+  # A job of 2 worker processes SIGKILLed (driver and workers) after its first commit.
+  args = [f"--model={export_dir}", f"--audio={audio}", f"--index={on_beam}", *TWO_WORKERS]
+  paused = tmp_path / "paused"
+  proc = subprocess.Popen([sys.executable, "-c", _KILLED_INDEX, "index", *args,
+                           "--commit_files=1"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)),
+                          env=dict(os.environ, PAUSED=str(paused)))
+  try:
+    while not paused.exists() and proc.poll() is None:
+      time.sleep(0.05)
+    assert paused.exists(), proc.stderr.read()[-3000:]
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  killed = store.read_manifest(on_beam)
+  scanned, _ = indexer.scan(audio, False)
+  first = beam_index.plan_shards(sorted(scanned), scanned, 0, 2)[0]
+  assert killed.unfinished and {e.path for e in killed.files} == {
+      p for p, _, _ in first.files if not p.endswith("broken.wav")}
+  # The rerun, through the command line: Beam's own option names pass through.
+  r = cli("jaxaudio.search", "index", *args[:4], "--direct_num_workers=2",
+          "--direct_running_mode", "multi_processing")
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"{want['files']} files, {want['rows']} windows" in r.stdout
+  assert f"added {want['files'] - len(killed.files)}," in r.stdout
   assert "skipped: " in r.stdout and "broken.wav" in r.stdout
   # The console carries our lines only: no Beam, gRPC, TensorFlow or XLA start-up chatter.
   assert "apache_beam" not in r.stderr and "INFO" not in r.stderr, r.stderr[-2000:]
-  _assert_same_index(on_beam, single)
+  _assert_same_index(on_beam, single)   # the killed job's orphans and job folder gone
   manifest = store.read_manifest(on_beam)
-  plan = {store.segment_name(k) for k in range(1, 1 + beam_index.SHARDS_PER_WORKER * 2)}
-  assert len(manifest.segments) >= 2 and set(manifest.segments) <= plan   # one per shard
+  assert len(manifest.segments) >= 2
 
   # An update on Beam (in-process runner): one file changed, one deleted, one new.
   changed = os.path.abspath(os.path.join(audio, "low", sorted(os.listdir(
@@ -74,58 +120,66 @@ def test_two_beam_workers_give_the_single_process_index_row_for_row(collection, 
   _assert_same_index(on_beam, single)
 
 
-def test_a_retried_shard_adds_no_rows_and_a_failed_pipeline_commits_nothing(
+def test_a_failed_job_keeps_its_finished_shards_a_rerun_embeds_the_rest_and_retries_add_nothing(
     collection, export_dir, tmp_path, monkeypatch):
   audio = str(tmp_path / "audio")
   shutil.copytree(collection, audio)
   single, on_beam = str(tmp_path / "single"), str(tmp_path / "beam")
   indexer.update(single, audio, export_dir, workers=1, progress=False)
-  real = beam_index.EmbedShard.process
+  want = {e.path: e.count for e in store.read_manifest(single).files}
+  real = beam_index.write_record
   lost = {2}
 
-  def dies_after_writing(self, shard):   # a worker lost right after it wrote its segment
-    out = list(real(self, shard))
-    if shard.shard in lost:
+  def lost_before_reporting(folder, record):   # a worker lost after its segment, before its record
+    if record["shard"] in lost:
       raise RuntimeError("worker lost")
-    yield from out
+    real(folder, record)
 
-  monkeypatch.setattr(beam_index.EmbedShard, "process", dies_after_writing)
-  with pytest.raises(SearchIndexError, match="Beam pipeline failed.*worker lost.*nothing was "
-                     "committed"):
-    beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False)
-  assert store.MANIFEST not in os.listdir(on_beam)
+  monkeypatch.setattr(beam_index, "write_record", lost_before_reporting)
+  with pytest.raises(SearchIndexError, match="Beam pipeline failed.*worker lost.*shards that "
+                     "finished are committed.*embeds only what is not committed"):
+    beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False, commit_files=1)
+  scanned, _ = indexer.scan(audio, False)
+  shards = beam_index.plan_shards(sorted(scanned), scanned, 0, 1)
+  lost_files = {p for p, _, _ in shards[2].files}
+  m = store.read_manifest(on_beam)
+  committed = {e.path for e in m.files}
+  assert m.unfinished and committed and not committed & lost_files
   assert "seg-000003.emb.npy" in os.listdir(on_beam)   # shard 2's orphan segment
-  monkeypatch.setattr(beam_index.EmbedShard, "process", real)
+  mine, theirs = _rows_by_file(on_beam), _rows_by_file(single)
+  for path in committed:   # what was committed is the single-process index's, bit for bit
+    assert np.array_equal(mine[path][0], theirs[path][0]), path
+  monkeypatch.setattr(beam_index, "write_record", real)
 
-  # A shard run twice, both records reaching the sink (a runner's retry or speculative
-  # second attempt): it rewrites the same segment and the driver keeps one record.
+  # The rerun embeds only what was not committed, and a shard run twice (a runner's retry or
+  # speculative second attempt, both records reaching the driver) rewrites the same segment
+  # and is taken in once.
   plan = beam_index.plan_shards
 
   def twice(*args):
     shards = plan(*args)
-    return shards + [shards[1]]
+    return shards + [shards[-1]]
 
   monkeypatch.setattr(beam_index, "plan_shards", twice)
   got = beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False)
-  assert got["shards"] == beam_index.SHARDS_PER_WORKER + 1
-  _assert_same_index(on_beam, single)   # no leftover: the orphan was removed or rewritten
+  assert got["windows"] == sum(c for p, c in want.items() if p not in committed)
+  _assert_same_index(on_beam, single)   # no leftover: the orphan and the job folder removed
   m = store.read_manifest(on_beam)
-  assert len({e.path for e in m.files}) == len(m.files) == len(store.read_manifest(single).files)
+  assert len({e.path for e in m.files}) == len(m.files) == len(want)
   assert m.live_rows == sum(m.segments.values())   # no row stored twice
   monkeypatch.setattr(beam_index, "plan_shards", plan)
 
-  # A failed update leaves the previous commit as it was.
-  before = (store.read_manifest(on_beam).to_json(), _rows_by_file(on_beam))
+  # A failed update keeps the previous commit's files and rows as they were.
+  before = store.read_manifest(on_beam).files, _rows_by_file(on_beam)
   os.utime(os.path.join(audio, "long_sweep.wav"))
   lost.add(0)   # the update's one shard
-  monkeypatch.setattr(beam_index.EmbedShard, "process", dies_after_writing)
+  monkeypatch.setattr(beam_index, "write_record", lost_before_reporting)
   try:
-    with pytest.raises(SearchIndexError, match="the index is as before"):
-      beam_index.update(on_beam, audio, export_dir, TWO_WORKERS[:2] + [
-          "--direct_running_mode=in_memory"], progress=False)
+    with pytest.raises(SearchIndexError, match="the rest of the index is as before"):
+      beam_index.update(on_beam, audio, export_dir, ONE_WORKER, progress=False)
   finally:
-    monkeypatch.setattr(beam_index.EmbedShard, "process", real)
-  assert store.read_manifest(on_beam).to_json() == before[0]
+    monkeypatch.setattr(beam_index, "write_record", real)
+  assert store.read_manifest(on_beam).files == before[0]
   after = _rows_by_file(on_beam)
   assert all(np.array_equal(after[p][0], e) for p, (e, _) in before[1].items())
 
@@ -155,8 +209,8 @@ def test_pipeline_options_split_from_ours_and_each_remote_runner_builds_the_pipe
     assert [s.segment for s in shards] == [store.segment_name(6 + k) for k in range(len(shards))]
     pipeline = beam.Pipeline(options=options)
     beam_index.build(pipeline, shards, beam_index.EmbedShard(
-        "/shared/index", "/shared/model", featurize.Settings(), 64, None), "/shared/tmp/shards")
+        "/shared/index", "beam-000006", "/shared/model", featurize.Settings(), 64, None))
     proto = pipeline.to_runner_api()
     assert type(pipeline.runner).__name__ == name
     labels = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"Shards", "Spread", "Embed", "Records"} <= labels
+    assert {"Shards", "Spread", "Embed"} <= labels

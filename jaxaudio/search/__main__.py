@@ -164,12 +164,14 @@ def _index() -> int:
                         "--model=EXPORT_DIR (a jaxaudio.exported model).")
   audio = _need_audio("index")
   export_dir = _MODEL.value or stablehlo.for_run(_WORKDIR.value, step_flag(_STEP.value))
-  if _PIPELINE_ARGS:   # on Beam: the runner's workers embed, one commit at the end
+  if _PIPELINE_ARGS:   # on Beam: the runner's workers embed, the driver commits
     from jaxaudio.search import beam_index
     summary = beam_index.update(_INDEX.value, audio, export_dir, _PIPELINE_ARGS,
                                 rebuild=_REBUILD.value, strict=_STRICT.value,
                                 with_ann=_ANN.value, hop=_HOP.value,
-                                max_seconds=cli.seconds_limit(_MAX_SECONDS.value))
+                                max_seconds=cli.seconds_limit(_MAX_SECONDS.value),
+                                commit_files=_COMMIT_FILES.value,
+                                commit_seconds=_COMMIT_SECONDS.value)
   else:
     summary = update(_INDEX.value, audio, export_dir, rebuild=_REBUILD.value,
                      strict=_STRICT.value, with_ann=_ANN.value, workers=_WORKERS.value,

@@ -191,6 +191,15 @@ class _Writer:
                        bool(with_ann or (with_ann is None and self.prev_ann))}
     # a rebuild killed between its model install and its first commit left another model
     self.need_model = fresh or store.installed_weights(path) != ident["weights_sha256"]
+    self.in_flight: frozenset[str] = frozenset()   # names a running Beam job still writes
+
+  def adopt(self, segment: str, rows: int, files: list[list]) -> None:
+    """Take in a segment another process wrote (a Beam shard's), with its files' entries
+    [path, size, mtime_ns, start, count, seconds]; the next commit names them."""
+    if rows:
+      self.segments[segment] = rows
+    for path, size, mtime, start, count, seconds in files:
+      self.live[path] = store.Entry(path, size, mtime, segment, start, count, float(seconds))
 
   def commit(self, done, final: bool, unchanged: bool = False) -> store.Manifest:
     """Write `done` (files embedded since the last commit) as a new segment and swap in a
@@ -226,7 +235,7 @@ class _Writer:
       manifest.ann = None if self.with_ann is False else self.prev_ann
       manifest.unfinished = self.unfinished
     store.write_manifest(self.path, manifest)
-    store.remove_unreferenced(self.path, manifest)
+    store.remove_unreferenced(self.path, manifest, frozenset() if final else self.in_flight)
     return manifest
 
 

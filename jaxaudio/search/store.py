@@ -43,7 +43,7 @@ MODEL = "model"
 # Every name the index writer creates in PATH; a folder holding only these is an unfinished
 # build of its own, anything else makes it someone else's folder.
 OWN_FILES = re.compile(r"(\.lock|index\.json|model|model\.(tmp|old)-\d+|seg-\d+c?\.(emb|off)\.npy"
-                       r"|ann-\d+\.faiss|\.index\.json\.tmp-\d+)")
+                       r"|ann-\d+\.faiss|\.index\.json\.tmp-\d+|beam-\d+)")
 
 
 @dataclasses.dataclass
@@ -232,11 +232,14 @@ def foreign_files(path: str) -> list[str]:
   return sorted(n for n in os.listdir(path) if not OWN_FILES.fullmatch(n))
 
 
-def remove_unreferenced(path: str, manifest: Manifest | None) -> None:
+def remove_unreferenced(path: str, manifest: Manifest | None,
+                        in_flight: frozenset[str] = frozenset()) -> None:
   """Delete what a killed or finished writer left that `manifest` does not name: segments,
-  ANN graphs, temporary manifests and model copies; with no manifest (a first build that
-  never committed), every such file but the lock. Only the lock holder may call this."""
-  keep = {LOCK, MANIFEST}
+  ANN graphs, temporary manifests, model copies and Beam job folders; with no manifest (a
+  first build that never committed), every such file but the lock. `in_flight`: names a
+  running job is still writing (a Beam job's shard segments and done records), kept. Only
+  the lock holder may call this."""
+  keep = {LOCK, MANIFEST} | set(in_flight)
   if manifest is not None:
     keep |= {MODEL} | {f"{s}.{k}.npy" for s in manifest.segments for k in ("emb", "off")}
     if manifest.ann:
