@@ -66,7 +66,8 @@ def ivfpq(path: str, manifest: store.Manifest, rng) -> dict:
   file = os.path.join(path, entry["file"])
   dim = int(manifest.model["embedding_dim"])
   reader = ann.SpanRows(path, entry["spans"], manifest.segments, dim)
-  codes = ann.Codes(ann.load(file), ann.live_ids(entry["spans"], manifest), reader, file)
+  codes = ann.Codes(ann.load(file), ann.live_ids(entry["spans"], manifest), reader, file,
+                    refine=entry["refine"])
   n = manifest.live_rows
   one = reader.read(np.sort(rng.integers(0, n, 1)))
   four = reader.read(np.sort(rng.choice(n, 4, replace=False)))
@@ -114,13 +115,21 @@ def main():
   ap.add_argument("--compare", action="store_true", help="exact and HNSW at --compare_rows")
   ap.add_argument("--compare_rows", type=int, default=1_000_000)
   ap.add_argument("--keep", action="store_true", help="keep the index folder")
+  ap.add_argument("--reuse", action="store_true",
+                  help="take the rows a --keep run left in --work (same --rows) instead of "
+                       "writing them again")
   args = ap.parse_args()
   import jax  # pylint: disable=import-outside-toplevel
   print(f"device: {jax.devices()[0].device_kind}, cores: {os.cpu_count()}, dim {args.dim}, "
         f"spread {args.spread}, {args.rows:,} rows", flush=True)
   rng = np.random.default_rng(1)
   t = time.perf_counter()
-  manifest = write_index(args.work, args.rows, args.dim, args.spread)
+  if args.reuse and os.path.exists(os.path.join(args.work, store.MANIFEST)):
+    manifest = store.read_manifest(args.work)
+    manifest.ann = None
+    assert manifest.live_rows == args.rows, (manifest.live_rows, args.rows)
+  else:
+    manifest = write_index(args.work, args.rows, args.dim, args.spread)
   print(f"  rows written in {time.perf_counter() - t:.0f} s", flush=True)
   r = ivfpq(args.work, manifest, rng)
   e = r["entry"]
@@ -128,7 +137,8 @@ def main():
         f"{e['code_bytes']} B codes; build (train + add + recall ladder) {r['build']:.0f} s; "
         f"index file {e['bytes'] / 2**20:.0f} MiB = {r['bytes_per_row']:.1f} B/window; "
         f"max RSS {rss_mb():.0f} MiB")
-  print(f"recall@10 by nprobe ({e['recall_queries']} held-out queries): {e['recall_by_nprobe']}")
+  print(f"recall@10 by nprobe ({e['recall_queries']} held-out queries, {ann.REFINE} re-scored): "
+        f"{e['recall_by_nprobe']}; the ladder [nprobe, re-scored, recall]: {e['recall_ladder']}")
   print("| windows | method | RAM B/window | build s | recall@10 | nprobe | 1 window ms | "
         "4 windows ms |")
   print("|---|---|---|---|---|---|---|---|")

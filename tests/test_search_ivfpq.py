@@ -114,6 +114,33 @@ def test_ivfpq_recall_against_exact_search_is_measured_and_stored(tmp_path, iden
       == entry["nprobe"] + 3
 
 
+def test_ivfpq_rescores_more_candidates_where_nprobe_stops_helping(tmp_path, identity,
+                                                                   export_dir, monkeypatch):
+  """Dense neighbourhoods (600 rows a centre): the true neighbours sit in the lists scanned,
+  but their codes rank below the re-scored few, so nprobe plateaus and the build doubles the
+  re-scored candidates until recall@10 reaches the target; the Searcher re-scores as many."""
+  from jaxaudio.search import ann
+  from jaxaudio.search.searcher import Searcher
+  monkeypatch.setattr(ann, "REFINE", 16)
+  dim = identity["embedding_dim"]
+  emb = clustered(ROWS, dim, seed=3, centres=20, spread=0.35)
+  names = [f"/archive/{i:05d}.wav" for i in range(ROWS // 8)]
+  entry = write_index(str(tmp_path / "index"), identity, export_dir, emb, names, 8,
+                      "ivfpq").ann
+  by_nprobe = list(entry["recall_by_nprobe"].values())
+  assert by_nprobe[-1] < RECALL and by_nprobe[-1] - by_nprobe[-2] < ann.PLATEAU   # stopped helping
+  assert entry["refine"] > 16 and entry["recall_at_10"] >= RECALL
+  assert entry["recall_ladder"][-1] == [entry["nprobe"], entry["refine"], entry["recall_at_10"]]
+  assert all(r < RECALL for _, _, r in entry["recall_ladder"][:-1])   # the first to reach it
+  s = Searcher(str(tmp_path / "index"), use_ann=True)
+  assert s._graph.refine == entry["refine"]
+  pick = np.random.default_rng(7).choice(ROWS, 200, replace=False)
+  truth = flat_top(emb, emb[pick], 11)
+  assert ann.recall_of(s._graph.search(emb[pick], 11, s.nprobe)[1], truth, pick) >= RECALL
+  s._graph.refine = 16
+  assert ann.recall_of(s._graph.search(emb[pick], 11, s.nprobe)[1], truth, pick) < RECALL
+
+
 def test_ivfpq_extended_over_two_updates_holds_one_builds_row_set(tmp_path, trained,
                                                                   export_dir):
   """Through the indexer: a second update adds the new files' rows to the codes (no

@@ -167,8 +167,10 @@ ROWS_PER_LIST = 39          # FAISS k-means wants at least 39 training rows per 
 TRAIN_ROWS_PER_LIST = 64
 MAX_TRAIN_ROWS = 262144
 MIN_IVFPQ_ROWS = 1000
-REFINE = 1024               # codes re-scored exactly per query window
-TARGET_RECALL = 0.95        # the build picks the smallest nprobe that reaches it
+REFINE = 1024               # codes re-scored exactly per query window, at the least
+MAX_REFINE = 16384          # ... and at the most (each costs a random read of its float row)
+TARGET_RECALL = 0.95        # the build picks the smallest nprobe (then refine) reaching it
+PLATEAU = 0.005             # recall gained by doubling nprobe below this: refine is the limit
 MAX_NPROBE = 1024
 RETRAIN_GROWTH = 4.0        # rows grown this much past the training: train again
 ADD_CHUNK = 262144          # rows read from the segments and added at once
@@ -260,7 +262,8 @@ class Codes:
   per query window, their float rows (SpanRows) score them exactly; dead ids are skipped."""
 
   def __init__(self, index: Any, to_live: np.ndarray, reader: SpanRows,
-               file: str = "the approximate index"):
+               file: str = "the approximate index", refine: int | None = None):
+    self.refine = int(refine or REFINE)
     if index.ntotal != len(to_live) or reader.total != len(to_live):
       raise SearchIndexError(f"{file} holds {index.ntotal} rows, the manifest says "
                              f"{len(to_live)}; {REBUILD}")
@@ -286,7 +289,7 @@ class Codes:
     self._params.nprobe = min(nprobe, self.nlist)
     if self._hnsw:   # the coarse graph must offer at least nprobe lists
       self._params.quantizer_params.efSearch = max(ef, nprobe)
-    fetch = min(max(REFINE, k), len(self.to_live))
+    fetch = min(max(self.refine, k), len(self.to_live))
     _, ids = self.index.search(windows, fetch, params=self._params)
     found = ids >= 0
     uniq = np.unique(ids[found])
@@ -435,9 +438,9 @@ def upkeep(index_path: str, prev: dict[str, Any] | None, manifest: store.Manifes
   if method == "ivfpq":
     codes = Codes(index, to_live, reader, name)
     entry.update(_ivfpq_recall(codes, reader, to_live, held_out))
-    entry.update({"kind": f"faiss {factory_of(index)}, {REFINE} re-scored exactly",
+    entry.update({"kind": f"faiss {factory_of(index)}, {codes.refine} re-scored exactly",
                   "lists": codes.nlist, "code_bytes": code_bytes(index),
-                  "refine": REFINE, "trained_for_rows": trained_for, "dead_rows": codes.dead})
+                  "refine": codes.refine, "trained_for_rows": trained_for, "dead_rows": codes.dead})
   else:
     rows = rows if rows is not None else store.load_rows(index_path, manifest)
     searchable = Graph(index, to_live, name)
@@ -465,8 +468,12 @@ def code_bytes(index: Any) -> int:
 def _ivfpq_recall(codes: Codes, reader: SpanRows, to_live: np.ndarray, held_out: np.ndarray,
                   seed: int = 0) -> dict[str, Any]:
   """recall@10 against exact search on up to RECALL_QUERIES live rows held out of training,
-  at nprobe 1, 2, 4, ... until TARGET_RECALL (or MAX_NPROBE, or every list); the smallest
-  nprobe reaching it becomes the index's default."""
+  at nprobe 1, 2, 4, ... until TARGET_RECALL. When doubling nprobe gains less than PLATEAU,
+  the re-scored candidates are what limits recall (the true neighbours sit in the lists
+  scanned but their codes rank below REFINE others: dense neighbourhoods, thousands of rows
+  a sound kind), so from there the candidates double instead (up to MAX_REFINE), and back to
+  nprobe when that stops paying, until the target or both limits. The first step reaching
+  the target (else the best) gives the index's nprobe and refine (codes.refine is set)."""
   live = held_out[to_live[held_out] >= 0]
   if len(live) < RECALL_QUERIES:   # an extension by few rows: top up with other live rows
     others = np.setdiff1d(np.flatnonzero(to_live >= 0), live)
@@ -480,15 +487,28 @@ def _ivfpq_recall(codes: Codes, reader: SpanRows, to_live: np.ndarray, held_out:
     return {"recall_at_10": 1.0, "nprobe": 1, "recall_by_nprobe": {}, "recall_queries": 0}
   queries, pick = reader.read(ids), to_live[ids]
   exact = exact_top_streamed(reader, to_live, queries, 11)
-  by_nprobe: dict[str, float] = {}
-  nprobe, top = 1, min(codes.nlist, MAX_NPROBE)
+  recall = lambda nprobe: recall_of(codes.search(queries, 11, nprobe)[1], exact, pick)  # noqa: E731
+  base, top, cap = codes.refine, min(codes.nlist, MAX_NPROBE), min(MAX_REFINE, len(to_live))
+  ladder: list[list] = []        # [nprobe, refine, recall] in the order measured
+  nprobe, moving, last = 1, "nprobe", -1.0
   while True:
-    by_nprobe[str(nprobe)] = recall_of(codes.search(queries, 11, nprobe)[1], exact, pick)
-    if by_nprobe[str(nprobe)] >= TARGET_RECALL or nprobe >= top:
+    got = recall(nprobe)
+    ladder.append([nprobe, codes.refine, got])
+    more = {"nprobe": nprobe < top, "refine": codes.refine < cap}
+    if got >= TARGET_RECALL or not any(more.values()):
       break
-    nprobe = min(2 * nprobe, top)
-  best = next((int(p) for p, r in by_nprobe.items() if r >= TARGET_RECALL),
-              max(by_nprobe, key=lambda p: (by_nprobe[p], -int(p))))
-  return {"recall_at_10": by_nprobe[str(best)], "nprobe": int(best),
-          "recall_by_nprobe": by_nprobe, "recall_queries": len(ids),
+    other = "refine" if moving == "nprobe" else "nprobe"
+    if (got - last < PLATEAU or not more[moving]) and more[other]:
+      moving = other             # this knob stopped paying: the other one is the limit
+    last = got
+    if moving == "nprobe":
+      nprobe = min(2 * nprobe, top)
+    else:
+      codes.refine = min(2 * codes.refine, cap)
+  chosen = next((s for s in ladder if s[2] >= TARGET_RECALL),
+                max(ladder, key=lambda s: (s[2], -s[0] * s[1])))
+  codes.refine = chosen[1]
+  return {"recall_at_10": chosen[2], "nprobe": chosen[0],
+          "recall_by_nprobe": {str(n): r for n, f, r in ladder if f == base},
+          "recall_ladder": ladder, "recall_queries": len(ids),
           "target_recall": TARGET_RECALL}

@@ -143,7 +143,8 @@ class Searcher:
     if ann.method_of(self.manifest.ann) == "ivfpq":
       reader = ann.SpanRows(self.path, spans, self.manifest.segments,
                             int(self.manifest.model["embedding_dim"]))
-      self._graph = ann.Codes(ann.load(file), to_live, reader, file)
+      self._graph = ann.Codes(ann.load(file), to_live, reader, file,
+                              refine=self.manifest.ann.get("refine", ann.REFINE))
       if self.nprobe is None:
         self.nprobe = int(self.manifest.ann["nprobe"])
     else:
