@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import sys
 import time
 
@@ -34,7 +35,8 @@ from jaxaudio.audio.io import audio_files
 from jaxaudio.runtime.errors import AudioError, ConfigError, JaxAudioError
 from jaxaudio.evaluation import thresholds as validation_thresholds
 from jaxaudio.runs.rundir import step_flag
-from jaxaudio.inference.stream import LOUDNESS_MODES, PCM_FORMATS, Stream, pcm_blocks
+from jaxaudio.inference.stream import (LOUDNESS_MODES, PCM_FORMATS, DeviceInput, Stream,
+                                       pcm_blocks)
 
 DEFAULT_THRESHOLD = 0.5   # events, and multi-label labels, when --threshold is not given
 
@@ -69,6 +71,12 @@ _STREAM_RATE = flags.DEFINE_integer("stream_rate", 0, "--stream: sample rate of 
                                     "(0 = the model's; another is resampled).", lower_bound=0)
 _STREAM_CHANNELS = flags.DEFINE_integer("stream_channels", 1, "--stream: interleaved channels "
                                         "(averaged to mono).", lower_bound=1)
+_STREAM_DEVICE = flags.DEFINE_string("stream_device", None, "--stream: read a PortAudio input "
+                                     "device (a microphone: its name or index from python -m "
+                                     "sounddevice, or default) instead of stdin; Ctrl-C ends.")
+_STREAM_SECONDS = flags.DEFINE_float("stream_seconds", 0.0, "--stream: stop after this many "
+                                     "seconds of audio (0 = at the end of stdin, or Ctrl-C).",
+                                     lower_bound=0.0)
 _STREAM_LOUDNESS = flags.DEFINE_enum("stream_loudness", "running", list(LOUDNESS_MODES),
                                      "--stream: running = peak normalisation by the loudest "
                                      "sample so far; none = samples as they come.")
@@ -139,7 +147,17 @@ def _stream(model: exported.ExportedModel) -> int:
     raise ConfigError(f"--hop: {err}") from err
   rate = _STREAM_RATE.value or int(meta["frontend"]["sample_rate"])
   skipped = [k for k in ("trim_db", "denoise") if float(meta["settings"].get(k, 0) or 0) > 0]
-  print(f"streaming: {_STREAM_FORMAT.value} {rate} Hz x{_STREAM_CHANNELS.value} from stdin, "
+  if _STREAM_DEVICE.value:
+    try:
+      source = DeviceInput(_STREAM_DEVICE.value, _STREAM_FORMAT.value, _STREAM_CHANNELS.value,
+                           rate, _STREAM_SECONDS.value)
+    except RuntimeError as err:
+      raise JaxAudioError(f"--stream_device: {err}.") from None
+    signal.signal(signal.SIGINT, lambda *_: source.stop())   # Ctrl-C: close, flush events
+    where, label = f"device {_STREAM_DEVICE.value!r}", f"device:{_STREAM_DEVICE.value}"
+  else:
+    source, where, label = sys.stdin.buffer, "stdin", "stdin"
+  print(f"streaming: {_STREAM_FORMAT.value} {rate} Hz x{_STREAM_CHANNELS.value} from {where}, "
         f"window {stream.window_seconds:.2f} s every {stream.hop_seconds:.2f} s; loudness "
         f"{_STREAM_LOUDNESS.value}" + (f"; not applied live: {', '.join(skipped)}" if skipped
                                       else ""), file=sys.stderr)
@@ -149,8 +167,10 @@ def _stream(model: exported.ExportedModel) -> int:
   out.writerow(writers.EVENT_COLUMNS if not _WINDOWS.value
                else ["kind", "start", "end", "label"] + classes)
   found = 0
-  blocks = pcm_blocks(sys.stdin.buffer, _STREAM_FORMAT.value, _STREAM_CHANNELS.value, rate,
+  blocks = pcm_blocks(source, _STREAM_FORMAT.value, _STREAM_CHANNELS.value, rate,
                       int(meta["frontend"]["sample_rate"]))
+  if _STREAM_SECONDS.value and not _STREAM_DEVICE.value:
+    blocks = _first_seconds(blocks, _STREAM_SECONDS.value, int(meta["frontend"]["sample_rate"]))
   try:
     for windows, ended in stream.run(blocks):
       if _WINDOWS.value:
@@ -158,9 +178,9 @@ def _stream(model: exported.ExportedModel) -> int:
           out.writerow(["window", f"{s:.3f}", f"{e:.3f}", classes[int(row.argmax())]]
                        + [f"{p:.6f}" for p in row])
       for ev in ended:
-        row = writers.event_row("stdin", ev)
+        row = writers.event_row(label, ev)
         out.writerow(row if not _WINDOWS.value else ["event"] + row[1:4] + [row[4]])
-      events.add_events("stdin", ended)
+      events.add_events(label, ended)
       found += len(ended)
       sys.stdout.flush()
   finally:
@@ -168,6 +188,16 @@ def _stream(model: exported.ExportedModel) -> int:
   print(f"streamed {stream.seconds:.1f} s of audio: {found} events; wrote {_OUT.value}",
         file=sys.stderr)
   return 0
+
+
+def _first_seconds(blocks, seconds: float, rate: int):
+  """The blocks up to `seconds` of audio at `rate` (--stream_seconds on stdin)."""
+  left = int(round(seconds * rate))
+  for x in blocks:
+    if left <= 0:
+      return
+    yield x[:left]
+    left -= len(x)
 
 
 def main(argv):

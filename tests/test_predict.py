@@ -354,3 +354,46 @@ def test_a_live_stream_reports_the_offline_events_once_each_as_they_end(detector
   _, ended = stream.close()
   assert latency and max(latency) <= stream.window_seconds + stream.hop_seconds, latency
   assert len(latency) + len(ended) == len(offline)
+
+
+_FILE_MICROPHONE = """pcm.filemic {{
+  type file
+  slave.pcm "null"
+  file "/dev/null"
+  infile "{infile}"
+  format "raw"
+}}
+"""
+
+
+def test_a_microphone_through_portaudio_reports_the_offline_events(detector, cli, tmp_path):
+  """predict --stream --stream_device: the recording captured from a PortAudio input device
+  (ALSA's `file` plugin, a capture device that plays a raw file, defined in the ~/.asoundrc
+  of the command's HOME) gives the events of predict --windows on the file, once each."""
+  workdir, long, _ = detector
+  r = cli("jaxaudio.predict", f"--workdir={workdir}", f"--audio={long}",
+          f"--out={tmp_path / 'off.csv'}", "--windows", "--hop=0.25", "--threshold=0.5")
+  assert r.returncode == 0, r.stderr
+  offline = _read_csv(tmp_path / "off.events.csv")
+  pcm, rate = sf.read(long, dtype="int16")
+  raw = tmp_path / "mic.s16"
+  raw.write_bytes(pcm.astype("<i2").tobytes())
+  home = tmp_path / "home"
+  home.mkdir()
+  (home / ".asoundrc").write_text(_FILE_MICROPHONE.format(infile=raw))
+  live = tmp_path / "mic.events.csv"
+  r = cli("jaxaudio.predict", "--stream", f"--workdir={workdir}", "--stream_device=filemic",
+          f"--stream_rate={rate}", f"--stream_seconds={len(pcm) / rate}",
+          "--stream_loudness=none", "--hop=0.25", "--threshold=0.5", f"--out={live}",
+          env={"HOME": str(home)})
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "from device 'filemic'" in r.stderr
+  streamed = _read_csv(live)
+  key = lambda e: (e["label"], e["start"], e["end"])  # noqa: E731
+  assert sorted(map(key, streamed)) == sorted(map(key, offline)) and len(offline) >= 3
+  assert {e["file"] for e in streamed} == {"device:filemic"}
+  # A device that is not there is one sentence.
+  r = cli("jaxaudio.predict", "--stream", f"--workdir={workdir}", "--stream_device=nosuchmic",
+          f"--out={tmp_path / 'no.csv'}", env={"HOME": str(home)})
+  assert r.returncode == 2 and "cannot open input device 'nosuchmic'" in r.stderr, r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -262,3 +262,55 @@ def pcm_blocks(source, fmt: str = "s16le", channels: int = 1, rate: int = 0,
       yield x
     if last:
       return
+
+
+class DeviceInput:
+  """A PortAudio input device (a microphone, or any ALSA/CoreAudio/WASAPI capture device
+  PortAudio lists) read as the raw PCM file pcm_blocks takes: `read(n)` returns the next
+  whole frames of at most n bytes as they are captured, b"" once `seconds` of audio were
+  read or stop() was called (Ctrl-C), so the stream closes and flushes its open events.
+
+  Needs the PortAudio library (Debian: libportaudio2) and the `sounddevice` package
+  (`pip install 'jaxaudio[mic]'`); `device` is a name or index from
+  `python -m sounddevice`, "default" the system's default input."""
+
+  def __init__(self, device: str, fmt: str, channels: int, rate: int, seconds: float = 0.0):
+    try:   # only a device stream needs PortAudio: imported here, not with the module
+      import sounddevice  # pylint: disable=import-outside-toplevel
+    except (ImportError, OSError) as err:
+      raise RuntimeError(f"reading a microphone needs PortAudio and sounddevice ({err}); "
+                         "install them (apt install libportaudio2; pip install "
+                         "'jaxaudio[mic]'), or pipe PCM into stdin instead") from None
+    self.frame = PCM_FORMATS[fmt].itemsize * channels
+    self.left = int(round(seconds * rate)) if seconds else None
+    self._stopped = False
+    name: str | int | None = None if device == "default" else (
+        int(device) if device.isdigit() else device)
+    try:
+      self.stream = sounddevice.RawInputStream(
+          samplerate=rate, channels=channels, device=name,
+          dtype={"s16le": "int16", "f32le": "float32"}[fmt])
+      self.stream.start()
+    except (sounddevice.PortAudioError, ValueError) as err:
+      raise RuntimeError(f"cannot open input device {device!r} at {rate} Hz x{channels} "
+                         f"({err}); list the devices with python -m sounddevice") from None
+
+  def stop(self) -> None:
+    self._stopped = True
+
+  def read(self, n: int) -> bytes:
+    frames = max(1, n // self.frame)
+    if self.left is not None:
+      frames = min(frames, self.left)
+    if self._stopped or frames == 0:
+      self.close()
+      return b""
+    data, _ = self.stream.read(frames)   # blocks until captured; an overflow drops input
+    if self.left is not None:
+      self.left -= frames
+    return bytes(data)
+
+  def close(self) -> None:
+    if not self.stream.closed:
+      self.stream.stop()
+      self.stream.close()
