@@ -88,9 +88,11 @@ def test_two_beam_workers_killed_and_rerun_give_the_single_process_index_row_for
     proc.wait()
   killed = store.read_manifest(on_beam)
   scanned, _ = indexer.scan(audio, False)
-  first = beam_index.plan_shards(sorted(scanned), scanned, 0, 2)[0]
-  assert killed.unfinished and {e.path for e in killed.files} == {
-      p for p, _, _ in first.files if not p.endswith("broken.wav")}
+  plan = beam_index.plan_shards(sorted(scanned), scanned, 0, 2)
+  shard_files = [{p for p, _, _ in s.files if not p.endswith("broken.wav")} for s in plan]
+  # one shard's record committed: whichever reached the job folder first (its files, or none
+  # when that shard held only the broken file)
+  assert killed.unfinished and {e.path for e in killed.files} in shard_files
   # The rerun, through the command line: Beam's own option names pass through.
   r = cli("jaxaudio.search", "index", *args[:4], "--direct_num_workers=2",
           "--direct_running_mode", "multi_processing")
