@@ -2,8 +2,8 @@
 collectives over loopback), the same program a TPU pod or a GPU cluster runs per host.
 
 Against a 1-process run on 2 devices with the same config, crossing the probe -> fine-tune
-boundary: bitwise equal final parameters and equal reports (the global batches do not
-depend on the number of processes); both processes SIGKILLed and relaunched end bitwise
+boundary: bitwise equal final parameters and equal reports, continuous scores to rounding
+(the global batches do not depend on the number of processes); both processes SIGKILLed and relaunched end bitwise
 equal to an uninterrupted run; one process killed alone takes the other down."""
 
 import json
@@ -70,6 +70,27 @@ def bitwise_equal(a, b):
   return all(x.dtype == y.dtype and x.tobytes() == y.tobytes() for x, y in zip(la, lb))
 
 
+def assert_same_report(a, b, path="report"):
+  """Equal reports: every count, decision and label exactly; continuous scores (ECE,
+  average precision, retrieval, robustness) to 1e-8 absolute or 1e-6 relative. A pod's end-of-run
+  evaluation has put one window's float32 probability an ulp from one process's in some
+  runs (ECE 0.2110470238 against 0.2110470250, 2026-12-07, AVX2 EPYC) while its parameters
+  were bitwise equal and `jaxaudio.evaluate` on the same checkpoint matched one process
+  bitwise 3 times of 3. An ulp moves a score 1.4e-9 here; a changed decision moves it 1e-2."""
+  if isinstance(a, dict):
+    assert isinstance(b, dict) and sorted(a) == sorted(b), (path, sorted(a), b)
+    for k in a:
+      assert_same_report(a[k], b[k], f"{path}.{k}")
+  elif isinstance(a, list):
+    assert isinstance(b, list) and len(a) == len(b), (path, a, b)
+    for i, (x, y) in enumerate(zip(a, b)):
+      assert_same_report(x, y, f"{path}[{i}]")
+  elif isinstance(a, float) and isinstance(b, float):
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-8), (path, a, b)
+  else:
+    assert a == b, (path, a, b)
+
+
 def report(workdir):
   test = json.load(open(f"{workdir}/report/test_metrics.json"))
   test.pop("train_seconds")
@@ -114,9 +135,10 @@ def test_two_processes_equal_one_process_on_two_devices(pod_runs, dataset, mode)
   assert bitwise_equal(saved_state(pod, STEPS), saved_state(single, STEPS))
   pod_test, pod_eval = report(pod)
   single_test, single_eval = report(single)
-  # Continuous scores (ECE, per-class AP, retrieval, robustness) equal to the last digit,
-  # and training moved the embeddings: not two runs that both learned nothing.
-  assert pod_test == single_test and pod_eval == single_eval
+  # Counts and decisions equal, continuous scores to rounding, and training moved the
+  # embeddings: not two runs that both learned nothing.
+  assert_same_report(pod_test, single_test)
+  assert_same_report(pod_eval, single_eval)
   assert set(pod_eval) >= {"classification", "retrieval"} | ({"robustness"} if mode == "jit"
                                                               else set())
   start, tuned = pod_eval["retrieval"].values()
@@ -212,7 +234,7 @@ def test_evaluate_command_on_two_processes(pod_runs):
                          "--bootstrap=50"], cwd=ROOT, env=dict(env(), MODULE="jaxaudio.evaluate"),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert report(pod)[1] == before
+  assert_same_report(report(pod)[1], before)
   lines = proc.stdout.splitlines()
   assert [l[:5] for l in lines if "{" in l] == ["[0] {"]    # the summary, from process 0 only
   assert sum(l.startswith("[0] report: ") for l in lines) == 1 and "[1] report" not in proc.stdout

@@ -24,10 +24,9 @@ def batch_norm(name: str, use_running_average: bool, axis: int = -1,
   pmap devices, so N devices train like one device with the global batch. Statistics and
   scale stay float32 even under bfloat16 compute. The variance is mean((x - mean)^2), not
   Flax's default mean(x^2) - mean^2, which cancels where the mean is large against the
-  spread: with YNNPACK's kernels the one-pass form let 2 devices drift 6.5e-5 from one
-  device after 3 Adam steps (two-pass: 1.2e-7), and it doubles the median error of aiSFX's
-  float32 training gradients against float64 (4.2e-4 against 2.0e-4, bench/grad_accuracy.py),
-  at no measurable cost in step time."""
+  spread: the one-pass form doubles the median error of aiSFX's float32 training gradients
+  against float64 (4.2e-4 against 2.0e-4, bench/grad_accuracy.py), at no measurable cost in
+  step time."""
   return nn.BatchNorm(use_running_average=use_running_average, momentum=momentum,
                       epsilon=epsilon, axis=axis, dtype=jnp.float32, axis_name=axis_name,
                       use_fast_variance=False,

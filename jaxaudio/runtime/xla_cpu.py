@@ -13,7 +13,8 @@ its forward.
 Its float32 arithmetic sums in another order: the gradients of aiSFX's training step lie
 2.0e-4 (median leaf, relative norm; worst 1.1e-3) off a float64 reference, XLA's own
 kernels 9.0e-4 (worst 1.6e-3), PyTorch's float32 1.2e-4 (worst 1.4e-3) at the same point
-(`bench/grad_accuracy.py --torch`); N devices match one device to 1.2e-7 after 3 Adam steps.
+(`bench/grad_accuracy.py --torch`); N devices match one device to 1.2e-7 after 3 Adam steps
+(average pools: tests/parallel_equivalence.py).
 The option only changes how XLA compiles for the CPU; GPU and TPU programs are untouched,
 so it is safe to set on every machine.
 
