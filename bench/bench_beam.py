@@ -1,6 +1,7 @@
 """`search index` on Apache Beam against today's single-process command, side by side.
 
   python bench/bench_beam.py [--files=120] [--seconds=12] [--rounds=2] [--model=EXPORT_DIR]
+                             [--cores_per_worker=K]
 
 Writes --files synthetic recordings of --seconds each (tones with envelopes plus noise, at
 32 kHz so every file is resampled as an archive's would be), then indexes the same folder
@@ -16,7 +17,14 @@ windows per second that makes, the best of the rounds (other processes share the
 and the CPU seconds it used with every process it started (less sensitive to them),
 then the two ratios the goals name: beam-2 / beam-1 windows/s (goal >= 1.7) and the overhead
 of beam-1 against single (goal <= 10%). It also checks that each Beam index holds the single
-index's rows bit for bit. Without --model it trains the tests' tiny scratch model (about a
+index's rows bit for bit.
+
+--cores_per_worker=K emulates a machine with K cores for every worker: each command gets
+K cores per worker it runs (single and beam-1 K, beam-2 2K; os.sched_setaffinity, which
+its workers inherit) and XLA, BLAS and OpenMP are told to use K threads, so the ratio
+beam-2 / beam-1 measures how the Beam path scales with workers rather than how one process
+already fills this machine (unpinned, one `search index` uses 1.9 of its 2 cores, so two
+workers cannot add throughput here). Without --model it trains the tests' tiny scratch model (about a
 minute), whose forward pass is far cheaper than a real model's; pass an aiSFX export for
 figures that mean something.
 """
@@ -71,13 +79,35 @@ def _cpu() -> float:
   return use.ru_utime + use.ru_stime
 
 
-def run(name: str, model: str, audio: str, index: str) -> tuple[float, float, str]:
+WORKERS = {"single": 1, "beam-1": 1, "beam-2": 2}
+
+
+def limits(name: str, cores_per_worker: int) -> tuple[dict[str, str] | None, object]:
+  """(environment, preexec function) giving `name` cores_per_worker cores a worker; (None,
+  None) for no limit."""
+  if not cores_per_worker:
+    return None, None
+  k = cores_per_worker
+  cores = sorted(os.sched_getaffinity(0))[:k * WORKERS[name]]
+  if len(cores) < k * WORKERS[name]:
+    raise SystemExit(f"--cores_per_worker={k}: {name} needs {k * WORKERS[name]} cores, "
+                     f"this machine lets the bench use {len(os.sched_getaffinity(0))}")
+  threads = {v: str(k) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+  xla = (f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={k > 1} "
+         f"intra_op_parallelism_threads={k}").strip()
+  return dict(os.environ, XLA_FLAGS=xla, **threads), lambda: os.sched_setaffinity(0, cores)
+
+
+def run(name: str, model: str, audio: str, index: str, cores_per_worker: int = 0
+        ) -> tuple[float, float, str]:
   """(wall s, CPU s of the command and every process it started, its summary line)."""
   shutil.rmtree(index, ignore_errors=True)
   cmd = [sys.executable, "-m", "jaxaudio.search", "index", f"--model={model}",
          f"--audio={audio}", f"--index={index}", *COMMANDS[name]]
+  env, preexec = limits(name, cores_per_worker)
   t, cpu = time.perf_counter(), _cpu()
-  r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+  r = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, env=env,
+                     preexec_fn=preexec)
   wall, cpu = time.perf_counter() - t, _cpu() - cpu
   if r.returncode:
     raise SystemExit(f"{name} failed:\n{r.stdout}\n{r.stderr[-3000:]}")
@@ -110,6 +140,8 @@ def main() -> None:
   ap.add_argument("--seconds", type=float, default=12.0)
   ap.add_argument("--rounds", type=int, default=2)
   ap.add_argument("--model", default=None)
+  ap.add_argument("--cores_per_worker", type=int, default=0,
+                  help="pin each command to this many cores a worker (0: no limit)")
   args = ap.parse_args()
   tmp = tempfile.mkdtemp(prefix="bench_beam-")
   try:
@@ -120,7 +152,8 @@ def main() -> None:
     cpus: dict[str, list[float]] = {k: [] for k in COMMANDS}
     for rnd in range(args.rounds):
       for name in COMMANDS:
-        wall, cpu, line = run(name, model, audio, os.path.join(tmp, name))
+        wall, cpu, line = run(name, model, audio, os.path.join(tmp, name),
+                              args.cores_per_worker)
         walls[name].append(wall)
         cpus[name].append(cpu)
         print(f"round {rnd + 1} {name:7s} {wall:7.1f} s wall {cpu:7.1f} s CPU   {line} "
@@ -128,7 +161,8 @@ def main() -> None:
     want = rows(os.path.join(tmp, "single"))
     windows = sum(c for _, c, _ in want[0])
     print(f"\n{args.files} files x {args.seconds:g} s, {windows} windows, model "
-          f"{os.path.basename(os.path.normpath(model))}, {os.cpu_count()} cores")
+          f"{os.path.basename(os.path.normpath(model))}, {os.cpu_count()} cores"
+          + (f", {args.cores_per_worker} pinned a worker" if args.cores_per_worker else ""))
     print(f"{'command':8s} {'best wall s':>11s} {'windows/s':>10s} {'CPU s':>7s}  "
           "rounds (wall s)  same rows")
     best = {k: min(v) for k, v in walls.items()}
