@@ -24,9 +24,10 @@ K cores per worker it runs (single and beam-1 K, beam-2 2K; os.sched_setaffinity
 its workers inherit) and XLA, BLAS and OpenMP are told to use K threads, so the ratio
 beam-2 / beam-1 measures how the Beam path scales with workers rather than how one process
 already fills this machine (unpinned, one `search index` uses 1.9 of its 2 cores, so two
-workers cannot add throughput here). Without --model it trains the tests' tiny scratch model (about a
-minute), whose forward pass is far cheaper than a real model's; pass an aiSFX export for
-figures that mean something.
+workers cannot add throughput here).
+
+Without --model it trains the tests' tiny scratch model (about a minute), whose forward pass
+is far cheaper than a real model's; pass an aiSFX export for figures that mean something.
 """
 
 from __future__ import annotations

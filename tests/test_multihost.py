@@ -3,8 +3,9 @@ collectives over loopback), the same program a TPU pod or a GPU cluster runs per
 
 Against a 1-process run on 2 devices with the same config, crossing the probe -> fine-tune
 boundary: bitwise equal final parameters and equal reports, continuous scores to rounding
-(the global batches do not depend on the number of processes); both processes SIGKILLed and relaunched end bitwise
-equal to an uninterrupted run; one process killed alone takes the other down."""
+(the global batches do not depend on the number of processes); both processes SIGKILLed and
+relaunched end bitwise equal to an uninterrupted run; one process killed alone takes the
+other down."""
 
 import json
 import os
@@ -72,8 +73,8 @@ def bitwise_equal(a, b):
 
 def assert_same_report(a, b, path="report"):
   """Equal reports: every count, decision and label exactly; continuous scores (ECE,
-  average precision, retrieval, robustness) to 1e-8 absolute or 1e-6 relative. A pod's end-of-run
-  evaluation has put one window's float32 probability an ulp from one process's in some
+  average precision, retrieval, robustness) to 1e-8 absolute or 1e-6 relative. A pod's
+  end-of-run evaluation has put one window's float32 probability an ulp from one process's in some
   runs (ECE 0.2110470238 against 0.2110470250, 2026-12-07, AVX2 EPYC) while its parameters
   were bitwise equal and `jaxaudio.evaluate` on the same checkpoint matched one process
   bitwise 3 times of 3. An ulp moves a score 1.4e-9 here; a changed decision moves it 1e-2."""
