@@ -15,7 +15,6 @@ from absl import flags
 from jaxaudio.runtime.command import cli
 from jaxaudio.runtime import hosts
 from jaxaudio.runtime.errors import JaxAudioError
-from jaxaudio.workflows.crossval import cross_validate
 from jaxaudio.evaluation.heldout import evaluate_run
 from jaxaudio.runs.rundir import step_flag
 
@@ -34,6 +33,9 @@ def _cross_validate() -> int:
   if _FOLDS.value < 2:
     raise JaxAudioError(f"--folds={_FOLDS.value} cannot cross-validate; use 2 or more folds "
                         "(5 for ESC-50).")
+  # Only --folds trains: the trainer imports TensorFlow (its TensorBoard writers, ~10 s),
+  # which one run's evaluation loads only to write its summaries, after every check.
+  from jaxaudio.workflows.crossval import cross_validate  # pylint: disable=import-outside-toplevel
   summary = cross_validate(_WORKDIR.value, _FOLDS.value, _RETRIEVAL.value, _ROBUSTNESS.value,
                            _BOOTSTRAP.value)
   if not hosts.is_primary():

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from jaxaudio.runtime.command import cli
 from jaxaudio.runtime import hosts
-from jaxaudio.workflows import finetune
+from jaxaudio.runs import configs
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/finetune.py", "Config file.",
                                           lock_config=True)
@@ -25,7 +25,11 @@ hosts.define_flags()
 def main(argv):
   del argv
   cfg = cli.load_config(_CONFIG)
+  configs.validate(cfg)
   hosts.join_from_flags()   # before anything touches a JAX backend (importing does not)
+  # The trainer's imports (TensorFlow for TensorBoard, grain, orbax: ~10 s) come after the
+  # config and the process flags are checked, so a mistake gets its sentence at once.
+  from jaxaudio.workflows import finetune  # pylint: disable=import-outside-toplevel
   test = finetune.run(cfg, _WORKDIR.value)
   if hosts.is_primary():   # every process holds the same report; one prints it
     summary = {k: v for k, v in test.items() if k != "per_class" and k != "confusion_matrix"}

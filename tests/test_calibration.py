@@ -1,9 +1,10 @@
-"""ECE against sklearn's calibration_curve; bootstrap intervals behave like intervals."""
+"""ECE against sklearn's calibration_curve; bootstrap intervals behave like intervals, and the
+vectorised bootstrap scores each resample as sklearn does."""
 
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from jaxaudio.models import outputs
 from jaxaudio.evaluation import calibration
@@ -39,3 +40,29 @@ def test_bootstrap_interval_covers_the_estimate_and_shrinks_with_more_clips():
     return hi - lo
   small, large = width(80), width(2000)
   assert 0.1 < small < 0.25 and large < small / 3
+
+
+@pytest.mark.parametrize("n_items, classes", [(7, 5), (60, 4), (3000, 12)])
+def test_vectorised_macro_f1_is_sklearns_on_every_resample(n_items, classes, monkeypatch):
+  """Small sets leave classes out of a resample's truth or predictions (sklearn averages over
+  the classes present in either); blocks of 7 resamples (the last one short) draw what 300
+  single draws do."""
+  monkeypatch.setattr(calibration, "_BLOCK_ELEMENTS", 7 * n_items)
+  rng = np.random.default_rng(n_items)
+  truth = rng.integers(0, classes, n_items)
+  pred = np.where(rng.random(n_items) < 0.6, truth, rng.integers(0, classes, n_items))
+  draws = np.random.default_rng(3).integers(0, n_items, (300, n_items))
+  ours = calibration.macro_f1_of_resamples(truth, pred, draws, classes)
+  want = [f1_score(truth[i], pred[i], average="macro", zero_division=0) for i in draws]
+  np.testing.assert_allclose(ours, want, rtol=0, atol=1e-12)
+  one_at_a_time = calibration.bootstrap_interval(
+      lambda i: f1_score(truth[i], pred[i], average="macro", zero_division=0), n_items,
+      n=300, seed=3)
+  at_once = calibration.bootstrap_interval(
+      lambda rows: calibration.macro_f1_of_resamples(truth, pred, rows, classes), n_items,
+      n=300, seed=3, vectorized=True)
+  assert at_once == pytest.approx(one_at_a_time, abs=1e-12)
+  assert calibration.bootstrap_interval(lambda rows: np.mean(pred[rows] == truth[rows], 1),
+                                        n_items, n=300, seed=3, vectorized=True) == \
+      calibration.bootstrap_interval(lambda i: accuracy_score(truth[i], pred[i]), n_items,
+                                     n=300, seed=3)

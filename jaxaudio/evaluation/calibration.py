@@ -37,10 +37,46 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
           "bin_accuracy": accuracy, "bin_count": count.astype(int)}
 
 
-def bootstrap_interval(metric: Callable[[np.ndarray], float], n_items: int, n: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-  """(low, high) percentiles of metric(indices) over `n` resamples of range(n_items)."""
+# Resamples drawn at once in the vectorised route: a block of [k, n_items] indices holds at
+# most this many (32 MB of int64), whatever the number of clips.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def bootstrap_interval(metric: Callable[[np.ndarray], float | np.ndarray], n_items: int,
+                       n: int = 1000, seed: int = 0, level: float = 0.95, *,
+                       vectorized: bool = False) -> tuple[float, float]:
+  """(low, high) percentiles of a metric over `n` resamples of range(n_items).
+
+  metric(indices) scores one resample; with vectorized=True, metric(rows) scores a [k,
+  n_items] block of resamples at once and returns k values: one numpy pass instead of n
+  Python calls (sklearn's f1_score costs ~5 ms a call in argument checks, 1000 resamples
+  several seconds of every evaluation). Both routes draw the same resamples from the seed.
+  """
   rng = np.random.default_rng(seed)
-  values = np.array([metric(rng.integers(0, n_items, n_items)) for _ in range(n)])
+  if vectorized:
+    block = max(1, _BLOCK_ELEMENTS // max(n_items, 1))
+    values = np.concatenate([
+        np.asarray(metric(rng.integers(0, n_items, (min(block, n - start), n_items))),
+                   np.float64) for start in range(0, n, block)])
+  else:
+    values = np.array([metric(rng.integers(0, n_items, n_items)) for _ in range(n)])
   tail = (1.0 - level) / 2.0 * 100.0
   return float(np.percentile(values, tail)), float(np.percentile(values, 100.0 - tail))
+
+
+def macro_f1_of_resamples(truth: np.ndarray, pred: np.ndarray, rows: np.ndarray,
+                          num_classes: int) -> np.ndarray:
+  """Macro-F1 of every resample (a row of clip indices), as sklearn's f1_score(average=
+  "macro", zero_division=0) scores it: the mean over the classes that occur in the
+  resample's truth or predictions of F1 = 2TP / (2TP + FP + FN) = 2TP / (true + predicted)."""
+  truth, pred = np.asarray(truth)[rows], np.asarray(pred)[rows]          # [k, n_items]
+  k = len(rows)
+  cell = np.arange(k)[:, None] * num_classes
+
+  def per_class(x: np.ndarray) -> np.ndarray:
+    return np.bincount(x.ravel(), minlength=k * num_classes).reshape(k, num_classes)
+  true_n, pred_n = per_class(truth + cell), per_class(pred + cell)
+  tp = per_class((truth + cell)[truth == pred])
+  occurs = true_n + pred_n > 0
+  f1 = np.divide(2.0 * tp, true_n + pred_n, out=np.zeros((k, num_classes)), where=occurs)
+  return f1.sum(1) / occurs.sum(1)

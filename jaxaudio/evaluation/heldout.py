@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from jaxaudio.models import outputs
 from jaxaudio.train import forward
@@ -60,14 +60,14 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
     rep["reliability"] = {k: np.asarray(v).tolist() for k, v in ece.items() if k != "ece"}
     pred = probs.argmax(1)
     key = "accuracy"
-    metric = lambda i: float(np.mean(pred[i] == labels[i]))
+    metric = lambda rows: np.mean(pred[rows] == labels[rows], axis=1)
     if bootstrap:
       rep["macro_f1_ci95"] = list(calibration.bootstrap_interval(
-          lambda i: f1_score(labels[i], pred[i], average="macro", zero_division=0),
-          len(labels), bootstrap, seed))
+          lambda rows: calibration.macro_f1_of_resamples(labels, pred, rows, len(classes)),
+          len(labels), bootstrap, seed, vectorized=True))
   if bootstrap:
     rep[f"{key}_ci95"] = list(calibration.bootstrap_interval(metric, len(labels), bootstrap,
-                                                             seed))
+                                                             seed, vectorized=not multi_label))
   onehot = labels.astype(bool) if multi_label else np.eye(len(classes), dtype=bool)[labels]
   rep["per_class_ap"] = {c: float(average_precision_score(onehot[:, j], probs[:, j]))
                          for j, c in enumerate(classes) if onehot[:, j].any()}
