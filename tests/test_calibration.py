@@ -4,7 +4,7 @@ vectorised bootstrap scores each resample as sklearn does."""
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
 from jaxaudio.models import outputs
 from jaxaudio.evaluation import calibration
@@ -66,3 +66,29 @@ def test_vectorised_macro_f1_is_sklearns_on_every_resample(n_items, classes, mon
                                         n_items, n=300, seed=3, vectorized=True) == \
       calibration.bootstrap_interval(lambda i: accuracy_score(truth[i], pred[i]), n_items,
                                      n=300, seed=3)
+
+
+@pytest.mark.parametrize("n_items", [6, 40, 500])
+def test_vectorised_map_is_sklearns_on_every_resample(n_items):
+  """Per resample, sklearn's average precision of each class on the resampled clips (ties
+  in score included: scores rounded to 0.1), averaged over the classes with a positive
+  there (0 where none has one); small sets leave resamples without a positive of a class."""
+  rng = np.random.default_rng(n_items)
+  targets = rng.random((n_items, 4)) < [0.5, 0.3, 0.1, 0.05]
+  scores = np.round(np.clip(0.3 * targets + 0.7 * rng.random((n_items, 4)), 0, 1), 1)
+  draws = np.random.default_rng(5).integers(0, n_items, (300, n_items))
+  ours = calibration.mean_average_precision_of_resamples(targets, scores, draws)
+
+  def reference(i):
+    aps = [average_precision_score(targets[i, j], scores[i, j]) for j in range(4)
+           if targets[i, j].any()]
+    return float(np.mean(aps)) if aps else 0.0
+  want = [reference(i) for i in draws]
+  np.testing.assert_allclose(ours, want, rtol=0, atol=1e-12)
+  assert any(targets[:, j].any() and not targets[i, j].any() for i in draws
+             for j in range(4)) == (n_items < 100)
+  negatives = np.flatnonzero(~targets.any(1))      # a resample of clips with no label at all
+  if len(negatives):
+    none = calibration.mean_average_precision_of_resamples(
+        targets, scores, np.resize(negatives, (2, n_items)))
+    assert none.tolist() == [0.0, 0.0]

@@ -80,3 +80,33 @@ def macro_f1_of_resamples(truth: np.ndarray, pred: np.ndarray, rows: np.ndarray,
   occurs = true_n + pred_n > 0
   f1 = np.divide(2.0 * tp, true_n + pred_n, out=np.zeros((k, num_classes)), where=occurs)
   return f1.sum(1) / occurs.sum(1)
+
+
+def mean_average_precision_of_resamples(targets: np.ndarray, scores: np.ndarray,
+                                        rows: np.ndarray) -> np.ndarray:
+  """mAP of every resample (a row of clip indices), as sklearn's average_precision_score
+  per class and jaxaudio's mAP (the mean over the classes the resample has a positive of;
+  0 when it has none) score the resampled clips. A resample is the clips weighted by how often
+  it drew them: at each distinct score, from the highest, precision and recall of the
+  weighted clips at or above it; AP = sum of (recall step) x precision."""
+  targets, scores = np.asarray(targets) > 0.5, np.asarray(scores, np.float64)
+  k, n = rows.shape
+  weight = np.bincount((rows + np.arange(k)[:, None] * n).ravel(),
+                       minlength=k * n).reshape(k, n).astype(np.float64)
+  ap = np.full((k, targets.shape[1]), np.nan)
+  for j in range(targets.shape[1]):
+    order = np.argsort(-scores[:, j], kind="stable")
+    ranked = scores[order, j]
+    last = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))   # a threshold's end
+    w = weight[:, order]
+    tp = np.cumsum(w * targets[order, j], axis=1)[:, last]
+    seen = np.cumsum(w, axis=1)[:, last]
+    positives = tp[:, -1]
+    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    recall = np.divide(tp, positives[:, None], out=np.zeros_like(tp), where=positives[:, None] > 0)
+    step = np.diff(recall, axis=1, prepend=0.0)
+    ap[:, j] = np.where(positives > 0, np.sum(step * precision, axis=1), np.nan)
+  some = ~np.isnan(ap).all(axis=1)
+  out = np.zeros(k)
+  out[some] = np.nanmean(ap[some], axis=1)
+  return out

@@ -52,8 +52,7 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
   probs = outputs.probabilities(clips["logits"], multi_label)
   if multi_label:
     key = "mAP"
-    metric = lambda i: report.classification_report(
-        {"logits": clips["logits"][i], "label": labels[i]}, classes, True)["mAP"]
+    metric = lambda rows: calibration.mean_average_precision_of_resamples(labels, probs, rows)
   else:
     ece = calibration.expected_calibration_error(probs, labels)
     rep["ece"] = ece["ece"]
@@ -67,7 +66,7 @@ def classification(windows: dict[str, np.ndarray], classes: list[str], multi_lab
           len(labels), bootstrap, seed, vectorized=True))
   if bootstrap:
     rep[f"{key}_ci95"] = list(calibration.bootstrap_interval(metric, len(labels), bootstrap,
-                                                             seed, vectorized=not multi_label))
+                                                             seed, vectorized=True))
   onehot = labels.astype(bool) if multi_label else np.eye(len(classes), dtype=bool)[labels]
   rep["per_class_ap"] = {c: float(average_precision_score(onehot[:, j], probs[:, j]))
                          for j, c in enumerate(classes) if onehot[:, j].any()}
